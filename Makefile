@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Both create or reuse .venv by themselves.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint format bench serve lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,airflow]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/matchmaking demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+serve: $(STAMP)
+	$(BIN)/matchmaking serve
+
+# Re-resolve the pins from pyproject.toml in a scratch venv.
+lock:
+	rm -rf .tmp/lock && $(PYTHON) -m venv .tmp/lock
+	.tmp/lock/bin/pip install --quiet '.[dev,airflow]'
+	( echo '# Pinned versions used by every install (make, CI, MLproject python_env).'; \
+	  echo '# Regenerate: make lock (resolves pyproject.toml in a scratch venv and freezes it).'; \
+	  .tmp/lock/bin/pip freeze --exclude matchmaking ) > constraints.txt
+
+clean:
+	rm -rf $(VENV) data mlruns .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""The data contracts: raw tables written by the world (and, in production, by the data
+platform), and the one feature contract shared by training, evaluation and serving.
+
+Nothing else in the package spells a column list: import it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# ---------------------------------------------------------------------------------------------
+# Raw tables. Layout of the lake (hive-style partitions, one directory per city-day):
+#   raw/city=<city>/drivers.parquet                        the city's driver roster
+#   raw/city=<city>/date=<YYYY-MM-DD>/bookings.parquet     one row per booking
+#   raw/city=<city>/date=<YYYY-MM-DD>/candidates.parquet   one row per (booking, candidate driver)
+#   truth/city=<city>/drivers.parquet                      hidden driver propensities
+#   truth/city=<city>/date=<YYYY-MM-DD>/ground_truth.parquet  true probabilities per candidate
+# A partition directory is complete when its _SUCCESS marker exists; readers ignore others.
+# ---------------------------------------------------------------------------------------------
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+DRIVERS = pa.schema(
+    [
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("city", pa.string(), nullable=False),
+        pa.field("home_lat", pa.float64(), nullable=False),
+        pa.field("home_lng", pa.float64(), nullable=False),
+        pa.field("rating", pa.float64(), nullable=False),
+        # Declared shift, local time: minutes after midnight and length (may cross midnight).
+        pa.field("shift_start_min", pa.int16(), nullable=False),
+        pa.field("shift_length_min", pa.int16(), nullable=False),
+    ]
+)
+
+BOOKINGS = pa.schema(
+    [
+        pa.field("booking_id", pa.string(), nullable=False),
+        pa.field("city", pa.string(), nullable=False),
+        pa.field("requested_at", UTC_TS, nullable=False),
+        pa.field("pickup_lat", pa.float64(), nullable=False),
+        pa.field("pickup_lng", pa.float64(), nullable=False),
+        pa.field("dropoff_lat", pa.float64(), nullable=False),
+        pa.field("dropoff_lng", pa.float64(), nullable=False),
+        pa.field("trip_km", pa.float64(), nullable=False),  # road distance
+        pa.field("fare", pa.float64(), nullable=False),  # local currency
+        pa.field("currency", pa.string(), nullable=False),
+        pa.field("n_candidates", pa.int16(), nullable=False),
+        pa.field("n_offers", pa.int16(), nullable=False),
+        # completed | rider_cancelled | expired (all offers declined) | no_driver
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("assigned_driver_id", pa.string(), nullable=True),
+    ]
+)
+
+CANDIDATES = pa.schema(
+    [
+        pa.field("booking_id", pa.string(), nullable=False),
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("requested_at", UTC_TS, nullable=False),
+        pa.field("driver_lat", pa.float64(), nullable=False),
+        pa.field("driver_lng", pa.float64(), nullable=False),
+        pa.field("distance_km", pa.float64(), nullable=False),  # straight line to pickup
+        pa.field("eta_seconds", pa.float64(), nullable=False),  # as the dispatcher logged it
+        pa.field("eta_rank", pa.int16(), nullable=False),  # 1 = lowest ETA of the booking
+        pa.field("offered", pa.bool_(), nullable=False),
+        pa.field("offer_order", pa.int16(), nullable=False),  # 0 = not offered, else 1, 2, ...
+        pa.field("accepted", pa.bool_(), nullable=True),  # null when not offered
+    ]
+)
+
+GROUND_TRUTH = pa.schema(
+    [
+        pa.field("booking_id", pa.string(), nullable=False),
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("p_accept", pa.float64(), nullable=False),
+        pa.field("p_cancel", pa.float64(), nullable=False),  # rider cancels after acceptance
+    ]
+)
+
+DRIVER_TRUTH = pa.schema(
+    [
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("propensity", pa.float64(), nullable=False),
+    ]
+)
+
+RAW_TABLES: dict[str, pa.Schema] = {
+    "bookings": BOOKINGS,
+    "candidates": CANDIDATES,
+}
+TRUTH_TABLES: dict[str, pa.Schema] = {"ground_truth": GROUND_TRUTH}
+SUCCESS_MARKER = "_SUCCESS"
+
+BOOKING_STATUSES = ("completed", "rider_cancelled", "expired", "no_driver")
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature contract: names, dtypes and order of the model's input. Training builds its matrix
+# with these columns in this order; serving builds one float array per request in this order.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # numpy dtype of the model input column
+    description: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("eta_min", "float64", "pickup ETA in minutes (given, or estimated as in the world)"),
+    Feature("eta_gap_min", "float64", "ETA minus the lowest ETA among the booking's candidates"),
+    Feature("eta_rank", "float64", "rank of the ETA among the booking's candidates, 1 = lowest"),
+    Feature("pickup_km", "float64", "straight-line km from the driver to the pickup"),
+    Feature("rating", "float64", "driver rating, 1-5"),
+    Feature("home_gain_km", "float64", "km the trip brings the driver closer to home"),
+    Feature("home_cos", "float64", "cosine between trip direction and direction to home"),
+    Feature("minutes_to_shift_end", "float64", "minutes left in the driver's shift (<0: over)"),
+    Feature("hour_local", "float64", "local hour of the request, 0-23"),
+    Feature("day_of_week", "float64", "local day of week, Monday = 0"),
+    Feature("trip_km", "float64", "road km pickup -> dropoff"),
+    Feature("fare", "float64", "quoted fare, local currency"),
+    Feature("drv_offers_28d", "float64", "offers made to the driver in the 28 days before"),
+    Feature("drv_accept_rate_28d", "float64", "smoothed acceptance rate over those offers"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+ID_COLUMNS: tuple[str, ...] = ("booking_id", "driver_id")
+TIME_COLUMN = "requested_at"
+GROUP_COLUMN = "booking_id"
+LABEL_COLUMN = "accepted"

@@ -1,0 +1,1 @@
+"""The synthetic ride-hailing world that stands in for production raw data."""
