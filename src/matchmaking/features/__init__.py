@@ -1,0 +1,1 @@
+"""Raw data -> model features. Pure functions shared by batch (training) and online (serving)."""

@@ -1,0 +1,163 @@
+"""Batch features: raw bookings + candidates + driver roster -> one row per candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from matchmaking.features.core import CandidateInputs, build_matrix
+from matchmaking.features.history import window_counts
+from matchmaking.schema import FEATURE_NAMES
+
+# Columns kept beside the features in the published dataset.
+KEY_COLUMNS = ("booking_id", "driver_id", "requested_at", "day", "offered", "accepted")
+BOOKING_COLUMNS = (
+    "booking_id",
+    "requested_at",
+    "pickup_lat",
+    "pickup_lng",
+    "dropoff_lat",
+    "dropoff_lng",
+    "trip_km",
+    "fare",
+)
+DRIVER_COLUMNS = (
+    "driver_id",
+    "home_lat",
+    "home_lng",
+    "rating",
+    "shift_start_min",
+    "shift_length_min",
+)
+
+
+def local_time(
+    requested_at: pd.Series, tz: str
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.datetime64]]:
+    """Local minute of day, day of week (Monday = 0) and local calendar day of UTC timestamps."""
+    local = requested_at.dt.tz_convert(tz)
+    minute = (local.dt.hour * 60 + local.dt.minute).to_numpy(dtype=np.float64)
+    dow = local.dt.dayofweek.to_numpy(dtype=np.float64)
+    day = local.dt.tz_localize(None).dt.floor("D").to_numpy().astype("datetime64[D]")
+    return minute, dow, day
+
+
+def offer_log(candidates: pd.DataFrame, tz: str) -> pd.DataFrame:
+    """The offers (driver, local day, accepted) that history aggregates are computed from."""
+    offered = candidates.loc[candidates["offered"], ["driver_id", "requested_at", "accepted"]]
+    _, _, day = local_time(offered["requested_at"], tz)
+    return pd.DataFrame(
+        {
+            "driver_id": offered["driver_id"].to_numpy(dtype=object),
+            "day": day,
+            "accepted": offered["accepted"].astype("float64").to_numpy(),
+        }
+    )
+
+
+def build_features(
+    bookings: pd.DataFrame,
+    candidates: pd.DataFrame,
+    drivers: pd.DataFrame,
+    offers: pd.DataFrame,
+    tz: str,
+    speed_by_hour: npt.NDArray[np.float64],
+) -> pd.DataFrame:
+    """Join raw tables and compute the contract's features for every candidate row.
+
+    Args:
+        bookings, candidates, drivers: validated raw tables (schema.BOOKINGS, CANDIDATES, DRIVERS).
+        offers: the offer log from ``offer_log`` covering at least the 28 days before the
+            earliest booking (point-in-time history only reads days before each row's day).
+        tz: the city's IANA time zone.
+        speed_by_hour: the city's road speed (km/h) by local hour, 24 values.
+
+    Returns:
+        One row per candidate: KEY_COLUMNS, ``eta_seconds`` and the features in contract order.
+    """
+    rows = candidates.merge(
+        bookings[list(BOOKING_COLUMNS)], on="booking_id", how="inner", suffixes=("", "_b")
+    )
+    rows = rows.drop(columns=["requested_at_b"]).merge(
+        drivers[list(DRIVER_COLUMNS)], on="driver_id", how="inner"
+    )
+    rows = rows.sort_values(["requested_at", "booking_id", "eta_rank"], kind="stable")
+    rows = rows.reset_index(drop=True)
+    minute, dow, day = local_time(rows["requested_at"], tz)
+    drv_offers, drv_accepts = window_counts(
+        offers["driver_id"].to_numpy(dtype=object),
+        offers["day"].to_numpy(),
+        offers["accepted"].to_numpy(dtype=np.float64),
+        rows["driver_id"].to_numpy(dtype=object),
+        day,
+    )
+    group, _ = pd.factorize(rows["booking_id"])
+
+    def col(name: str) -> npt.NDArray[np.float64]:
+        return rows[name].to_numpy(dtype=np.float64)
+
+    inputs = CandidateInputs(
+        group=group.astype(np.int64),
+        driver_lat=col("driver_lat"),
+        driver_lng=col("driver_lng"),
+        pickup_lat=col("pickup_lat"),
+        pickup_lng=col("pickup_lng"),
+        dropoff_lat=col("dropoff_lat"),
+        dropoff_lng=col("dropoff_lng"),
+        home_lat=col("home_lat"),
+        home_lng=col("home_lng"),
+        rating=col("rating"),
+        eta_seconds=col("eta_seconds"),
+        speed_kmh=np.asarray(speed_by_hour, dtype=np.float64)[(minute // 60).astype(np.int64)],
+        local_minute=minute,
+        day_of_week=dow,
+        shift_start_min=col("shift_start_min"),
+        shift_length_min=col("shift_length_min"),
+        trip_km=col("trip_km"),
+        fare=col("fare"),
+        drv_offers_28d=drv_offers,
+        drv_accepts_28d=drv_accepts,
+    )
+    matrix = build_matrix(inputs)
+    out = pd.DataFrame(
+        {
+            "booking_id": rows["booking_id"].to_numpy(dtype=object),
+            "driver_id": rows["driver_id"].to_numpy(dtype=object),
+            "requested_at": rows["requested_at"],
+            "day": day,
+            "offered": rows["offered"].to_numpy(dtype=bool),
+            "accepted": rows["accepted"].astype("boolean"),
+            "eta_seconds": col("eta_seconds"),
+        }
+    )
+    features = pd.DataFrame(matrix, columns=list(FEATURE_NAMES))
+    return pd.concat([out, features], axis=1)
+
+
+def driver_snapshot(
+    drivers: pd.DataFrame, offers: pd.DataFrame, as_of: np.datetime64
+) -> pd.DataFrame:
+    """The driver feature table valid on day ``as_of``: shift and 28-day history per driver.
+
+    Serving joins it by driver id; a driver missing from it gets no history (0 offers) and an
+    unknown shift (NaN), exactly as a brand-new driver does in training.
+    """
+    ids = drivers["driver_id"].to_numpy(dtype=object)
+    query_day = np.full(len(ids), np.datetime64(as_of, "D"))
+    n_offers, n_accepts = window_counts(
+        offers["driver_id"].to_numpy(dtype=object),
+        offers["day"].to_numpy(),
+        offers["accepted"].to_numpy(dtype=np.float64),
+        ids,
+        query_day,
+    )
+    return pd.DataFrame(
+        {
+            "driver_id": ids,
+            "shift_start_min": drivers["shift_start_min"].to_numpy(dtype=np.float64),
+            "shift_length_min": drivers["shift_length_min"].to_numpy(dtype=np.float64),
+            "offers_28d": n_offers,
+            "accepts_28d": n_accepts,
+        }
+    )
