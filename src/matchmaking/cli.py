@@ -92,6 +92,124 @@ def world_cities(
             typer.echo(f"{c.id:<24} {c.country}  {c.name:<24} {c.tz:<20} size={c.size}")
 
 
+def _date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date; use YYYY-MM-DD, for example 2026-10-01",
+            param_hint=option,
+        ) from None
+
+
+@app.command()
+def process(
+    city: Annotated[str, typer.Option(help="City id.")],
+    start: Annotated[str, typer.Option(help="First day of the window, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last day of the window, YYYY-MM-DD (inclusive).")],
+    max_bad_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fail when more raw rows than this are bad.")
+    ] = 0.05,
+) -> None:
+    """Validate raw partitions, quarantine bad rows, publish a versioned feature dataset."""
+    from matchmaking.processing.step import process as run_process
+    from matchmaking.world.cities import get_city
+
+    get_city(city)
+    result = run_process(
+        Settings(), city, _date(start, "--start"), _date(end, "--end"), max_bad_share
+    )
+    typer.echo(
+        f"features: {result.dataset_dir}\ndigest: {result.digest}\nrows: {result.rows} "
+        f"(offered {result.offered_rows}), quarantined: {result.quarantined} "
+        f"{result.quarantine_counts or ''}\nrun_id: {result.run_id}"
+    )
+
+
+@app.command()
+def train(
+    city: Annotated[str, typer.Option(help="City id.")],
+    features: Annotated[Path, typer.Option(help="Feature dataset dir printed by `process`.")],
+    params: Annotated[
+        Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable)."),
+    ] = None,
+    process_run_id: Annotated[str | None, typer.Option(help="Lineage: the process run.")] = None,
+    reuse_existing: Annotated[
+        bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
+    ] = True,
+) -> None:
+    """Fit binary and LambdaRank LightGBM models, keep the better, register a version."""
+    from matchmaking.training.params import load_params, parse_overrides
+    from matchmaking.training.train import train as run_train
+
+    p = load_params(params, parse_overrides(set_ or []))
+    result = run_train(Settings(), city, features, p, process_run_id or None, reuse_existing)
+    typer.echo(
+        f"model: {result.model_name} v{result.version} ({result.objective})"
+        f"{' [reused]' if result.reused else ''}\nrun_id: {result.run_id}\n"
+        f"model_uri: {result.model_uri}"
+    )
+
+
+@app.command()
+def evaluate(
+    city: Annotated[str, typer.Option(help="City id.")],
+    model_uri: Annotated[
+        str, typer.Option(help="models:/matchmaking-<city>/<version> or runs:/...")
+    ],
+    features: Annotated[Path, typer.Option(help="Holdout feature dataset dir (a later window).")],
+    seed: Annotated[int, typer.Option(help="Seed of the replay's outcome draws.")] = 7,
+) -> None:
+    """Offline metrics and a dispatch replay against the oracle and two baselines."""
+    from matchmaking.evaluation.evaluate import evaluate as run_evaluate
+    from matchmaking.evaluation.evaluate import format_summary
+
+    result = run_evaluate(Settings(), city, model_uri, features, seed)
+    typer.echo(format_summary([result]))
+    typer.echo(f"run_id: {result.run_id}")
+
+
+@app.command()
+def pipeline(
+    city: Annotated[str, typer.Option(help="City id.")],
+    end: Annotated[str, typer.Option(help="Last day of data (the holdout ends here).")],
+    train_days: Annotated[int, typer.Option(min=2, help="Days in the training window.")] = 28,
+    holdout_days: Annotated[int, typer.Option(min=1, help="Days in the later holdout.")] = 7,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a training parameter: KEY=VALUE (repeatable)."),
+    ] = None,
+) -> None:
+    """Chain process -> train -> evaluate as MLflow Projects runs (the `main` entry point)."""
+    from matchmaking.pipeline import run_chain
+    from matchmaking.world.cities import get_city
+
+    get_city(city)
+    overrides = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        if value:
+            overrides[key] = value
+    out = run_chain(Settings(), city, _date(end, "--end"), train_days, holdout_days, overrides)
+    for key, value in out.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match)."""
+    from serving.main import run
+
+    run(host=host, port=port, log_level=Settings().log_level.lower())
+
+
 @app.command()
 def demo(
     days: Annotated[int, typer.Option(min=1, help="Days of history to simulate.")] = 30,

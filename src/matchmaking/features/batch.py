@@ -144,7 +144,7 @@ def driver_snapshot(
     unknown shift (NaN), exactly as a brand-new driver does in training.
     """
     ids = drivers["driver_id"].to_numpy(dtype=object)
-    query_day = np.full(len(ids), np.datetime64(as_of, "D"))
+    query_day = np.full(len(ids), as_of.astype("datetime64[D]"))
     n_offers, n_accepts = window_counts(
         offers["driver_id"].to_numpy(dtype=object),
         offers["day"].to_numpy(),

@@ -1,0 +1,1 @@
+"""Offline metrics, the dispatch replay, baselines and plots."""

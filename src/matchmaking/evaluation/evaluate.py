@@ -1,0 +1,199 @@
+"""``matchmaking evaluate``: a model against the oracle and two baselines on a later holdout."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from matchmaking import tracking
+from matchmaking.config import Settings
+from matchmaking.errors import InputError
+from matchmaking.evaluation import metrics as m
+from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
+from matchmaking.evaluation.replay import draw_outcomes, replay
+from matchmaking.processing.step import read_dataset
+from matchmaking.schema import FEATURE_NAMES
+from matchmaking.world import lake
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("model", "oracle", "nearest_eta", "highest_rating")
+SUMMARY_COLUMNS = (
+    "auc",
+    "logloss",
+    "calibration_error",
+    "ndcg_at_1",
+    "ndcg_at_5",
+    "hit_at_1",
+    "acceptance",
+    "completion",
+    "pickup_eta_p50_min",
+    "pickup_eta_p90_min",
+    "heading_home_share",
+)
+
+
+@dataclass
+class EvaluationResult:
+    city: str
+    model_uri: str
+    run_id: str | None
+    table: pd.DataFrame  # one row per policy, SUMMARY_COLUMNS
+
+    def metric(self, policy: str, name: str) -> float:
+        return float(self.table.loc[policy, name])
+
+
+def load_booster(model_uri: str) -> object:
+    """The LightGBM booster behind a registry or run URI."""
+    return mlflow.lightgbm.load_model(model_uri)
+
+
+def holdout_frame(
+    settings: Settings, city: str, features_dir: Path
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Features of the holdout joined with the ground truth, grouped by booking."""
+    rows, manifest = read_dataset(features_dir)
+    if manifest.get("city") != city:
+        raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
+    start, end = (
+        date.fromisoformat(str(manifest["start"])),
+        date.fromisoformat(str(manifest["end"])),
+    )
+    truth = lake.read_truth(settings.lake_dir, city, start, end).to_pandas()
+    rows = rows.merge(truth, on=["booking_id", "driver_id"], how="inner", validate="one_to_one")
+    rows = rows.sort_values(["requested_at", "booking_id", "eta_rank"], kind="stable")
+    return rows.reset_index(drop=True), manifest
+
+
+def policy_scores(
+    rows: pd.DataFrame, model_scores: npt.NDArray[np.float64]
+) -> dict[str, npt.NDArray[np.float64]]:
+    return {
+        "model": model_scores,
+        "oracle": rows["p_accept"].to_numpy(dtype=np.float64),
+        "nearest_eta": -rows["eta_min"].to_numpy(dtype=np.float64),
+        "highest_rating": rows["rating"].to_numpy(dtype=np.float64)
+        - 1e-6 * rows["eta_min"].to_numpy(),
+    }
+
+
+def compare(
+    rows: pd.DataFrame, model_scores: npt.NDArray[np.float64], probabilistic: bool, seed: int
+) -> pd.DataFrame:
+    """All metrics for the model, the oracle and the baselines on the same rows and draws."""
+    group = pd.factorize(rows["booking_id"])[0].astype(np.int64)
+    offered = rows["offered"].to_numpy(dtype=bool)
+    labels = rows.loc[offered, "accepted"].astype("float64").to_numpy()
+    outcomes = draw_outcomes(rows["p_accept"].to_numpy(), rows["p_cancel"].to_numpy(), seed)
+    eta = rows["eta_min"].to_numpy(dtype=np.float64)
+    home = rows["home_gain_km"].to_numpy(dtype=np.float64)
+    relevance = rows["p_accept"].to_numpy(dtype=np.float64)
+    table: dict[str, dict[str, float]] = {}
+    for policy, scores in policy_scores(rows, model_scores).items():
+        row: dict[str, float] = {"auc": m.auc(labels, scores[offered])}
+        is_prob = policy == "oracle" or (policy == "model" and probabilistic)
+        row["logloss"] = m.logloss(labels, scores[offered]) if is_prob else float("nan")
+        row["calibration_error"] = (
+            m.calibration_error(labels, scores[offered]) if is_prob else float("nan")
+        )
+        row.update(m.ranking_metrics(group, scores, relevance))
+        row.update(replay(group, scores, outcomes, eta, home))
+        table[policy] = row
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def evaluate(
+    settings: Settings,
+    city: str,
+    model_uri: str,
+    features_dir: Path,
+    seed: int = 7,
+    log_run: bool = True,
+) -> EvaluationResult:
+    """Score the holdout with the model, compare with oracle and baselines, log plots."""
+    tracking.configure(settings)
+    rows, manifest = holdout_frame(settings, city, features_dir)
+    booster = load_booster(model_uri)
+    model_scores = booster.predict(rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))  # type: ignore[attr-defined]
+    probabilistic = bool(np.all((model_scores >= 0) & (model_scores <= 1)))
+    table = compare(rows, np.asarray(model_scores, dtype=np.float64), probabilistic, seed)
+    table = table[[*SUMMARY_COLUMNS, "bookings"]]
+    run_id = None
+    if log_run:
+        tracking.use_experiment(settings, city)
+        with mlflow.start_run(run_name=f"evaluate-{city}") as run:
+            run_id = run.info.run_id
+            mlflow.set_tags(
+                tracking.reproducibility_tags(
+                    step="evaluate", city=city, model_uri=model_uri, data_digest=manifest["digest"]
+                )
+            )
+            mlflow.log_params(
+                {
+                    "city": city,
+                    "model_uri": model_uri,
+                    "seed": seed,
+                    "holdout_start": manifest["start"],
+                    "holdout_end": manifest["end"],
+                }
+            )
+            mlflow.log_input(
+                tracking.lineage_dataset(
+                    features_dir.resolve().as_uri(),
+                    f"features-{city}-holdout",
+                    str(manifest["digest"]),
+                ),
+                context="evaluation",
+            )
+            for policy, values in table.iterrows():
+                mlflow.log_metrics(
+                    {f"{policy}.{k}": float(v) for k, v in values.items() if np.isfinite(v)}
+                )
+            mlflow.log_text(table.to_string(float_format=lambda v: f"{v:.4f}"), "summary.txt")
+            mlflow.log_table(table.reset_index(names="policy"), "summary.json")
+            importance = booster.feature_importance("gain")  # type: ignore[attr-defined]
+            mlflow.log_figure(
+                plot_importance(list(FEATURE_NAMES), importance), "plots/feature_importance.png"
+            )
+            offered = rows["offered"].to_numpy(dtype=bool)
+            if probabilistic:
+                mlflow.log_figure(
+                    plot_calibration(
+                        rows.loc[offered, "accepted"].astype("float64").to_numpy(),
+                        {
+                            "model": np.asarray(model_scores)[offered],
+                            "oracle": rows.loc[offered, "p_accept"].to_numpy(),
+                        },
+                    ),
+                    "plots/calibration.png",
+                )
+            mlflow.log_figure(plot_policies(table), "plots/policy_comparison.png")
+    return EvaluationResult(city=city, model_uri=model_uri, run_id=run_id, table=table)
+
+
+def format_summary(results: list[EvaluationResult]) -> str:
+    """The per-city table the CLI and the demo print."""
+    frames = []
+    for r in results:
+        t = r.table[
+            [
+                "auc",
+                "ndcg_at_1",
+                "hit_at_1",
+                "acceptance",
+                "completion",
+                "pickup_eta_p50_min",
+                "heading_home_share",
+            ]
+        ].copy()
+        t.insert(0, "city", r.city)
+        frames.append(t.reset_index(names="policy"))
+    return pd.concat(frames).to_string(index=False, float_format=lambda v: f"{v:.4f}")

@@ -1,0 +1,1 @@
+"""The data step: validate raw partitions, quarantine bad rows, publish a feature dataset."""

@@ -1,0 +1,145 @@
+"""Row-level validation of raw tables. Bad rows are quarantined with a reason, never dropped
+silently: every rule below names the reason it writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from matchmaking.features.geo import haversine_km
+
+MAX_ETA_SECONDS = 3600.0
+MAX_KM_FROM_CENTRE = 150.0
+
+
+@dataclass
+class ValidationResult:
+    bookings: pd.DataFrame
+    candidates: pd.DataFrame
+    drivers: pd.DataFrame
+    quarantine: pd.DataFrame
+    counts: Counter[str] = field(default_factory=Counter)
+    total_rows: int = 0
+
+    @property
+    def bad_rows(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def bad_share(self) -> float:
+        return self.bad_rows / self.total_rows if self.total_rows else 0.0
+
+
+def _first_reason(rules: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
+    """For each row, the name of the first rule it breaks (None when it breaks none)."""
+    reason = pd.Series(None, index=index, dtype=object)
+    for name, bad in rules:
+        reason = reason.where(reason.notna() | ~bad.fillna(True).astype(bool), name)
+    return reason
+
+
+def _bad_coords(df: pd.DataFrame, lat: str, lng: str, centre: tuple[float, float]) -> pd.Series:
+    la, ln = df[lat].astype("float64"), df[lng].astype("float64")
+    finite = np.isfinite(la) & np.isfinite(ln) & la.between(-90, 90) & ln.between(-180, 180)
+    dist = haversine_km(
+        la.fillna(0).to_numpy(), ln.fillna(0).to_numpy(), np.array(centre[0]), np.array(centre[1])
+    )
+    return ~finite | (dist > MAX_KM_FROM_CENTRE)
+
+
+def _quarantine_rows(table: str, df: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:
+    bad = df.loc[reason.notna()]
+    return pd.DataFrame(
+        {
+            "table": table,
+            "reason": reason.loc[bad.index].astype(str).to_numpy(),
+            "booking_id": bad["booking_id"].astype(str).to_numpy() if "booking_id" in bad else None,
+            "driver_id": bad["driver_id"].astype(str).to_numpy() if "driver_id" in bad else None,
+            "row": bad.astype(str).to_json(orient="records", lines=True).splitlines()
+            if len(bad)
+            else [],
+        }
+    )
+
+
+def validate(
+    bookings: pd.DataFrame,
+    candidates: pd.DataFrame,
+    drivers: pd.DataFrame,
+    centre: tuple[float, float],
+) -> ValidationResult:
+    """Split raw rows into clean ones and a quarantine table with one reason per bad row.
+
+    A candidate row is also quarantined when its booking was (reason ``orphan_booking``) or its
+    driver is not in the roster or was quarantined (``unknown_driver``).
+    """
+    drv_rules = [
+        ("null_field", drivers[["driver_id", "home_lat", "home_lng", "rating"]].isna().any(axis=1)),
+        ("duplicate_driver", drivers["driver_id"].duplicated(keep="first")),
+        ("bad_coordinates", _bad_coords(drivers, "home_lat", "home_lng", centre)),
+        ("rating_out_of_range", ~drivers["rating"].between(1.0, 5.0)),
+    ]
+    drv_reason = _first_reason(drv_rules, drivers.index)
+
+    b_required = ["booking_id", "requested_at", "pickup_lat", "pickup_lng", "dropoff_lat"]
+    b_required += ["dropoff_lng", "trip_km", "fare"]
+    b_rules = [
+        ("null_field", bookings[b_required].isna().any(axis=1)),
+        ("duplicate_booking", bookings["booking_id"].duplicated(keep="first")),
+        ("bad_coordinates", _bad_coords(bookings, "pickup_lat", "pickup_lng", centre)),
+        ("bad_coordinates", _bad_coords(bookings, "dropoff_lat", "dropoff_lng", centre)),
+        ("bad_trip_km", ~(np.isfinite(bookings["trip_km"]) & (bookings["trip_km"] > 0))),
+        ("bad_fare", ~(np.isfinite(bookings["fare"]) & (bookings["fare"] > 0))),
+    ]
+    b_reason = _first_reason(b_rules, bookings.index)
+    good_bookings = set(bookings.loc[b_reason.isna(), "booking_id"])
+    good_drivers = set(drivers.loc[drv_reason.isna(), "driver_id"])
+
+    c_required = ["booking_id", "driver_id", "requested_at", "driver_lat", "driver_lng"]
+    c_required += ["eta_seconds", "offered"]
+    eta = candidates["eta_seconds"].astype("float64")
+    c_rules = [
+        ("null_field", candidates[c_required].isna().any(axis=1)),
+        (
+            "duplicate_candidate",
+            candidates.duplicated(subset=["booking_id", "driver_id"], keep="first"),
+        ),
+        ("bad_coordinates", _bad_coords(candidates, "driver_lat", "driver_lng", centre)),
+        ("bad_eta", ~(np.isfinite(eta) & (eta > 0) & (eta <= MAX_ETA_SECONDS))),
+        (
+            "label_inconsistent",
+            candidates["offered"].fillna(False).astype(bool) == candidates["accepted"].isna(),
+        ),
+        ("orphan_booking", ~candidates["booking_id"].isin(good_bookings)),
+        ("unknown_driver", ~candidates["driver_id"].isin(good_drivers)),
+    ]
+    c_reason = _first_reason(c_rules, candidates.index)
+
+    quarantine = pd.concat(
+        [
+            _quarantine_rows("drivers", drivers, drv_reason),
+            _quarantine_rows("bookings", bookings, b_reason),
+            _quarantine_rows("candidates", candidates, c_reason),
+        ],
+        ignore_index=True,
+    )
+    counts: Counter[str] = Counter()
+    for table, reason in (
+        ("drivers", drv_reason),
+        ("bookings", b_reason),
+        ("candidates", c_reason),
+    ):
+        for name, n in reason.dropna().value_counts().items():
+            counts[f"{table}.{name}"] += int(n)
+    return ValidationResult(
+        bookings=bookings.loc[b_reason.isna()].reset_index(drop=True),
+        candidates=candidates.loc[c_reason.isna()].reset_index(drop=True),
+        drivers=drivers.loc[drv_reason.isna()].reset_index(drop=True),
+        quarantine=quarantine,
+        counts=counts,
+        total_rows=len(drivers) + len(bookings) + len(candidates),
+    )

@@ -1,0 +1,1 @@
+"""Registry conventions: names, the ``production`` alias, promotion and rollback."""

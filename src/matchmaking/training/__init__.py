@@ -1,0 +1,1 @@
+"""Fit, log and register the acceptance model."""

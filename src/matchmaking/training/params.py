@@ -1,0 +1,82 @@
+"""Training parameters: a YAML file, overridable key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from matchmaking.config import load_yaml_model
+
+DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
+
+Objective = Literal["binary", "lambdarank"]
+OBJECTIVES: tuple[Objective, ...] = ("binary", "lambdarank")
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    objectives: list[Objective] = Field(default_factory=lambda: list(OBJECTIVES))
+    valid_days: int = Field(5, ge=1)
+    num_boost_round: int = Field(600, ge=1)
+    early_stopping_rounds: int = Field(40, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    bagging_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0)
+    seed: int = 42
+    num_threads: int = Field(2, ge=1)
+    selection_tolerance: float = Field(0.002, ge=0)
+
+    def lgb_params(self, objective: Objective) -> dict[str, object]:
+        """LightGBM parameters for one objective, deterministic given the seed."""
+        params: dict[str, object] = {
+            "objective": objective,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": self.bagging_freq,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+        if objective == "binary":
+            params["metric"] = ["auc", "binary_logloss"]
+        else:
+            params["metric"] = ["ndcg"]
+            params["eval_at"] = [1, 3]
+        return params
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``["learning_rate=0.1", "objectives=binary"]`` -> typed-later overrides dict."""
+    import yaml
+
+    from matchmaking.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. learning_rate=0.1)")
+        parsed = yaml.safe_load(value)
+        if key == "objectives" and isinstance(parsed, str):
+            parsed = [p.strip() for p in parsed.split(",")]
+        out[key.strip()] = parsed
+    return out
+
+
+def load_params(
+    path: Path | None = None, overrides: dict[str, object] | None = None
+) -> TrainParams:
+    return load_yaml_model(path or DEFAULT_PARAMS_FILE, TrainParams, overrides)

@@ -1,0 +1,343 @@
+"""``matchmaking train``: fit LightGBM on a feature dataset, log everything, register a version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from matchmaking import tracking
+from matchmaking.config import Settings
+from matchmaking.errors import InputError
+from matchmaking.evaluation.metrics import auc, logloss
+from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
+from matchmaking.training.params import Objective, TrainParams
+
+logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class Fitted:
+    objective: Objective
+    booster: lgb.Booster
+    valid_auc: float
+    best_iteration: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    city: str
+    run_id: str
+    model_name: str
+    version: str
+    model_uri: str
+    objective: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+
+def split_by_day(rows: pd.DataFrame, valid_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Time-based split: the last ``valid_days`` distinct days validate, the rest train."""
+    days = np.sort(rows["day"].unique())
+    if len(days) <= valid_days:
+        raise InputError(
+            f"the feature window has {len(days)} day(s) but valid_days={valid_days}; process a "
+            "longer window or lower valid_days"
+        )
+    cut = days[-valid_days]
+    return rows.loc[rows["day"] < cut], rows.loc[rows["day"] >= cut]
+
+
+def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Offered rows only (the only ones with labels), grouped by booking, in time order."""
+    out = rows.loc[rows["offered"]].copy()
+    out[LABEL_COLUMN] = out[LABEL_COLUMN].astype("float64")
+    return out.sort_values(["requested_at", GROUP_COLUMN, "eta_rank"], kind="stable")
+
+
+def matrix(rows: pd.DataFrame) -> npt.NDArray[np.float64]:
+    return rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+
+
+def _group_sizes(rows: pd.DataFrame) -> npt.NDArray[np.int64]:
+    codes = pd.factorize(rows[GROUP_COLUMN])[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return np.diff(np.r_[starts, len(codes)])
+
+
+def fit(
+    objective: Objective, train: pd.DataFrame, valid: pd.DataFrame, params: TrainParams
+) -> Fitted:
+    """Fit one objective with early stopping on the validation window."""
+    y_train, y_valid = train[LABEL_COLUMN].to_numpy(), valid[LABEL_COLUMN].to_numpy()
+    names = list(FEATURE_NAMES)
+    dtrain = lgb.Dataset(matrix(train), y_train, feature_name=names, free_raw_data=False)
+    dvalid = lgb.Dataset(matrix(valid), y_valid, feature_name=names, reference=dtrain)
+    if objective == "lambdarank":
+        dtrain.set_group(_group_sizes(train))
+        dvalid.set_group(_group_sizes(valid))
+    started = time.perf_counter()
+    booster = lgb.train(
+        params.lgb_params(objective),
+        dtrain,
+        num_boost_round=params.num_boost_round,
+        valid_sets=[dvalid],
+        valid_names=["valid"],
+        callbacks=[
+            lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)
+        ],
+    )
+    seconds = time.perf_counter() - started
+    scores = np.asarray(booster.predict(matrix(valid), num_iteration=booster.best_iteration))
+    return Fitted(objective, booster, auc(y_valid, scores), int(booster.best_iteration), seconds)
+
+
+def select(fits: list[Fitted], tolerance: float) -> tuple[Fitted, str]:
+    """The best validation AUC wins; within ``tolerance`` of it, the binary classifier is kept
+    because its scores are calibrated probabilities (batch matching adds them up)."""
+    best = max(fits, key=lambda f: f.valid_auc)
+    binary = next((f for f in fits if f.objective == "binary"), None)
+    if binary is not None and binary is not best and best.valid_auc - binary.valid_auc <= tolerance:
+        return binary, (
+            f"binary kept: validation AUC {binary.valid_auc:.4f} within {tolerance} of "
+            f"{best.objective} {best.valid_auc:.4f}, and its scores are probabilities"
+        )
+    others = ", ".join(f"{f.objective} {f.valid_auc:.4f}" for f in fits if f is not best)
+    return best, f"{best.objective} has the best validation AUC {best.valid_auc:.4f}" + (
+        f" (vs {others})" if others else ""
+    )
+
+
+def params_hash(params: TrainParams) -> str:
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+
+
+def find_existing_version(
+    client: MlflowClient, name: str, data_digest: str, code: str | None, p_hash: str
+) -> str | None:
+    """A version trained on the same data, code and parameters (makes reruns idempotent)."""
+    try:
+        versions = client.search_model_versions(
+            f"name='{name}' and tag.data_digest='{data_digest}'"
+        )
+    except mlflow.exceptions.MlflowException:
+        return None
+    for mv in versions:
+        if mv.tags.get("git_commit") == (code or "") and mv.tags.get("params_hash") == p_hash:
+            return str(mv.version)
+    return None
+
+
+def train(
+    settings: Settings,
+    city: str,
+    features_dir: Path,
+    params: TrainParams,
+    process_run_id: str | None = None,
+    reuse_existing: bool = True,
+) -> TrainResult:
+    """Fit each configured objective, keep the best, log it and register a new version."""
+    rows, manifest = read_dataset(features_dir)
+    if manifest.get("city") != city:
+        raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
+    data_digest = str(manifest["digest"])
+    tracking.configure(settings)
+    tracking.use_experiment(settings, city)
+    client = MlflowClient()
+    name = tracking.model_name(settings, city)
+    code = tracking.git_commit()
+    p_hash = params_hash(params)
+    if reuse_existing:
+        existing = find_existing_version(client, name, data_digest, code, p_hash)
+        if existing is not None:
+            mv = client.get_model_version(name, existing)
+            logger.info(
+                "%s v%s was already trained on data %s with this code and these params: "
+                "reusing it, registering nothing",
+                name,
+                existing,
+                data_digest[:12],
+            )
+            with mlflow.start_run(run_name=f"train-{city}") as run:
+                mlflow.set_tags(
+                    tracking.reproducibility_tags(
+                        step="train",
+                        city=city,
+                        data_digest=data_digest,
+                        registered_version=existing,
+                        reused_version="true",
+                        reused_from_run=mv.run_id,
+                    )
+                )
+            objective = mv.tags.get("objective", "")
+            uri = f"models:/{name}/{existing}"
+            return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
+
+    data = labelled(rows)
+    train_rows, valid_rows = split_by_day(data, params.valid_days)
+    features_uri = features_dir.resolve().as_uri()
+    with mlflow.start_run(run_name=f"train-{city}") as run:
+        mlflow.set_tags(
+            tracking.reproducibility_tags(
+                step="train",
+                city=city,
+                data_digest=data_digest,
+                features_uri=features_uri,
+                seed=params.seed,
+                params_hash=p_hash,
+                process_run_id=process_run_id,
+            )
+        )
+        mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "objectives"})
+        mlflow.log_param("objectives", ",".join(params.objectives))
+        for frame, context in ((train_rows, "training"), (valid_rows, "validation")):
+            ds = from_pandas(
+                frame[[*FEATURE_NAMES, LABEL_COLUMN]],
+                source=tracking.dataset_source(features_uri),
+                targets=LABEL_COLUMN,
+                name=f"features-{city}-{context}",
+                digest=f"{data_digest[:16]}-{context}",
+            )
+            mlflow.log_input(ds, context=context)
+
+        fits = [fit(obj, train_rows, valid_rows, params) for obj in params.objectives]
+        chosen, reason = select(fits, params.selection_tolerance)
+        metrics: dict[str, float] = {
+            "train_rows": float(len(train_rows)),
+            "valid_rows": float(len(valid_rows)),
+            "train_positive_rate": float(train_rows[LABEL_COLUMN].mean()),
+        }
+        for f in fits:
+            metrics[f"valid_auc_{f.objective}"] = f.valid_auc
+            metrics[f"best_iteration_{f.objective}"] = float(f.best_iteration)
+            metrics[f"fit_seconds_{f.objective}"] = f.seconds
+        scores = np.asarray(
+            chosen.booster.predict(matrix(valid_rows), num_iteration=chosen.best_iteration)
+        )
+        metrics["valid_auc"] = chosen.valid_auc
+        if chosen.objective == "binary":
+            metrics["valid_logloss"] = logloss(valid_rows[LABEL_COLUMN].to_numpy(), scores)
+        mlflow.log_metrics(metrics)
+        mlflow.log_param("objective", chosen.objective)
+        mlflow.set_tag("model_selection", reason)
+        mlflow.set_tag("objective", chosen.objective)
+
+        importance = dict(
+            zip(
+                FEATURE_NAMES,
+                chosen.booster.feature_importance("gain", iteration=chosen.best_iteration).tolist(),
+                strict=True,
+            )
+        )
+        mlflow.log_dict(importance, "feature_importance.json")
+
+        booster = _trimmed(chosen.booster)
+        example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
+        signature = infer_signature(example, booster.predict(example.to_numpy()))
+        info = mlflow.lightgbm.log_model(
+            booster,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=example,
+            extra_files=[str(features_dir / DRIVER_TABLE_FILE)],
+            pip_requirements=_pip_requirements(),
+        )
+        version = register(
+            client,
+            name,
+            info.model_uri,
+            run.info.run_id,
+            {
+                "city": city,
+                "objective": chosen.objective,
+                "score_kind": "probability" if chosen.objective == "binary" else "rank_score",
+                "data_digest": data_digest,
+                "features_uri": features_uri,
+                "git_commit": code or "",
+                "params_hash": p_hash,
+                "seed": str(params.seed),
+                "valid_auc": f"{chosen.valid_auc:.5f}",
+            },
+            description=(
+                f"{chosen.objective} acceptance model for {city}, trained on features "
+                f"{manifest['start']}..{manifest['end']} (digest {data_digest[:12]}). {reason}."
+            ),
+        )
+        mlflow.set_tag("registered_version", version)
+    return TrainResult(
+        city, run.info.run_id, name, version, f"models:/{name}/{version}", chosen.objective, metrics
+    )
+
+
+def _trimmed(booster: lgb.Booster) -> lgb.Booster:
+    """A copy of the booster cut at its best iteration, so every consumer scores the same trees."""
+    text = booster.model_to_string(num_iteration=booster.best_iteration)
+    return lgb.Booster(model_str=text)
+
+
+def _pip_requirements() -> list[str]:
+    import importlib.metadata as md
+
+    return [
+        f"{p}=={md.version(p)}" for p in ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn")
+    ]
+
+
+def register(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str,
+) -> str:
+    """Register ``model_uri`` as a new version of ``name`` and return the version it got."""
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(
+            name, description="Driver acceptance model; Production = alias `production`."
+        )
+    mv = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, description=description
+    )
+    _wait_ready(client, name, str(mv.version))
+    return str(mv.version)
+
+
+def _wait_ready(client: MlflowClient, name: str, version: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_model_version(name, version).status
+        if status == "READY":
+            return
+        if status == "FAILED_REGISTRATION":
+            from matchmaking.errors import TrackingError
+
+            raise TrackingError(
+                f"registration of {name} v{version} failed; see the tracking server log"
+            )
+        time.sleep(0.5)
+
+
+def load_feature_importance(run_id: str) -> dict[str, float]:
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="feature_importance.json"
+    )
+    return dict(json.loads(Path(path).read_text()))
