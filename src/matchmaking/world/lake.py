@@ -1,0 +1,373 @@
+"""The data lake: atomic partition writes and the readers every later step uses.
+
+Layout (see ``matchmaking.schema``)::
+
+    <root>/raw/city=<c>/drivers.parquet
+    <root>/raw/city=<c>/date=<YYYY-MM-DD>/{bookings,candidates}.parquet + _SUCCESS
+    <root>/truth/city=<c>/drivers.parquet
+    <root>/truth/city=<c>/date=<YYYY-MM-DD>/ground_truth.parquet + _SUCCESS
+
+A partition is staged in a hidden sibling ``.date=<D>.tmp-<uuid>`` and renamed into place
+once every file and its ``_SUCCESS`` marker are written, so readers never see half a
+partition. Readers skip hidden directories and directories without ``_SUCCESS``; writers
+remove stale hidden directories left by interrupted runs. One writer per city at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from datetime import date, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from matchmaking.errors import InputError, StorageError
+from matchmaking.schema import (
+    DRIVER_TRUTH,
+    DRIVERS,
+    RAW_TABLES,
+    SUCCESS_MARKER,
+    TRUTH_TABLES,
+)
+
+logger = logging.getLogger(__name__)
+
+RAW = "raw"
+TRUTH = "truth"
+DRIVERS_FILE = "drivers.parquet"
+COMPRESSION = "zstd"
+_STAGING_TAGS = (".tmp-", ".old-")
+
+
+def city_dir(root: Path, layer: str, city: str) -> Path:
+    """``<root>/<layer>/city=<city>``."""
+    return Path(root) / layer / f"city={city}"
+
+
+def partition_dir(root: Path, layer: str, city: str, day: date) -> Path:
+    """``<root>/<layer>/city=<city>/date=<YYYY-MM-DD>``."""
+    return city_dir(root, layer, city) / f"date={day.isoformat()}"
+
+
+def is_complete(partition: Path) -> bool:
+    """Whether a partition directory has been published (its ``_SUCCESS`` marker exists)."""
+    return (partition / SUCCESS_MARKER).is_file()
+
+
+def _storage_error(path: Path, exc: OSError, doing: str) -> StorageError:
+    return StorageError(
+        f"cannot {doing} {path}: {exc.strerror or exc}; choose a writable lake directory "
+        "(--out or MATCHMAKING_DATA_DIR) or fix its permissions"
+    )
+
+
+def ensure_writable(path: Path) -> None:
+    """Check, without creating anything, that ``path`` is or can become a writable directory.
+
+    Raises:
+        StorageError: naming the offending path and what to do.
+    """
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(
+            f"cannot write the lake to {path}: {probe} exists and is not a directory; "
+            "choose another --out (or MATCHMAKING_DATA_DIR)"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"cannot write the lake to {path}: {probe} is not writable; choose a writable "
+            "--out (or MATCHMAKING_DATA_DIR) or fix its permissions"
+        )
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _storage_error(path, exc, "create directory") from exc
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A ParquetWriter with the lake's settings (zstd; no timestamps, so bytes are stable)."""
+    return pq.ParquetWriter(str(path), schema, compression=COMPRESSION)
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Write one table to ``path`` (not atomic on its own: use inside a staged partition)."""
+    with parquet_writer(path, table.schema) as writer:
+        writer.write_table(table)
+
+
+def write_file_atomic(path: Path, table: pa.Table) -> None:
+    """Write a single parquet file via a hidden temp file and ``os.replace``.
+
+    Raises:
+        StorageError: when the directory cannot be created or written.
+    """
+    path = Path(path)
+    _mkdir(path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        write_parquet(tmp, table)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _storage_error(path, exc, "write") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _is_staging(name: str) -> bool:
+    return name.startswith(".") and any(tag in name for tag in _STAGING_TAGS)
+
+
+def clean_stale(root: Path, layer: str, city: str, prefix: str = "") -> int:
+    """Remove hidden staging files and directories left by interrupted writes.
+
+    Args:
+        root: lake root.
+        layer: ``"raw"``, ``"truth"`` or any other layer name.
+        city: city id.
+        prefix: only remove entries for this target name (e.g. ``"date=2026-10-01"``).
+
+    Returns:
+        The number of entries removed.
+    """
+    directory = city_dir(root, layer, city)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for entry in directory.iterdir():
+        if not _is_staging(entry.name) or not entry.name.startswith(f".{prefix}"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+        logger.info("removed stale staging entry %s", entry)
+    return removed
+
+
+class PartitionWriter:
+    """Stage one city-day partition in a hidden directory; ``commit()`` publishes it.
+
+    Use as a context manager: leaving the block without ``commit()`` (an exception, a crash)
+    removes the staging directory, or leaves a hidden one that the next writer cleans.
+
+    Example::
+
+        with PartitionWriter(root, "raw", "jakarta", day) as part:
+            write_parquet(part.path / "bookings.parquet", table)
+            part.commit()
+    """
+
+    def __init__(self, root: Path, layer: str, city: str, day: date) -> None:
+        self.target = partition_dir(root, layer, city, day)
+        parent = self.target.parent
+        _mkdir(parent)
+        clean_stale(root, layer, city, prefix=self.target.name)
+        self.path = parent / f".{self.target.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            raise _storage_error(self.path, exc, "create directory") from exc
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Write ``_SUCCESS`` and rename the staged directory into place.
+
+        An existing partition is replaced: it is renamed away, the new one renamed in, and
+        the old one deleted; readers see either the old or the new partition, never a mix.
+        """
+        try:
+            (self.path / SUCCESS_MARKER).write_bytes(b"")
+            if self.target.exists():
+                old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex}"
+                os.rename(self.target, old)
+                os.rename(self.path, self.target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(self.path, self.target)
+        except OSError as exc:
+            raise _storage_error(self.target, exc, "publish partition") from exc
+        self.committed = True
+        return self.target
+
+    def abort(self) -> None:
+        """Discard the staged directory."""
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> PartitionWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+def write_partition(
+    root: Path, layer: str, city: str, day: date, tables: dict[str, pa.Table]
+) -> Path:
+    """Atomically write a whole partition: ``{name}.parquet`` for each table.
+
+    Returns:
+        The published partition directory.
+    """
+    with PartitionWriter(root, layer, city, day) as part:
+        for name, table in tables.items():
+            try:
+                write_parquet(part.path / f"{name}.parquet", table)
+            except OSError as exc:
+                raise _storage_error(part.path, exc, "write") from exc
+        return part.commit()
+
+
+# ----------------------------------------------------------------------------------------
+# Readers
+# ----------------------------------------------------------------------------------------
+
+
+def _layer_of(table: str) -> str:
+    if table in RAW_TABLES:
+        return RAW
+    if table in TRUTH_TABLES:
+        return TRUTH
+    known = ", ".join([*RAW_TABLES, *TRUTH_TABLES])
+    raise InputError(f"unknown lake table {table!r}; expected one of: {known}")
+
+
+def list_cities(root: Path, layer: str = RAW) -> list[str]:
+    """City ids that have a directory in ``layer``, sorted."""
+    base = Path(root) / layer
+    if not base.is_dir():
+        return []
+    return sorted(
+        p.name.removeprefix("city=")
+        for p in base.iterdir()
+        if p.is_dir() and p.name.startswith("city=")
+    )
+
+
+def list_dates(root: Path, city: str, layer: str = RAW) -> list[date]:
+    """Dates of the complete partitions of a city, ascending."""
+    directory = city_dir(root, layer, city)
+    if not directory.is_dir():
+        return []
+    days = []
+    for p in directory.iterdir():
+        if p.name.startswith("date=") and p.is_dir() and is_complete(p):
+            try:
+                days.append(date.fromisoformat(p.name.removeprefix("date=")))
+            except ValueError:
+                logger.warning("ignoring malformed partition directory %s", p)
+    return sorted(days)
+
+
+def _date_range(start: date, end: date) -> Iterable[date]:
+    for i in range((end - start).days + 1):
+        yield start + timedelta(days=i)
+
+
+def _describe_missing(days: list[date]) -> str:
+    runs: list[tuple[date, date]] = []
+    for d in days:
+        if runs and (d - runs[-1][1]).days == 1:
+            runs[-1] = (runs[-1][0], d)
+        else:
+            runs.append((d, d))
+    return ", ".join(a.isoformat() if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def read_partitions(
+    root: Path,
+    city: str,
+    table: str,
+    start: date,
+    end: date,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """Read one table over ``[start, end]`` (inclusive), concatenated in date order.
+
+    Args:
+        root: lake root (holding ``raw/`` and ``truth/``).
+        city: city id.
+        table: ``"bookings"``, ``"candidates"`` or ``"ground_truth"``.
+        start: first day.
+        end: last day.
+        columns: subset of columns to read; all when None.
+
+    Raises:
+        InputError: unknown table or columns, or ``end`` before ``start``.
+        StorageError: some asked dates have no complete partition (they are listed).
+    """
+    layer = _layer_of(table)
+    schema = RAW_TABLES.get(table) or TRUTH_TABLES[table]
+    if end < start:
+        raise InputError(f"end date {end} is before start date {start}")
+    if columns is not None:
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise InputError(
+                f"unknown column(s) {unknown} for table {table!r}; it has {schema.names}"
+            )
+    days = list(_date_range(start, end))
+    missing = [d for d in days if not is_complete(partition_dir(root, layer, city, d))]
+    if missing:
+        raise StorageError(
+            f"{layer}/city={city} has no complete partition for {_describe_missing(missing)} "
+            f"({len(missing)} of {len(days)} asked days) under {Path(root)}; generate them "
+            f"with `matchmaking world generate --cities {city} --start {missing[0]} "
+            f"--days {(missing[-1] - missing[0]).days + 1}`"
+        )
+    parts = [
+        _read_file(partition_dir(root, layer, city, d) / f"{table}.parquet", columns) for d in days
+    ]
+    return pa.concat_tables(parts)
+
+
+def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.ParquetFile(path).read(columns=columns)
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"{path} does not exist; generate the city with `matchmaking world generate`"
+        ) from exc
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+
+
+def read_drivers(root: Path, city: str) -> pa.Table:
+    """The city's driver roster (``schema.DRIVERS``)."""
+    table = _read_file(city_dir(root, RAW, city) / DRIVERS_FILE)
+    return table.select(DRIVERS.names)
+
+
+def read_driver_truth(root: Path, city: str) -> pa.Table:
+    """The drivers' hidden acceptance propensities (``schema.DRIVER_TRUTH``)."""
+    table = _read_file(city_dir(root, TRUTH, city) / DRIVERS_FILE)
+    return table.select(DRIVER_TRUTH.names)
+
+
+def read_truth(
+    root: Path, city: str, start: date, end: date, columns: list[str] | None = None
+) -> pa.Table:
+    """The true per-candidate probabilities (``schema.GROUND_TRUTH``) over ``[start, end]``."""
+    return read_partitions(root, city, "ground_truth", start, end, columns)
