@@ -13,7 +13,7 @@ FloatArray = npt.NDArray[np.float64]
 
 # Calibrated so that offers made by the historical nearest-ETA dispatcher are accepted
 # 75-85% of the time (see tests/data/test_realism.py).
-ACCEPT_INTERCEPT = 2.45
+ACCEPT_INTERCEPT = 3.85
 ETA_PER_MIN = -0.42  # each minute of pickup ETA lowers the odds
 RATING_SLOPE = 1.1  # conscientious (high-rated) drivers accept more
 FARE_SLOPE = 0.55  # log fare relative to the city's median fare
