@@ -212,7 +212,7 @@ def serve(
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(min=1, help="Days of history to simulate.")] = 30,
+    days: Annotated[int, typer.Option(min=7, help="Days in the training window.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
 ) -> None:
     """Run the main job end to end on the embedded defaults (SQLite, local files)."""
