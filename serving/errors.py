@@ -1,0 +1,140 @@
+"""The one table from error families to HTTP answers, and the handlers that apply it.
+
+Every error body has the same shape (``schemas.ErrorResponse``)::
+
+    {"error": {"code": "invalid_request", "message": "...",
+               "details": [{"loc": ["candidates", 2, "rating"], "msg": "...", "type": "..."}],
+               "request_id": "..."}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from matchmaking.errors import (
+    ConfigError,
+    InputError,
+    MatchmakingError,
+    ModelNotFoundError,
+    TrackingError,
+    UnknownCityError,
+)
+
+logger = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+
+class ServiceError(MatchmakingError):
+    """An HTTP-level refusal decided by the service itself (size, auth, field checks)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or []
+        self.headers = headers
+
+
+# The table: most specific family first (looked up along the exception's MRO).
+ERROR_TABLE: dict[type[MatchmakingError], tuple[int, str]] = {
+    UnknownCityError: (404, "unknown_city"),
+    ModelNotFoundError: (404, "no_production_model"),
+    InputError: (422, "invalid_request"),
+    TrackingError: (503, "registry_unavailable"),
+    ConfigError: (500, "misconfigured"),
+    MatchmakingError: (500, "internal_error"),
+}
+
+
+def status_for(exc: MatchmakingError) -> tuple[int, str]:
+    """HTTP status and error code of a package error, from ``ERROR_TABLE``."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "internal_error"
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The uniform JSON error answer."""
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details or [],
+            "request_id": request.scope.get("state", {}).get("request_id"),
+        }
+    }
+    return Response(
+        _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def validation_details(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
+    """Field-level reasons from a pydantic error (location without the 'body' prefix)."""
+    out = []
+    for err in exc.errors():
+        loc = [p for p in err.get("loc", ()) if p != "body"]
+        out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: package errors by table, validation as 422, HTTP errors as is."""
+
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
+            raise exc
+        return error_response(request, exc.status, exc.code, str(exc), exc.details, exc.headers)
+
+    async def on_package_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, MatchmakingError):  # pragma: no cover
+            raise exc
+        status, code = status_for(exc)
+        if status >= 500:
+            logger.error("%s: %s", code, exc)
+        return error_response(request, status, code, str(exc))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ValidationError | RequestValidationError):  # pragma: no cover
+            raise exc
+        details = validation_details(exc)
+        return error_response(
+            request, 422, "invalid_request", f"{len(details)} invalid field(s)", details
+        )
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
+            raise exc
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(
+            request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
+        )
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(MatchmakingError, on_package_error)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,0 +1,95 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+class Metrics:
+    """Every metric the service exports on ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.latency = Histogram(
+            "matchmaking_request_seconds",
+            "Scoring latency inside the service, by endpoint and city.",
+            ["endpoint", "city"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "matchmaking_requests",
+            "Requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "matchmaking_model_version",
+            "Registered version served per city (absent: not loaded).",
+            ["city", "model"],
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            "matchmaking_models_loaded", "City models held in memory.", registry=r
+        )
+        self.loads = Counter(
+            "matchmaking_model_loads", "Model versions loaded, by city.", ["city"], registry=r
+        )
+        self.load_failures = Counter(
+            "matchmaking_model_load_failures",
+            "Model loads that failed (registry or artifact errors), by city.",
+            ["city"],
+            registry=r,
+        )
+        self.swaps = Counter(
+            "matchmaking_model_swaps",
+            "Live swaps to a new Production version (or a rollback), by city.",
+            ["city"],
+            registry=r,
+        )
+        self.swap_failures = Counter(
+            "matchmaking_model_swap_failures",
+            "New Production versions that could not be loaded (the old one kept serving).",
+            ["city"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "matchmaking_model_evictions", "Models dropped by the LRU.", registry=r
+        )
+        self.registry_errors = Counter(
+            "matchmaking_registry_errors", "Registry calls that failed.", registry=r
+        )
+        self.registry_up = Gauge(
+            "matchmaking_registry_up",
+            "1 when the last registry call succeeded, else 0.",
+            registry=r,
+        )
+        self.registry_last_success = Gauge(
+            "matchmaking_registry_last_success_timestamp_seconds",
+            "Unix time of the last successful registry poll.",
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "matchmaking_fallback_answers",
+            "Rankings answered by the nearest-ETA fallback, by city.",
+            ["city"],
+            registry=r,
+        )

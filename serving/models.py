@@ -1,0 +1,195 @@
+"""Finding a city's Production version in the registry and loading it for fast scoring.
+
+A version is served by its raw LightGBM booster (no pyfunc, no pandas) plus the driver table
+published with it (``extra_files/driver_table.parquet``). Production is the alias
+``production``; where a model has no such alias, the latest version in stage ``Production``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from matchmaking.errors import ModelNotFoundError, TrackingError
+from matchmaking.features.core import FloatArray, build_matrix
+from matchmaking.features.online import (
+    DriverTable,
+    OnlineBooking,
+    OnlineCandidates,
+    build_online_inputs,
+)
+from matchmaking.schema import FEATURE_NAMES
+from matchmaking.world.cities import City
+
+logger = logging.getLogger(__name__)
+
+PRODUCTION_ALIAS = "production"
+PRODUCTION_STAGE = "Production"
+DRIVER_TABLE_FILE = "driver_table.parquet"
+_NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered version and how it was found (``alias`` or ``stage``)."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    score_kind: str
+
+
+@dataclass
+class LoadedModel:
+    """One city's model, ready to score: never mutated after it is published."""
+
+    city: City
+    ref: VersionRef
+    booster: lgb.Booster
+    drivers: DriverTable
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def version(self) -> str:
+        return self.ref.version
+
+    def predict(self, matrix: FloatArray) -> FloatArray:
+        """Booster scores of a feature matrix, single-threaded."""
+        return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
+
+    def features(self, bookings: list[OnlineBooking], candidates: OnlineCandidates) -> FloatArray:
+        """The online feature matrix (``schema.FEATURE_NAMES`` order)."""
+        return build_matrix(build_online_inputs(self.city, bookings, candidates, self.drivers))
+
+    def warm(self) -> None:
+        """Score a few rows once so the first real request pays no first-call cost."""
+        self.predict(np.zeros((8, len(FEATURE_NAMES))))
+
+
+def is_not_found(exc: MlflowException) -> bool:
+    """Whether the registry said "no such model / alias" (as opposed to failing)."""
+    return exc.error_code == _NOT_FOUND
+
+
+def resolve_production(client: MlflowClient, name: str) -> VersionRef:
+    """The version to serve: alias ``production``, else the latest in stage Production.
+
+    Raises:
+        ModelNotFoundError: the model does not exist or has no Production version.
+        TrackingError: the registry failed or could not be reached.
+    """
+    try:
+        try:
+            mv = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
+            source = f"alias:{PRODUCTION_ALIAS}"
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise
+            latest = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
+            if not latest:
+                raise ModelNotFoundError(
+                    f"registered model {name!r} has no '@{PRODUCTION_ALIAS}' alias and no version "
+                    f"in stage {PRODUCTION_STAGE}; promote a version first"
+                ) from None
+            mv = latest[0]
+            source = f"stage:{PRODUCTION_STAGE}"
+    except MlflowException as exc:
+        if is_not_found(exc):
+            raise ModelNotFoundError(
+                f"no registered model {name!r}: train and promote one for this city first"
+            ) from None
+        raise TrackingError(f"registry error while resolving {name}: {exc.message}") from exc
+    except OSError as exc:  # connection refused, timeouts surfaced by requests
+        raise TrackingError(f"registry unreachable while resolving {name}: {exc}") from exc
+    return VersionRef(
+        name=name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        source=source,
+        score_kind=(mv.tags or {}).get("score_kind", "probability"),
+    )
+
+
+def _model_file(model_dir: Path) -> Path:
+    """The LightGBM model file named by the MLmodel's lightgbm flavor."""
+    meta = yaml.safe_load((model_dir / "MLmodel").read_text())
+    flavor = (meta.get("flavors") or {}).get("lightgbm")
+    if not flavor or "data" not in flavor:
+        raise ModelNotFoundError(f"{model_dir} is not a LightGBM model (no lightgbm flavor)")
+    return model_dir / str(flavor["data"])
+
+
+def load_version(
+    client: MlflowClient, ref: VersionRef, city: City, registry_uri: str
+) -> LoadedModel:
+    """Download a version, load its booster and driver table, warm it; off the request path.
+
+    Raises:
+        TrackingError: the artifacts could not be downloaded.
+        ModelNotFoundError: the version's artifacts are not a servable model.
+    """
+    import mlflow.artifacts
+
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"mm-serve-{city.id}-"))
+    try:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{ref.name}/{ref.version}",
+                    dst_path=str(tmp),
+                    tracking_uri=registry_uri,
+                    registry_uri=registry_uri,
+                )
+            )
+        except (MlflowException, OSError) as exc:
+            raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
+        booster = lgb.Booster(model_file=str(_model_file(local)))
+        names = tuple(booster.feature_name())
+        if names != FEATURE_NAMES:
+            raise ModelNotFoundError(
+                f"{ref.name} v{ref.version} expects features {names}, the service builds "
+                f"{FEATURE_NAMES}; retrain it with this version of the feature contract"
+            )
+        table_path = local / "extra_files" / DRIVER_TABLE_FILE
+        if table_path.exists():
+            drivers = DriverTable.from_parquet(table_path)
+        else:
+            logger.warning(
+                "%s v%s has no %s: every driver gets new-driver defaults",
+                ref.name,
+                ref.version,
+                DRIVER_TABLE_FILE,
+            )
+            drivers = DriverTable.empty()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    model = LoadedModel(city=city, ref=ref, booster=booster, drivers=drivers)
+    model.warm()
+    model.load_seconds = time.perf_counter() - started
+    logger.info(
+        "loaded %s v%s (%s, %d drivers) in %.2f s",
+        ref.name,
+        ref.version,
+        ref.source,
+        len(drivers),
+        model.load_seconds,
+    )
+    return model
