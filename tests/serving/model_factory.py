@@ -1,0 +1,157 @@
+"""Small registered models for the serving tests, logged and registered as training does.
+
+``mlflow.lightgbm.log_model(booster, name="model", signature, input_example,
+extra_files=[driver_table.parquet])`` then ``create_model_version`` with the ``score_kind`` /
+``objective`` tags, then the ``production`` alias. The boosters are tiny LightGBM models fitted
+on random rows with the contract's columns, so tests never depend on the training step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from matchmaking.schema import FEATURE_NAMES
+
+# Plausible ranges per feature (uniform draws), so trees split where requests land.
+RANGES: dict[str, tuple[float, float]] = {
+    "eta_min": (0.5, 15.0),
+    "eta_gap_min": (0.0, 10.0),
+    "eta_rank": (1.0, 8.0),
+    "pickup_km": (0.0, 4.0),
+    "rating": (3.0, 5.0),
+    "home_gain_km": (-15.0, 15.0),
+    "home_cos": (-1.0, 1.0),
+    "minutes_to_shift_end": (-60.0, 600.0),
+    "hour_local": (0.0, 23.0),
+    "day_of_week": (0.0, 6.0),
+    "trip_km": (2.0, 20.0),
+    "fare": (15_000.0, 100_000.0),
+    "drv_offers_28d": (0.0, 200.0),
+    "drv_accept_rate_28d": (0.2, 1.0),
+}
+PIP_REQUIREMENTS = ["mlflow", "lightgbm", "numpy", "pandas"]
+
+
+def random_frame(n: int, seed: int) -> pd.DataFrame:
+    """Random rows with the contract's columns (float64), in contract order."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {name: rng.uniform(*RANGES[name], n) for name in FEATURE_NAMES}, columns=FEATURE_NAMES
+    )
+
+
+def random_booster(
+    seed: int, objective: str = "binary", n: int = 3000, rounds: int = 30
+) -> lgb.Booster:
+    """A small booster; acceptance falls with ETA and rises with rating and heading home."""
+    x = random_frame(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    logit = (
+        1.0
+        - 0.35 * x["eta_min"]
+        + 0.8 * (x["rating"] - 4.0)
+        + 0.08 * x["home_gain_km"]
+        + 0.01 * x["minutes_to_shift_end"] / 10
+        + rng.normal(0, 0.5, n)
+    )
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    params: dict[str, object] = {
+        "objective": objective,
+        "num_leaves": 15,
+        "learning_rate": 0.1,
+        "verbose": -1,
+        "num_threads": 1,
+        "seed": seed,
+    }
+    ds = lgb.Dataset(x.to_numpy(), y, feature_name=list(FEATURE_NAMES))
+    if objective == "lambdarank":
+        ds.set_group(np.full(n // 10, 10))
+    return lgb.train(params, ds, num_boost_round=rounds)
+
+
+def write_driver_table(path: Path, driver_ids: Sequence[str], seed: int) -> Path:
+    """A driver feature table like the processing step publishes (one row per driver)."""
+    rng = np.random.default_rng(seed)
+    n = len(driver_ids)
+    offers = rng.integers(0, 150, n).astype(np.float64)
+    pd.DataFrame(
+        {
+            "driver_id": list(driver_ids),
+            "shift_start_min": rng.integers(0, 1440, n).astype(np.float64),
+            "shift_length_min": rng.integers(240, 720, n).astype(np.float64),
+            "offers_28d": offers,
+            "accepts_28d": np.floor(offers * rng.uniform(0.3, 0.95, n)),
+        }
+    ).to_parquet(path, index=False)
+    return path
+
+
+def _experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if not tracking_uri.startswith(("http://", "https://")):
+        location = Path(tempfile.mkdtemp(prefix="mm-test-artifacts-")).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def register_model(
+    tracking_uri: str,
+    name: str,
+    booster: lgb.Booster,
+    driver_table: Path,
+    objective: str = "binary",
+    alias: str | None = "production",
+) -> str:
+    """Log ``booster`` as training does, register a version of ``name``; returns the version.
+
+    With ``alias`` set, the alias is moved to the new version (a promotion).
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    exp_id = _experiment(client, f"serving-tests-{name}", tracking_uri)
+    example = random_frame(5, 0)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        info = mlflow.lightgbm.log_model(
+            booster,
+            name="model",
+            signature=infer_signature(example, booster.predict(example.to_numpy())),
+            input_example=example,
+            extra_files=[str(driver_table)],
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    mv = client.create_model_version(
+        name,
+        info.model_uri,
+        run_id=run.info.run_id,
+        tags={
+            "objective": objective,
+            "score_kind": "probability" if objective == "binary" else "rank_score",
+        },
+    )
+    version = str(mv.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def set_alias(tracking_uri: str, name: str, version: str, alias: str = "production") -> None:
+    """Move ``alias`` of ``name`` to ``version`` (promotion or rollback)."""
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        name, alias, version
+    )
