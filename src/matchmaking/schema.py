@@ -108,15 +108,33 @@ class Feature:
     name: str
     dtype: str  # numpy dtype of the model input column
     description: str
+    # Domain knowledge the model must respect: +1 the score never falls as the value rises,
+    # -1 it never rises, 0 unconstrained (LightGBM monotone_constraints).
+    monotone: int = 0
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("eta_min", "float64", "pickup ETA in minutes (given, or estimated as in the world)"),
-    Feature("eta_gap_min", "float64", "ETA minus the lowest ETA among the booking's candidates"),
-    Feature("eta_rank", "float64", "rank of the ETA among the booking's candidates, 1 = lowest"),
-    Feature("pickup_km", "float64", "straight-line km from the driver to the pickup"),
-    Feature("rating", "float64", "driver rating, 1-5"),
-    Feature("home_gain_km", "float64", "km the trip brings the driver closer to home"),
+    Feature(
+        "eta_min",
+        "float64",
+        "pickup ETA in minutes (given, or estimated as in the world)",
+        monotone=-1,
+    ),
+    Feature(
+        "eta_gap_min",
+        "float64",
+        "ETA minus the lowest ETA among the booking's candidates",
+        monotone=-1,
+    ),
+    Feature(
+        "eta_rank",
+        "float64",
+        "rank of the ETA among the booking's candidates, 1 = lowest",
+        monotone=-1,
+    ),
+    Feature("pickup_km", "float64", "straight-line km from the driver to the pickup", monotone=-1),
+    Feature("rating", "float64", "driver rating, 1-5", monotone=1),
+    Feature("home_gain_km", "float64", "km the trip brings the driver closer to home", monotone=1),
     Feature("home_cos", "float64", "cosine between trip direction and direction to home"),
     Feature("minutes_to_shift_end", "float64", "minutes left in the driver's shift (<0: over)"),
     Feature("hour_local", "float64", "local hour of the request, 0-23"),

@@ -96,7 +96,7 @@ def test_rank_and_gap_per_group() -> None:
 def test_missing_eta_is_estimated_from_speed() -> None:
     m = build_matrix(_inputs(eta_seconds=np.array([np.nan]), speed_kmh=np.array([30.0])))
     km = feature(m, "pickup_km")[0]
-    assert feature(m, "eta_min")[0] == pytest.approx(km * 1.3 / 30.0 * 60.0)
+    assert feature(m, "eta_min")[0] == pytest.approx(km * 1.3 / 30.0 * 60.0 + 28.0 / 60.0)
 
 
 def test_matrix_follows_the_contract_order() -> None:

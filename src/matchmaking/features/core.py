@@ -60,9 +60,16 @@ class CandidateInputs:
     drv_accepts_28d: FloatArray
 
 
+# Mean time to get moving and reach the rider's door on top of driving (the world's lognormal
+# overhead has a median of 25 s and a mean of about 28 s).
+PICKUP_OVERHEAD_SECONDS = 28.0
+
+
 def estimate_eta_seconds(pickup_km: FloatArray, speed_kmh: FloatArray) -> FloatArray:
-    """ETA as the world estimates it: straight line x road circuity / the hour's speed."""
-    return pickup_km * ROAD_CIRCUITY / np.maximum(speed_kmh, 1.0) * 3600.0
+    """ETA as the world estimates it: straight line x road circuity / the hour's speed, plus
+    the mean pickup overhead."""
+    drive = pickup_km * ROAD_CIRCUITY / np.maximum(speed_kmh, 1.0) * 3600.0
+    return drive + PICKUP_OVERHEAD_SECONDS
 
 
 def minutes_to_shift_end(

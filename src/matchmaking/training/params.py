@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
+from matchmaking.schema import FEATURES
 
 DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
 
@@ -49,6 +50,8 @@ class TrainParams(BaseModel):
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
+            "monotone_constraints": [f.monotone for f in FEATURES],
+            "monotone_constraints_method": "intermediate",
         }
         if objective == "binary":
             params["metric"] = ["auc", "binary_logloss"]

@@ -1,0 +1,117 @@
+"""Behavioural tests of the trained model (directional, invariance, minimum functionality).
+
+Candidates are perturbed in their raw inputs and re-featurised through the one feature
+function, so derived features (ETA gap and rank) move together as they do in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from matchmaking.features.core import CandidateInputs, build_matrix
+from matchmaking.processing.step import read_dataset
+from matchmaking.training.params import load_params
+from matchmaking.training.train import fit, labelled, split_by_day
+from tests.model.conftest import ProcessedWorld
+
+
+@pytest.fixture(scope="module")
+def booster(processed_world: ProcessedWorld) -> lgb.Booster:
+    rows, _ = read_dataset(processed_world.train.dataset_dir)
+    train, valid = split_by_day(labelled(rows), 5)
+    return fit("binary", train, valid, load_params(overrides={"objectives": ["binary"]})).booster
+
+
+def booking(n: int = 6, seed: int = 0) -> CandidateInputs:
+    """One Jakarta morning booking with ``n`` varied candidates."""
+    rng = np.random.default_rng(seed)
+
+    def full(v: float) -> np.ndarray:
+        return np.full(n, v)
+
+    return CandidateInputs(
+        group=np.zeros(n, dtype=np.int64),
+        driver_lat=-6.20 + rng.uniform(-0.02, 0.02, n),
+        driver_lng=106.82 + rng.uniform(-0.02, 0.02, n),
+        pickup_lat=full(-6.20),
+        pickup_lng=full(106.82),
+        dropoff_lat=full(-6.26),
+        dropoff_lng=full(106.85),
+        home_lat=-6.20 + rng.uniform(-0.15, 0.15, n),
+        home_lng=106.82 + rng.uniform(-0.15, 0.15, n),
+        rating=rng.uniform(4.3, 5.0, n),
+        eta_seconds=rng.uniform(60, 420, n),
+        speed_kmh=full(20.0),
+        local_minute=full(8 * 60 + 10),
+        day_of_week=full(1.0),
+        shift_start_min=full(6 * 60),
+        shift_length_min=rng.uniform(180, 600, n),
+        trip_km=full(9.0),
+        fare=full(38000.0),
+        drv_offers_28d=rng.uniform(50, 300, n),
+        drv_accepts_28d=rng.uniform(40, 250, n),
+    )
+
+
+def scores(model: lgb.Booster, x: CandidateInputs) -> np.ndarray:
+    return np.asarray(model.predict(build_matrix(x)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_longer_eta_never_raises_the_score(booster: lgb.Booster, seed: int) -> None:
+    x = booking(seed=seed)
+    before = scores(booster, x)
+    for i in range(len(before)):
+        for extra in (30.0, 120.0, 600.0):
+            eta = x.eta_seconds.copy()
+            eta[i] += extra
+            after = scores(booster, replace(x, eta_seconds=eta))
+            assert after[i] <= before[i] + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_better_rating_and_home_heading_never_lower_the_score(
+    booster: lgb.Booster, seed: int
+) -> None:
+    x = booking(seed=seed)
+    before = scores(booster, x)
+    better_rating = scores(booster, replace(x, rating=np.minimum(x.rating + 0.3, 5.0)))
+    assert np.all(better_rating >= before - 1e-12)
+    # Move each driver's home onto the dropoff: the trip now takes every driver home.
+    homeward = replace(x, home_lat=x.dropoff_lat.copy(), home_lng=x.dropoff_lng.copy())
+    assert np.all(
+        build_matrix(homeward)[:, 5] >= build_matrix(x)[:, 5]
+    )  # home_gain_km grew for all
+    assert np.all(scores(booster, homeward) >= before - 1e-12)
+
+
+def test_scores_do_not_depend_on_candidate_order(booster: lgb.Booster) -> None:
+    x = booking(n=8, seed=3)
+    perm = np.random.default_rng(1).permutation(8)
+    shuffled = CandidateInputs(
+        **{
+            k: (v if k == "group" else v[perm])
+            for k, v in x.__dict__.items()  # dataclass fields, all arrays
+        }
+    )
+    np.testing.assert_allclose(scores(booster, shuffled), scores(booster, x)[perm], rtol=0, atol=0)
+
+
+def test_clearly_better_candidate_ranks_first(booster: lgb.Booster) -> None:
+    x = booking(n=2, seed=4)
+    good = replace(
+        x,
+        eta_seconds=np.array([90.0, 540.0]),
+        rating=np.array([4.95, 4.2]),
+        drv_offers_28d=np.array([200.0, 200.0]),
+        drv_accepts_28d=np.array([190.0, 110.0]),
+        home_lat=np.array([-6.30, -6.05]),
+        home_lng=np.array([106.88, 106.75]),
+    )
+    s = scores(booster, good)
+    assert s[0] > s[1]
+    assert 0.0 < s[1] < s[0] < 1.0
