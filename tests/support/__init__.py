@@ -1,0 +1,1 @@
+"""Test-only helpers (importable as ``support``: pytest puts ``tests/`` on ``sys.path``)."""
