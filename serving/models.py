@@ -11,6 +11,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,11 @@ import lightgbm as lgb
 import numpy as np
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import ModelNotFoundError, TrackingError
@@ -38,6 +43,8 @@ PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
 DRIVER_TABLE_FILE = "driver_table.parquet"
 _NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+# A tracking server answers a missing alias of an existing model with INVALID_PARAMETER_VALUE.
+_NO_ALIAS = (_NOT_FOUND, ErrorCode.Name(INVALID_PARAMETER_VALUE))
 
 
 @dataclass(frozen=True)
@@ -100,9 +107,11 @@ def resolve_production(client: MlflowClient, name: str) -> VersionRef:
             mv = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
             source = f"alias:{PRODUCTION_ALIAS}"
         except MlflowException as exc:
-            if not is_not_found(exc):
+            if exc.error_code not in _NO_ALIAS:
                 raise
-            latest = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
+            with warnings.catch_warnings():  # stages are deprecated; still the documented fallback
+                warnings.simplefilter("ignore", FutureWarning)
+                latest = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
             if not latest:
                 raise ModelNotFoundError(
                     f"registered model {name!r} has no '@{PRODUCTION_ALIAS}' alias and no version "
@@ -151,9 +160,12 @@ def load_version(
     tmp = Path(tempfile.mkdtemp(prefix=f"mm-serve-{city.id}-"))
     try:
         try:
+            # The version's own artifact location, downloaded against our registry explicitly
+            # (a models:/ URI would resolve the logged model through the global tracking URI).
+            source = client.get_model_version_download_uri(ref.name, ref.version)
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{ref.name}/{ref.version}",
+                    artifact_uri=source,
                     dst_path=str(tmp),
                     tracking_uri=registry_uri,
                     registry_uri=registry_uri,

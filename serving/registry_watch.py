@@ -47,7 +47,7 @@ class ModelStore:
         self.metrics = metrics
         self.uri = settings.resolved_tracking_uri()
         self.client = client or MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.prefix = settings.model_name_prefix()
+        self.prefix = settings.resolved_model_name_prefix()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._city_locks: dict[str, threading.Lock] = {}

@@ -24,6 +24,10 @@ class ServeSettings(BaseSettings):
     tracking_uri: str | None = Field(
         default=None, description="Registry to read models from (default: platform setting)."
     )
+    model_name_prefix: str | None = Field(
+        default=None,
+        description="Models are '<prefix>-<city>' (default: MATCHMAKING_MODEL_NAME_PREFIX).",
+    )
     hot_cities: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Cities loaded at startup, comma-separated."
     )
@@ -66,6 +70,6 @@ class ServeSettings(BaseSettings):
         """The registry URI in force (this setting, else the platform's resolution)."""
         return self.tracking_uri or Settings().resolved_tracking_uri()
 
-    def model_name_prefix(self) -> str:
-        """Registered models are ``<prefix>-<city>`` (``MATCHMAKING_MODEL_NAME_PREFIX``)."""
-        return Settings().model_name_prefix
+    def resolved_model_name_prefix(self) -> str:
+        """Registered models are ``<prefix>-<city>`` (this setting, else the platform's)."""
+        return self.model_name_prefix or Settings().model_name_prefix

@@ -139,6 +139,7 @@ def register_model(
         name,
         info.model_uri,
         run_id=run.info.run_id,
+        model_id=info.model_id,
         tags={
             "objective": objective,
             "score_kind": "probability" if objective == "binary" else "rank_score",

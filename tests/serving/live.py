@@ -1,0 +1,175 @@
+"""Live plumbing for the serving tests: a real uvicorn server in a thread, a TCP proxy that
+can cut the service off from the registry, and request builders."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+JAKARTA = (-6.2088, 106.8456)
+SURABAYA = (-7.2575, 112.7521)
+BANDUNG = (-6.9175, 107.6191)
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free 127.0.0.1 port, in a daemon thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to ``target`` that can be cut (connection refused) and restored
+    on the same port: a registry outage without stopping the shared tracking server."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> TcpProxy:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        with self._lock:
+            if self._listener is not None:
+                # shutdown() wakes the thread blocked in accept(); close() alone would not.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+def rank_body(
+    city: str = "jakarta",
+    n: int = 5,
+    seed: int = 0,
+    centre: tuple[float, float] = JAKARTA,
+    with_eta: bool = True,
+    driver_prefix: str = "d-",
+) -> dict[str, Any]:
+    """A valid /v1/rank body with ``n`` candidates near the pickup."""
+    rng = np.random.default_rng(seed)
+    lat, lng = centre
+    return {
+        "booking": {
+            "booking_id": f"b-{seed}",
+            "city": city,
+            "pickup": {"lat": lat, "lng": lng},
+            "dropoff": {"lat": lat - 0.05, "lng": lng + 0.04},
+            "requested_at": "2026-11-27T08:15:00+07:00",
+        },
+        "candidates": [
+            {
+                "driver_id": f"{driver_prefix}{i}",
+                "location": {
+                    "lat": lat + float(rng.uniform(-0.02, 0.02)),
+                    "lng": lng + float(rng.uniform(-0.02, 0.02)),
+                },
+                "rating": round(float(rng.uniform(3.5, 5.0)), 2),
+                "home": {
+                    "lat": lat + float(rng.uniform(-0.1, 0.1)),
+                    "lng": lng + float(rng.uniform(-0.1, 0.1)),
+                },
+                **({"eta_seconds": float(rng.uniform(60, 600))} if with_eta else {}),
+            }
+            for i in range(n)
+        ],
+    }
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
+    """A sample's value from /metrics (None when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"{name}{{{want}}}" if labels else name
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -1,0 +1,402 @@
+"""The scoring service against a real uvicorn server and the real tracking server."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import threading
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from conftest import Registered, serve_settings
+from live import BANDUNG, SURABAYA, ServerThread, TcpProxy, metric, rank_body, wait_for
+
+from matchmaking.features.core import build_matrix
+from matchmaking.features.online import (
+    DriverTable,
+    OnlineBooking,
+    OnlineCandidates,
+    build_online_inputs,
+)
+from matchmaking.world.cities import get_city
+from serving.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def expected_scores(
+    reg: Registered, city: str, version: str, body: dict[str, Any]
+) -> dict[str, float]:
+    """Booster.predict on the online feature matrix, by driver id (built outside the service)."""
+    b = body["booking"]
+    cands = body["candidates"]
+    booking = OnlineBooking(
+        b["pickup"]["lat"],
+        b["pickup"]["lng"],
+        b["dropoff"]["lat"],
+        b["dropoff"]["lng"],
+        datetime.fromisoformat(b["requested_at"]),
+        b.get("trip_km"),
+        b.get("fare"),
+    )
+    rows = OnlineCandidates(
+        booking=np.zeros(len(cands), dtype=np.int64),
+        driver_id=[c["driver_id"] for c in cands],
+        lat=np.array([c["location"]["lat"] for c in cands]),
+        lng=np.array([c["location"]["lng"] for c in cands]),
+        rating=np.array([c["rating"] for c in cands]),
+        home_lat=np.array([c["home"]["lat"] for c in cands]),
+        home_lng=np.array([c["home"]["lng"] for c in cands]),
+        eta_seconds=np.array([c.get("eta_seconds", np.nan) for c in cands], dtype=np.float64),
+    )
+    table = DriverTable.from_parquet(reg.tables[f"{city}@{version}"])
+    matrix = build_matrix(build_online_inputs(get_city(city), [booking], rows, table))
+    scores = reg.boosters[f"{city}@{version}"].predict(matrix)
+    return dict(zip(rows.driver_id, scores.tolist(), strict=True))
+
+
+def test_health_readiness_and_models(live: ServerThread, registered: Registered) -> None:
+    with httpx.Client(base_url=live.url) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ok"
+        assert ready.json()["registry"]["reachable"] is True
+        models = c.get("/v1/models").json()["models"]
+        jakarta = next(m for m in models if m["city"] == "jakarta")
+        assert jakarta["model"] == registered.name("jakarta")
+        assert jakarta["version"] == registered.versions["jakarta"][0]
+        assert jakarta["source"] == "alias:production"
+
+
+def test_rank_scores_equal_booster_predict(live: ServerThread, registered: Registered) -> None:
+    body = rank_body(n=50, seed=11)
+    body["candidates"][3]["driver_id"] = "brand-new-driver"  # not in the driver table
+    del body["candidates"][4]["eta_seconds"]  # estimated
+    body["booking"]["fare"] = 42_000.0
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/rank", json=body, headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "req-42"
+    out = r.json()
+    version = registered.versions["jakarta"][0]
+    assert (out["booking_id"], out["city"], out["version"]) == ("b-11", "jakarta", version)
+    assert out["model"] == registered.name("jakarta") and out["fallback"] is False
+    assert out["score_kind"] == "probability"
+    expected = expected_scores(registered, "jakarta", version, body)
+    got = {c["driver_id"]: c["score"] for c in out["candidates"]}
+    assert got.keys() == expected.keys()
+    for d, score in expected.items():
+        assert abs(got[d] - score) <= 1e-9
+    scores = [c["score"] for c in out["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [c["rank"] for c in out["candidates"]] == list(range(1, 51))
+
+
+def _mutate(path: list[Any], value: Any) -> Any:
+    def apply(body: dict[str, Any]) -> dict[str, Any]:
+        body = copy.deepcopy(body)
+        target: Any = body
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+        return body
+
+    return apply
+
+
+_DELETE = object()
+_FAR = {"lat": BANDUNG[0], "lng": BANDUNG[1] + 1.0}
+
+BAD_BODIES = {
+    "missing coordinate": (
+        _mutate(["booking", "pickup", "lng"], _DELETE),
+        ["booking", "pickup", "lng"],
+    ),
+    "latitude out of range": (
+        _mutate(["booking", "pickup", "lat"], 91.0),
+        ["booking", "pickup", "lat"],
+    ),
+    "longitude out of range": (
+        _mutate(["candidates", 1, "location", "lng"], -181.0),
+        ["candidates", 1, "location", "lng"],
+    ),
+    "coordinates outside the city": (
+        _mutate(["candidates", 2, "home"], _FAR),
+        ["candidates", 2, "home"],
+    ),
+    "rating below 1": (_mutate(["candidates", 0, "rating"], 0.5), ["candidates", 0, "rating"]),
+    "rating above 5": (_mutate(["candidates", 0, "rating"], 5.01), ["candidates", 0, "rating"]),
+    "duplicate driver": (
+        _mutate(["candidates", 1, "driver_id"], "d-0"),
+        ["candidates", 1, "driver_id"],
+    ),
+    "zero candidates": (_mutate(["candidates"], []), ["candidates"]),
+    "negative eta": (
+        _mutate(["candidates", 0, "eta_seconds"], -5),
+        ["candidates", 0, "eta_seconds"],
+    ),
+    "naive timestamp": (
+        _mutate(["booking", "requested_at"], "2026-11-27T08:15:00"),
+        ["booking", "requested_at"],
+    ),
+    "implausible year": (
+        _mutate(["booking", "requested_at"], "0001-01-01T00:00:00+07:00"),
+        ["booking", "requested_at"],
+    ),
+    "unknown field": (_mutate(["booking", "surge"], 2.0), ["booking", "surge"]),
+    "string coordinate": (
+        _mutate(["booking", "dropoff", "lat"], "north"),
+        ["booking", "dropoff", "lat"],
+    ),
+    "missing booking": (_mutate(["booking"], _DELETE), ["booking"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_bad_input_is_422_with_field_reasons(live: ServerThread, case: str) -> None:
+    mutate, loc = BAD_BODIES[case]
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/rank", json=mutate(rank_body()))
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_request" and err["request_id"]
+    assert loc in [d["loc"] for d in err["details"]], err
+
+
+def test_raw_bodies_are_refused_with_4xx(live: ServerThread) -> None:
+    valid = json.dumps(rank_body())
+    cases = {
+        "NaN coordinate": (valid.replace('"lat": -6.2088', '"lat": NaN', 1), 422),
+        "Infinity rating": (
+            json.dumps(rank_body()).replace('"rating": ', '"rating": Infinity, "x": ', 1),
+            422,
+        ),
+        "malformed JSON": ('{"booking": ', 422),
+        "not an object": ("[1, 2, 3]", 422),
+        "empty body": ("", 422),
+        "not UTF-8": (b"\xff\xfe{}", 422),
+        "oversized body": ('{"pad": "' + "x" * 300_000 + '"}', 413),
+    }
+    with httpx.Client(base_url=live.url) as c:
+        for name, (content, status) in cases.items():
+            r = c.post("/v1/rank", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == status, (name, r.text)
+            assert r.json()["error"]["code"], name
+        too_many = rank_body(n=201)
+        r = c.post("/v1/rank", json=too_many)
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["type"] == "too_long"
+        assert c.get("/v1/rank").status_code == 405
+
+
+def test_unknown_city_and_city_without_model_are_404(live: ServerThread) -> None:
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/rank", json=rank_body(city="atlantis"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_city"
+        r = c.post("/v1/rank", json=rank_body(city="bandung", centre=BANDUNG))
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert err["code"] == "no_production_model" and "bandung" in err["message"]
+
+
+def test_auth_and_flagged_fallback(registered: Registered) -> None:
+    settings = serve_settings(registered, auth_token="s3cret", fallback_nearest_eta=True)
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as c:
+        assert c.post("/v1/rank", json=rank_body()).status_code == 401
+        r = c.post("/v1/rank", json=rank_body(), headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        auth = {"Authorization": "Bearer s3cret"}
+        ok = c.post("/v1/rank", json=rank_body(), headers=auth).json()
+        assert ok["fallback"] is False and ok["version"] == registered.versions["jakarta"][0]
+        body = rank_body(city="bandung", centre=BANDUNG, n=6)
+        del body["candidates"][0]["eta_seconds"]
+        r = c.post("/v1/rank", json=body, headers=auth)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (
+            out["fallback"] is True and out["model"] is None and out["score_kind"] == "nearest_eta"
+        )
+        etas = [x["eta_seconds"] for x in out["candidates"]]
+        assert etas == sorted(etas) and all(x["score"] is None for x in out["candidates"])
+        assert metric(c, "matchmaking_fallback_answers_total", city="bandung") == 1.0
+
+
+def test_match_maximises_total_predicted_acceptance(
+    live: ServerThread, registered: Registered
+) -> None:
+    base = rank_body(n=4, seed=5, with_eta=False)
+    bookings = []
+    for i, (dlat, dlng) in enumerate(((0.0, 0.0), (0.01, -0.01), (-0.012, 0.008))):
+        b = {k: v for k, v in base["booking"].items() if k != "city"}
+        b = copy.deepcopy(b)
+        b["booking_id"] = f"m-{i}"
+        b["pickup"] = {"lat": b["pickup"]["lat"] + dlat, "lng": b["pickup"]["lng"] + dlng}
+        bookings.append(b)
+    drivers = base["candidates"]
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post("/v1/match", json={"city": "jakarta", "bookings": bookings, "drivers": drivers})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    version = registered.versions["jakarta"][0]
+    # The score matrix the service should have seen: each booking against the whole pool.
+    scores = np.array(
+        [
+            [
+                expected_scores(
+                    registered, "jakarta", version, {"booking": b, "candidates": drivers}
+                )[d["driver_id"]]
+                for d in drivers
+            ]
+            for b in bookings
+        ]
+    )
+    best = max(
+        sum(scores[i, j] for i, j in enumerate(perm))
+        for perm in itertools.permutations(range(len(drivers)), len(bookings))
+    )
+    assigned = [a["driver_id"] for a in out["assignments"]]
+    assert len(set(assigned)) == len(bookings) and None not in assigned
+    assert out["total_score"] == pytest.approx(best, abs=1e-9)
+    ids = [d["driver_id"] for d in drivers]
+    total = sum(scores[i, ids.index(d)] for i, d in enumerate(assigned))
+    assert total == pytest.approx(best, abs=1e-9)
+
+
+def test_match_rejects_duplicates_and_oversized_pools(live: ServerThread) -> None:
+    base = rank_body(n=3, with_eta=False)
+    booking = {k: v for k, v in base["booking"].items() if k != "city"}
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post(
+            "/v1/match",
+            json={"city": "jakarta", "bookings": [booking, booking], "drivers": base["candidates"]},
+        )
+        assert r.status_code == 422
+        assert ["bookings", 1, "booking_id"] in [d["loc"] for d in r.json()["error"]["details"]]
+        r = c.post(
+            "/v1/match",
+            json={"city": "jakarta", "bookings": [booking] * 51, "drivers": base["candidates"]},
+        )
+        assert r.status_code == 422
+
+
+def test_live_swap_under_load_and_rollback(live: ServerThread, registered: Registered) -> None:
+    city, body = "surabaya", rank_body(city="surabaya", centre=SURABAYA, n=50)
+    v1 = registered.versions[city][0]
+    errors: list[str] = []
+    seen: list[list[int]] = [[], []]
+    stop = threading.Event()
+
+    def fire(k: int) -> None:
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/rank", json=body)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                    continue
+                seen[k].append(int(r.json()["version"]))
+
+    threads = [threading.Thread(target=fire, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(seen[0]) > 5, 30, "first answers")
+        v2 = registered.register(city, seed=3, alias=None)
+        registered.versions[city] = [v1, v2]
+        from model_factory import set_alias
+
+        set_alias(registered.uri, registered.name(city), v2)  # the promotion
+        wait_for(
+            lambda: bool(seen[0]) and seen[0][-1] == int(v2) and seen[1][-1:] == [int(v2)], 60, "v2"
+        )
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == []
+    for answers in seen:
+        assert answers == sorted(answers), "a version went backwards"
+        assert answers[0] == int(v1) and answers[-1] == int(v2)
+    with httpx.Client(base_url=live.url) as c:
+        assert metric(c, "matchmaking_model_swaps_total", city=city) == 1.0
+        # Scores after the swap are v2's booster's.
+        out = c.post("/v1/rank", json=body).json()
+        expected = expected_scores(registered, city, v2, body)
+        assert all(abs(x["score"] - expected[x["driver_id"]]) <= 1e-9 for x in out["candidates"])
+        # Rollback: the alias moves back to v1 and the service follows.
+        from model_factory import set_alias
+
+        set_alias(registered.uri, registered.name(city), v1)
+        wait_for(
+            lambda: c.post("/v1/rank", json=body).json()["version"] == v1, 30, "rollback to v1"
+        )
+
+
+def test_registry_outage_keeps_serving_and_is_reported(registered: Registered) -> None:
+    target = urlsplit(registered.uri)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80).start()
+    settings = serve_settings(registered, tracking_uri=proxy.uri)
+    try:
+        with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as c:
+            assert c.post("/v1/rank", json=rank_body()).status_code == 200
+            assert metric(c, "matchmaking_registry_up") == 1.0
+            proxy.cut()
+            wait_for(
+                lambda: c.get("/readyz").json()["registry"]["reachable"] is False, 30, "outage seen"
+            )
+            ready = c.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            assert ready.json()["registry"]["last_error"]
+            for _ in range(20):
+                r = c.post("/v1/rank", json=rank_body())
+                assert (
+                    r.status_code == 200
+                    and r.json()["version"] == registered.versions["jakarta"][0]
+                )
+            assert metric(c, "matchmaking_registry_up") == 0.0
+            assert (metric(c, "matchmaking_registry_errors_total") or 0) >= 1
+            # A city not in memory cannot be loaded: 503, not 500.
+            r = c.post("/v1/rank", json=rank_body(city="surabaya", centre=SURABAYA))
+            assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+    finally:
+        proxy.cut()
+
+
+def test_lru_keeps_at_most_max_models(registered: Registered) -> None:
+    settings = serve_settings(registered, max_models=1, hot_cities=[])
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as c:
+        assert c.post("/v1/rank", json=rank_body()).status_code == 200
+        r = c.post("/v1/rank", json=rank_body(city="surabaya", centre=SURABAYA))
+        assert r.status_code == 200
+        assert [m["city"] for m in c.get("/v1/models").json()["models"]] == ["surabaya"]
+        assert metric(c, "matchmaking_model_evictions_total") == 1.0
+        assert c.post("/v1/rank", json=rank_body()).status_code == 200  # reloaded on demand
+
+
+def test_stage_production_is_used_when_the_alias_is_absent(
+    live: ServerThread, registered: Registered
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    city, centre = "medan", (3.5952, 98.6722)
+    version = registered.register(city, seed=4, alias=None)
+    client = MlflowClient(tracking_uri=registered.uri, registry_uri=registered.uri)
+    with httpx.Client(base_url=live.url) as c:
+        body = rank_body(city=city, centre=centre)
+        assert c.post("/v1/rank", json=body).status_code == 404  # registered, not promoted
+        with pytest.warns(FutureWarning):
+            client.transition_model_version_stage(registered.name(city), version, "Production")
+        r = c.post("/v1/rank", json=body)
+        assert r.status_code == 200 and r.json()["version"] == version
+        source = {m["city"]: m["source"] for m in c.get("/v1/models").json()["models"]}
+        assert source[city] == "stage:Production"
