@@ -192,7 +192,7 @@ def pipeline(
     overrides = {}
     for item in set_ or []:
         key, _, value = item.partition("=")
-        if value:
+        if value.strip() not in ("", "''", '""'):
             overrides[key] = value
     out = run_chain(Settings(), city, _date(end, "--end"), train_days, holdout_days, overrides)
     for key, value in out.items():

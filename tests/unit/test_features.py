@@ -82,7 +82,9 @@ def test_minutes_to_shift_end_wraps_midnight() -> None:
     left = minutes_to_shift_end(np.array([60.0]), np.array([22 * 60.0]), np.array([480.0]))
     assert left[0] == 300.0
     # Unknown shift stays unknown (LightGBM treats NaN as missing).
-    assert np.isnan(minutes_to_shift_end(np.array([60.0]), np.array([np.nan]), np.array([480.0])))[0]
+    assert np.isnan(minutes_to_shift_end(np.array([60.0]), np.array([np.nan]), np.array([480.0])))[
+        0
+    ]
 
 
 def test_rank_and_gap_per_group() -> None:

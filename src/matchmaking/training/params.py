@@ -72,6 +72,8 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. learning_rate=0.1)")
+        if value.strip() in ("", "''", '""'):
+            continue  # an empty MLflow Projects parameter keeps the file's value
         parsed = yaml.safe_load(value)
         if key == "objectives" and isinstance(parsed, str):
             parsed = [p.strip() for p in parsed.split(",")]

@@ -204,8 +204,7 @@ def train(
                 process_run_id=process_run_id,
             )
         )
-        mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "objectives"})
-        mlflow.log_param("objectives", ",".join(params.objectives))
+        _log_effective_params(run, params)
         for frame, context in ((train_rows, "training"), (valid_rows, "validation")):
             ds = from_pandas(
                 frame[[*FEATURE_NAMES, LABEL_COLUMN]],
@@ -262,6 +261,7 @@ def train(
             client,
             name,
             info.model_uri,
+            info.model_id,
             run.info.run_id,
             {
                 "city": city,
@@ -285,6 +285,21 @@ def train(
     )
 
 
+def _log_effective_params(run: mlflow.ActiveRun, params: TrainParams) -> None:
+    """Log the parameters in force. Under MLflow Projects the entry point already logged its
+    raw ``-P`` values (empty = "file default"); where those differ, the value in force goes to
+    ``effective.<key>`` because MLflow never lets a logged param change."""
+    logged = mlflow.get_run(run.info.run_id).data.params
+    values = {**params.model_dump(), "objectives": ",".join(params.objectives)}
+    out = {}
+    for key, value in values.items():
+        if key not in logged:
+            out[key] = value
+        elif logged[key] != str(value):
+            out[f"effective.{key}"] = value
+    mlflow.log_params(out)
+
+
 def _trimmed(booster: lgb.Booster) -> lgb.Booster:
     """A copy of the booster cut at its best iteration, so every consumer scores the same trees."""
     text = booster.model_to_string(num_iteration=booster.best_iteration)
@@ -303,6 +318,7 @@ def register(
     client: MlflowClient,
     name: str,
     model_uri: str,
+    model_id: str | None,
     run_id: str,
     tags: dict[str, str],
     description: str,
@@ -315,7 +331,7 @@ def register(
             name, description="Driver acceptance model; Production = alias `production`."
         )
     mv = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags, description=description
+        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
     )
     _wait_ready(client, name, str(mv.version))
     return str(mv.version)
