@@ -340,7 +340,8 @@ def read_partitions(
     parts = [
         _read_file(partition_dir(root, layer, city, d) / f"{table}.parquet", columns) for d in days
     ]
-    return pa.concat_tables(parts)
+    # Nullability may differ between days written by different producers: unify it.
+    return pa.concat_tables(parts, promote_options="permissive")
 
 
 def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:

@@ -1,0 +1,94 @@
+"""The data step: bad raw rows are quarantined with a reason, too many fail the step, and
+nothing is published then."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from matchmaking.config import Settings
+from matchmaking.errors import DataQualityError, StorageError
+from matchmaking.processing.step import build_dataset, process, read_dataset
+from matchmaking.schema import FEATURE_NAMES
+from matchmaking.world.generate import generate_world
+
+DAY = date(2026, 8, 3)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    generate_world(
+        cities=["jakarta"],
+        start=date(2026, 8, 1),
+        days=3,
+        seed=3,
+        out=s.lake_dir,
+        scale=0.002,
+        bookings_per_day=300,
+        progress=False,
+    )
+    return s
+
+
+def _corrupt(settings: Settings, n_bad_eta: int, n_dupes: int) -> None:
+    path = settings.raw_dir / "city=jakarta" / f"date={DAY}" / "candidates.parquet"
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    df.loc[df.index[:n_bad_eta], "eta_seconds"] = -5.0
+    df.loc[df.index[n_bad_eta : n_bad_eta + 3], "eta_seconds"] = np.nan
+    if n_dupes:
+        df = pd.concat([df, df.iloc[-n_dupes:]], ignore_index=True)
+    # A misbehaving producer: same columns, but nulls where the contract forbids them.
+    loose = pa.schema([f.with_nullable(True) for f in table.schema])
+    pq.write_table(pa.Table.from_pandas(df, schema=loose, preserve_index=False), path)
+
+
+def test_bad_rows_are_quarantined_with_counts(settings: Settings) -> None:
+    _corrupt(settings, n_bad_eta=7, n_dupes=3)
+    result = build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=0.05)
+    assert result.quarantine_counts == {
+        "candidates.bad_eta": 7,
+        "candidates.null_field": 3,
+        "candidates.duplicate_candidate": 3,
+    }
+    rows, manifest = read_dataset(result.dataset_dir)
+    assert manifest["quarantine"] == result.quarantine_counts
+    assert not rows.duplicated(["booking_id", "driver_id"]).any()
+    assert np.isfinite(rows[list(FEATURE_NAMES)].drop(columns=["minutes_to_shift_end"])).all().all()
+    quarantine = pq.read_table(result.dataset_dir / "quarantine.parquet").to_pandas()
+    assert sorted(quarantine["reason"].value_counts().items()) == [
+        ("bad_eta", 7),
+        ("duplicate_candidate", 3),
+        ("null_field", 3),
+    ]
+
+
+def test_too_many_bad_rows_fail_and_publish_nothing(settings: Settings) -> None:
+    _corrupt(settings, n_bad_eta=400, n_dupes=0)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
+    with pytest.raises(DataQualityError, match="failed validation"):
+        process(settings, "jakarta", DAY, DAY, max_bad_share=0.05)
+    window = settings.features_dir / "city=jakarta" / f"{DAY}_{DAY}"
+    published = [p for p in window.iterdir() if not p.name.startswith(".")]
+    assert published == []
+    failed = mlflow.search_runs(experiment_names=["matchmaking-jakarta"])
+    assert list(failed["status"]) == ["FAILED"]
+
+
+def test_missing_days_are_named(settings: Settings) -> None:
+    with pytest.raises(StorageError, match="2026-08-09"):
+        build_dataset(settings, "jakarta", date(2026, 8, 2), date(2026, 8, 9), 0.05)
+
+
+def test_same_raw_data_same_digest(settings: Settings) -> None:
+    a = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    b = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert a.digest == b.digest and a.dataset_dir == b.dataset_dir
