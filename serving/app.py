@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -100,31 +100,25 @@ def _detail(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": list(loc), "msg": msg, "type": kind}
 
 
-def _too_far(
-    city: City, lat: FloatArray, lng: FloatArray, limit_km: float
-) -> tuple[FloatArray, np.ndarray]:
-    km = haversine_km(lat, lng, np.full(len(lat), city.lat), np.full(len(lng), city.lng))
-    return km, km > limit_km
-
-
 def check_positions(
     city: City,
-    points: Sequence[tuple[Sequence[str | int], float, float]],
+    lat: FloatArray,
+    lng: FloatArray,
+    loc_of: Callable[[int], list[str | int]],
     limit_km: float,
 ) -> list[dict[str, Any]]:
-    """Field errors for the points farther than ``limit_km`` from the city centre."""
-    if not points:
-        return []
-    lat = np.fromiter((p[1] for p in points), dtype=np.float64, count=len(points))
-    lng = np.fromiter((p[2] for p in points), dtype=np.float64, count=len(points))
-    km, bad = _too_far(city, lat, lng, limit_km)
+    """Field errors for the points farther than ``limit_km`` from the city centre.
+
+    ``loc_of(i)`` names point ``i`` in the body, e.g. ``["candidates", 3, "home"]``.
+    """
+    km = haversine_km(lat, lng, np.float64(city.lat), np.float64(city.lng))
     return [
         _detail(
-            points[i][0],
+            loc_of(i),
             f"is {km[i]:.1f} km from the centre of {city.id}; the limit is {limit_km:g} km",
             "out_of_city",
         )
-        for i in np.flatnonzero(bad).tolist()
+        for i in np.flatnonzero(km > limit_km).tolist()
     ]
 
 
@@ -388,6 +382,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                         "version": m.version,
                         "source": m.ref.source,
                         "score_kind": m.ref.score_kind,
+                        "engine": m.engine,
                         "run_id": m.ref.run_id,
                         "loaded_at": _iso(m.loaded_at),
                         "load_seconds": round(m.load_seconds, 3),
@@ -416,16 +411,19 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         city = get_city(b.city)
         details = check_count(len(cands), settings.max_candidates, "candidates")
         details += check_unique([c.driver_id for c in cands], "candidates", "driver_id")
-        points: list[tuple[Sequence[str | int], float, float]] = [
-            (["booking", "pickup"], b.pickup.lat, b.pickup.lng),
-            (["booking", "dropoff"], b.dropoff.lat, b.dropoff.lng),
-        ]
-        for i, c in enumerate(cands):
-            points.append((["candidates", i, "location"], c.location.lat, c.location.lng))
-            points.append((["candidates", i, "home"], c.home.lat, c.home.lng))
-        details += check_positions(city, points, settings.max_km_from_city)
-        raise_if(details)
         rows = online_candidates(cands)
+        n = len(cands)
+
+        def where(i: int) -> list[str | int]:
+            if i < 2:
+                return ["booking", ("pickup", "dropoff")[i]]
+            i -= 2
+            return ["candidates", i % n, "location" if i < n else "home"]
+
+        lat = np.concatenate([[b.pickup.lat, b.dropoff.lat], rows.lat, rows.home_lat])
+        lng = np.concatenate([[b.pickup.lng, b.dropoff.lng], rows.lng, rows.home_lng])
+        details += check_positions(city, lat, lng, where, settings.max_km_from_city)
+        raise_if(details)
         try:
             model = await service.model_for(city.id)
         except (ModelNotFoundError, TrackingError) as exc:
@@ -506,18 +504,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         details += check_count(len(req.drivers), settings.max_candidates, "drivers")
         details += check_unique([x.booking_id for x in req.bookings], "bookings", "booking_id")
         details += check_unique([d.driver_id for d in req.drivers], "drivers", "driver_id")
-        points: list[tuple[Sequence[str | int], float, float]] = []
-        for i, bk in enumerate(req.bookings):
-            points.append((["bookings", i, "pickup"], bk.pickup.lat, bk.pickup.lng))
-            points.append((["bookings", i, "dropoff"], bk.dropoff.lat, bk.dropoff.lng))
-        for i, d in enumerate(req.drivers):
-            points.append((["drivers", i, "location"], d.location.lat, d.location.lng))
-            points.append((["drivers", i, "home"], d.home.lat, d.home.lng))
-        details += check_positions(city, points, settings.max_km_from_city)
+        bks, drs = req.bookings, req.drivers
+        n_b, n_d = len(bks), len(drs)
+        one = online_candidates(drs)
+
+        def where(i: int) -> list[str | int]:
+            if i < 2 * n_b:
+                return ["bookings", i % n_b, "pickup" if i < n_b else "dropoff"]
+            i -= 2 * n_b
+            return ["drivers", i % n_d, "location" if i < n_d else "home"]
+
+        lat = np.concatenate(
+            [[x.pickup.lat for x in bks], [x.dropoff.lat for x in bks], one.lat, one.home_lat]
+        )
+        lng = np.concatenate(
+            [[x.pickup.lng for x in bks], [x.dropoff.lng for x in bks], one.lng, one.home_lng]
+        )
+        details += check_positions(city, lat, lng, where, settings.max_km_from_city)
         raise_if(details)
         model = await service.model_for(city.id)
-        n_b, n_d = len(req.bookings), len(req.drivers)
-        one = online_candidates(req.drivers)
         rows = OnlineCandidates(
             booking=np.repeat(np.arange(n_b, dtype=np.int64), n_d),
             driver_id=[d.driver_id for d in req.drivers] * n_b,

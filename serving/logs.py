@@ -7,7 +7,6 @@ Every log line written while a request is handled carries it too.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
@@ -15,6 +14,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+import msgspec
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+_encoder = msgspec.json.Encoder(enc_hook=str)
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -51,7 +53,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _encoder.encode(out).decode()
 
 
 def configure_logging(level: str) -> None:

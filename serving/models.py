@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,14 +59,22 @@ class VersionRef:
     score_kind: str
 
 
+Predictor = Callable[[FloatArray], FloatArray]
+
+
 @dataclass
 class LoadedModel:
-    """One city's model, ready to score: never mutated after it is published."""
+    """One city's model, ready to score: never mutated after it is published.
+
+    ``compiled`` is the forest compiled to native code by lleaves (when installed and enabled),
+    checked against the booster at load; ``predict`` uses it, else the booster.
+    """
 
     city: City
     ref: VersionRef
     booster: lgb.Booster
     drivers: DriverTable
+    compiled: Predictor | None = None
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -77,8 +86,14 @@ class LoadedModel:
     def version(self) -> str:
         return self.ref.version
 
+    @property
+    def engine(self) -> str:
+        return "lleaves" if self.compiled is not None else "lightgbm"
+
     def predict(self, matrix: FloatArray) -> FloatArray:
-        """Booster scores of a feature matrix, single-threaded."""
+        """Scores of a feature matrix (equal to ``Booster.predict``), single-threaded."""
+        if self.compiled is not None:
+            return self.compiled(matrix)
         return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
 
     def features(self, bookings: list[OnlineBooking], candidates: OnlineCandidates) -> FloatArray:
@@ -145,8 +160,50 @@ def _model_file(model_dir: Path) -> Path:
     return model_dir / str(flavor["data"])
 
 
+# Rows spanning each feature's range, to check a compiled forest against the booster.
+_CHECK_ROWS = 256
+_CHECK_TOLERANCE = 1e-9
+
+
+def compile_forest(booster: lgb.Booster, cache: Path | None) -> Predictor | None:
+    """The forest compiled by lleaves (``None`` when lleaves is not installed or disagrees).
+
+    The object file is cached at ``cache`` when given (compiling takes a second or two).
+    """
+    try:
+        import lleaves
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mm-lleaves-") as tmp:
+        path = Path(tmp) / "model.txt"
+        booster.save_model(str(path))
+        model = lleaves.Model(model_file=str(path))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        model.compile(cache=None if cache is None else str(cache))
+
+    def predict(matrix: FloatArray) -> FloatArray:
+        return np.asarray(model.predict(matrix, n_jobs=1), dtype=np.float64)
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(0.0, 1.0, (_CHECK_ROWS, booster.num_feature())) * rng.choice(
+        [0.1, 1.0, 10.0, 1000.0, 100_000.0], (_CHECK_ROWS, booster.num_feature())
+    )
+    rows[::5, ::3] = np.nan
+    gap = float(np.max(np.abs(predict(rows) - booster.predict(rows, num_threads=1))))
+    if gap > _CHECK_TOLERANCE:
+        logger.error("compiled forest differs from the booster by %.3g: not using it", gap)
+        return None
+    return predict
+
+
 def load_version(
-    client: MlflowClient, ref: VersionRef, city: City, registry_uri: str
+    client: MlflowClient,
+    ref: VersionRef,
+    city: City,
+    registry_uri: str,
+    compile_cache: Path | None = None,
+    compile_forests: bool = True,
 ) -> LoadedModel:
     """Download a version, load its booster and driver table, warm it; off the request path.
 
@@ -193,14 +250,21 @@ def load_version(
             drivers = DriverTable.empty()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    model = LoadedModel(city=city, ref=ref, booster=booster, drivers=drivers)
+    compiled = None
+    if compile_forests:
+        cache = None
+        if compile_cache is not None:
+            cache = compile_cache / f"{ref.name}-v{ref.version}-{ref.run_id or 'run'}.so"
+        compiled = compile_forest(booster, cache)
+    model = LoadedModel(city=city, ref=ref, booster=booster, drivers=drivers, compiled=compiled)
     model.warm()
     model.load_seconds = time.perf_counter() - started
     logger.info(
-        "loaded %s v%s (%s, %d drivers) in %.2f s",
+        "loaded %s v%s (%s, %s, %d drivers) in %.2f s",
         ref.name,
         ref.version,
         ref.source,
+        model.engine,
         len(drivers),
         model.load_seconds,
     )

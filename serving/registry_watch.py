@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingError
-from matchmaking.world.cities import get_city
+from matchmaking.world.cities import City, get_city
 from serving.metrics import Metrics
 from serving.models import LoadedModel, VersionRef, load_version, resolve_production
 from serving.settings import ServeSettings
@@ -95,7 +95,7 @@ class ModelStore:
                 return model
             ref = self._resolve(city_id)
             try:
-                model = load_version(self.client, ref, city, self.uri)
+                model = self._load_version(ref, city)
             except MatchmakingError:
                 self.metrics.load_failures.labels(city_id).inc()
                 raise
@@ -123,7 +123,7 @@ class ModelStore:
             if ref.version == current.version:
                 return False
             try:
-                new = load_version(self.client, ref, current.city, self.uri)
+                new = self._load_version(ref, current.city)
             except MatchmakingError as exc:
                 self.metrics.swap_failures.labels(city_id).inc()
                 logger.error(
@@ -164,6 +164,16 @@ class ModelStore:
         return [c for c in self.settings.hot_cities if self._peek(c) is None]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _load_version(self, ref: VersionRef, city: City) -> LoadedModel:
+        return load_version(
+            self.client,
+            ref,
+            city,
+            self.uri,
+            compile_cache=self.settings.compile_cache_dir,
+            compile_forests=self.settings.compile_forests,
+        )
 
     def _peek(self, city_id: str) -> LoadedModel | None:
         with self._lock:

@@ -8,6 +8,7 @@ then ``MLFLOW_TRACKING_URI``, then the demo's SQLite store under ``MATCHMAKING_D
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -53,6 +54,13 @@ class ServeSettings(BaseSettings):
     fallback_nearest_eta: bool = Field(
         default=False,
         description="Rank by ETA (flagged fallback=true) when a city has no servable model.",
+    )
+    compile_forests: bool = Field(
+        default=True,
+        description="Compile each forest with lleaves (when installed) off the request path.",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None, description="Where compiled forests are cached by version (default: none)."
     )
     access_log: bool = Field(default=True, description="One structured log line per request.")
     host: str = "127.0.0.1"
