@@ -54,15 +54,21 @@ def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[Evaluat
     params = load_params()
     results = []
     for city in DEMO_CITIES:
-        echo(f"\n== {city}: process {w.train_start}..{w.train_end} and holdout "
-             f"{w.holdout_start}..{w.holdout_end}")
+        echo(
+            f"\n== {city}: process {w.train_start}..{w.train_end} and holdout "
+            f"{w.holdout_start}..{w.holdout_end}"
+        )
         features = process(settings, city, w.train_start, w.train_end)
         holdout = process(settings, city, w.holdout_start, w.holdout_end)
-        echo(f"   features {features.rows} rows ({features.quarantined} quarantined), "
-             f"holdout {holdout.rows} rows")
+        echo(
+            f"   features {features.rows} rows ({features.quarantined} quarantined), "
+            f"holdout {holdout.rows} rows"
+        )
         trained = train(settings, city, features.dataset_dir, params, features.run_id)
-        echo(f"   trained {trained.model_name} v{trained.version} ({trained.objective})"
-             f"{' [reused]' if trained.reused else ''}")
+        echo(
+            f"   trained {trained.model_name} v{trained.version} ({trained.objective})"
+            f"{' [reused]' if trained.reused else ''}"
+        )
         if current_production(client, trained.model_name) is None:
             set_production(
                 client,

@@ -16,6 +16,7 @@ from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation import metrics as m
+from matchmaking.evaluation.matching import match_replay
 from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
 from matchmaking.evaluation.replay import draw_outcomes, replay
 from matchmaking.processing.step import read_dataset
@@ -46,6 +47,7 @@ class EvaluationResult:
     model_uri: str
     run_id: str | None
     table: pd.DataFrame  # one row per policy, SUMMARY_COLUMNS
+    matching: dict[str, float]  # greedy vs batch matching with the model's scores
 
     def metric(self, policy: str, name: str) -> float:
         return float(self.table.loc[policy, name])
@@ -126,6 +128,13 @@ def evaluate(
     probabilistic = bool(np.all((model_scores >= 0) & (model_scores <= 1)))
     table = compare(rows, np.asarray(model_scores, dtype=np.float64), probabilistic, seed)
     table = table[[*SUMMARY_COLUMNS, "bookings"]]
+    matching = match_replay(
+        rows["booking_id"].to_numpy(dtype=object),
+        rows["driver_id"].to_numpy(dtype=object),
+        rows["requested_at"].to_numpy(),
+        np.asarray(model_scores, dtype=np.float64),
+        rows["p_accept"].to_numpy(dtype=np.float64),
+    )
     run_id = None
     if log_run:
         tracking.use_experiment(settings, city)
@@ -157,6 +166,7 @@ def evaluate(
                 mlflow.log_metrics(
                     {f"{policy}.{k}": float(v) for k, v in values.items() if np.isfinite(v)}
                 )
+            mlflow.log_metrics({f"matching.{k}": float(v) for k, v in matching.items()})
             mlflow.log_text(table.to_string(float_format=lambda v: f"{v:.4f}"), "summary.txt")
             mlflow.log_table(table.reset_index(names="policy"), "summary.json")
             importance = booster.feature_importance("gain")  # type: ignore[attr-defined]
@@ -176,7 +186,9 @@ def evaluate(
                     "plots/calibration.png",
                 )
             mlflow.log_figure(plot_policies(table), "plots/policy_comparison.png")
-    return EvaluationResult(city=city, model_uri=model_uri, run_id=run_id, table=table)
+    return EvaluationResult(
+        city=city, model_uri=model_uri, run_id=run_id, table=table, matching=matching
+    )
 
 
 def format_summary(results: list[EvaluationResult]) -> str:
@@ -196,4 +208,19 @@ def format_summary(results: list[EvaluationResult]) -> str:
         ].copy()
         t.insert(0, "city", r.city)
         frames.append(t.reset_index(names="policy"))
-    return pd.concat(frames).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    text = pd.concat(frames).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    lines = [
+        text,
+        "",
+        "greedy vs batch matching (30 s windows, model scores, expected acceptances):",
+    ]
+    for r in results:
+        mt = r.matching
+        lines.append(
+            f"  {r.city}: greedy {mt.get('greedy_acceptance', float('nan')):.4f}  "
+            f"batch {mt.get('batch_acceptance', float('nan')):.4f}  "
+            f"difference {mt.get('batch_minus_greedy', float('nan')):+.4f} "
+            f"({int(mt.get('contested_windows', 0))} of {int(mt.get('windows', 0))} windows "
+            "contested)"
+        )
+    return "\n".join(lines)
