@@ -1,0 +1,106 @@
+"""Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
+
+They parse options, call ``promote.promote`` / ``promote.rollback``, print the fleet summary and
+exit with the highest failure code (7 = a gate refused a candidate).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from matchmaking.config import Settings
+from matchmaking.errors import InputError, MatchmakingError
+from matchmaking.registry import promote as p
+from matchmaking.registry.gate import load_thresholds
+
+logger = logging.getLogger(__name__)
+
+CityOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--city", help="City to act on; repeat it or give a comma list (jakarta,bangkok)."
+    ),
+]
+AllCitiesOption = Annotated[
+    bool, typer.Option("--all-cities", help="Every city that has a registered model.")
+]
+
+
+def _targets(city: list[str] | None, all_cities: bool) -> list[str] | None:
+    cities = [c.strip() for value in city or [] for c in value.split(",") if c.strip()]
+    if all_cities and cities:
+        raise InputError("give either --city or --all-cities, not both")
+    if not all_cities and not cities:
+        raise InputError("name the cities with --city X (repeatable) or pass --all-cities")
+    return None if all_cities else cities
+
+
+def _finish(outcomes: list[p.CityOutcome]) -> None:
+    typer.echo(p.format_summary(outcomes))
+    code = p.exit_code(outcomes)
+    if code:
+        raise typer.Exit(code)
+
+
+def promote_command(
+    city: CityOption = None,
+    all_cities: AllCitiesOption = False,
+    version: Annotated[
+        str | None, typer.Option(help="Candidate version (default: the newest); one city only.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run the gate and report; change nothing.")
+    ] = False,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            help="Holdout feature dataset dir (default: the newest published dataset of the city "
+            "starting after the training windows); one city only."
+        ),
+    ] = None,
+    gate_config: Annotated[
+        Path | None, typer.Option(help="Gate thresholds YAML (default: the packaged gate.yaml).")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Recorded as who promoted (default: CI user or OS user).")
+    ] = None,
+) -> None:
+    """Move Production to a candidate version only if it passes the promotion gate."""
+    try:
+        outcomes = p.promote(
+            Settings(),
+            _targets(city, all_cities),
+            version=version,
+            dry_run=dry_run,
+            holdout=holdout,
+            actor=actor,
+            thresholds=load_thresholds(gate_config),
+        )
+    except MatchmakingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    _finish(outcomes)
+
+
+def rollback_command(
+    city: CityOption = None,
+    all_cities: AllCitiesOption = False,
+    to: Annotated[
+        str | None,
+        typer.Option(help="Version to put back (default: the previous Production); one city."),
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Recorded as who rolled back (default: CI or OS user).")
+    ] = None,
+) -> None:
+    """Put the previous (or the given) version back in Production, without the gate."""
+    try:
+        outcomes = p.rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
+    except MatchmakingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    _finish(outcomes)

@@ -1,0 +1,126 @@
+"""A small two-city world, and three trained models on the real tracking server.
+
+Training is the slow part, so it happens once per session: a weak model (3 boosting rounds), a
+good one, and one trained on shuffled labels, all on Jakarta. Each test then registers the
+versions it needs under its own model-name prefix by pointing new versions at those logged
+models (``register_copy``), which costs a registry call, not a training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from support.tracking_server import TrackingServer
+
+from matchmaking.config import Settings
+from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, build_dataset
+from matchmaking.schema import LABEL_COLUMN
+from matchmaking.training.params import TrainParams
+from matchmaking.training.train import TrainResult, register, train
+from matchmaking.world.generate import generate_world
+
+START = date(2026, 8, 1)
+DAYS = 14
+TRAIN = (date(2026, 8, 5), date(2026, 8, 10))
+HOLDOUT = (date(2026, 8, 11), date(2026, 8, 14))
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    train_dirs: dict[str, Path]
+    holdout_dirs: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class Trained:
+    world: World
+    server_uri: str
+    weak: TrainResult
+    good: TrainResult
+    shuffled: TrainResult
+
+
+@pytest.fixture(scope="session")
+def registry_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("registry-world")
+    settings = Settings(data_dir=root)
+    cities = ["jakarta", "bangkok"]
+    generate_world(cities, START, DAYS, 11, settings.lake_dir, 0.002, 350, progress=False)
+    train_dirs, holdout_dirs = {}, {}
+    for city in cities:
+        train_dirs[city] = build_dataset(settings, city, *TRAIN, max_bad_share=0.05).dataset_dir
+        holdout_dirs[city] = build_dataset(settings, city, *HOLDOUT, max_bad_share=0.05).dataset_dir
+    return World(root, train_dirs, holdout_dirs)
+
+
+def shuffled_copy(dataset_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A published copy of a feature dataset whose labels are permuted among offered rows."""
+    shutil.copytree(dataset_dir, out)
+    rows = pd.read_parquet(out / FEATURES_FILE)
+    offered = rows["offered"].to_numpy(dtype=bool)
+    labels = rows.loc[offered, LABEL_COLUMN].to_numpy()
+    rows.loc[offered, LABEL_COLUMN] = np.random.default_rng(seed).permutation(labels)
+    rows.to_parquet(out / FEATURES_FILE, index=False)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["digest"] = "shuffled-" + manifest["digest"][:40]
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(registry_world: World, tracking_server: TrackingServer) -> Trained:
+    """Weak, good and shuffled-label Jakarta models, trained once on the real server."""
+    settings = Settings(
+        data_dir=registry_world.root,
+        tracking_uri=tracking_server.uri,
+        model_name_prefix=f"src-{uuid.uuid4().hex[:8]}",
+        experiment_prefix=f"src-{uuid.uuid4().hex[:8]}",
+    )
+    base = TrainParams(objectives=["binary"], valid_days=1, num_boost_round=150)
+    jakarta = registry_world.train_dirs["jakarta"]
+    weak = train(settings, "jakarta", jakarta, base.model_copy(update={"num_boost_round": 2}))
+    good = train(settings, "jakarta", jakarta, base.model_copy(update={"seed": 7}))
+    shuffled_dir = shuffled_copy(jakarta, registry_world.root / f"shuffled-{uuid.uuid4().hex}")
+    shuffled = train(settings, "jakarta", shuffled_dir, base, reuse_existing=False)
+    return Trained(registry_world, tracking_server.uri, weak, good, shuffled)
+
+
+def settings_for(trained: Trained) -> Settings:
+    """Settings of one test: the shared world, the real server, a model prefix of its own."""
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    return Settings(
+        data_dir=trained.world.root,
+        tracking_uri=trained.server_uri,
+        model_name_prefix=prefix,
+        experiment_prefix=prefix,
+    )
+
+
+def register_copy(
+    settings: Settings, city: str, source: TrainResult, features_dir: Path | None = None
+) -> str:
+    """Register ``source``'s logged model as a new version of ``settings``' model of ``city``."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    mv = client.get_model_version(source.model_name, source.version)
+    tags = dict(mv.tags)
+    if features_dir is not None:
+        tags["features_uri"] = features_dir.resolve().as_uri()
+    return register(
+        client,
+        f"{settings.model_name_prefix}-{city}",
+        mv.source,
+        mv.model_id or mv.source.removeprefix("models:/"),
+        str(mv.run_id),
+        tags,
+        description=f"copy of {source.model_name} v{source.version} for a registry test",
+    )
