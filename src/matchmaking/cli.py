@@ -12,6 +12,7 @@ import typer
 
 from matchmaking.config import Settings
 from matchmaking.errors import MatchmakingError
+from matchmaking.registry.commands import promote_command, rollback_command
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("promote")(promote_command)
+app.command("rollback")(rollback_command)
 world_app = typer.Typer(help="The synthetic ride-hailing world (stands in for production data).")
 app.add_typer(world_app, name="world")
 
