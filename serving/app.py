@@ -2,7 +2,7 @@
 
 The lifespan opens the model store, preloads the hot cities and starts the registry poller.
 The request path of ``POST /v1/rank``: read the body (size-limited), decode it once into the
-typed request (``model_validate_json``), check what the schema cannot (configured limits,
+typed request (msgspec, ``schemas.decode_rank``), check what the schema cannot (configured limits,
 duplicate drivers, coordinates inside the city), take the city's model reference, build the
 feature matrix with the shared feature code, predict single-threaded, write JSON with msgspec.
 """
@@ -29,7 +29,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingError
 from matchmaking.features.core import FloatArray, estimate_eta_seconds
@@ -52,6 +51,9 @@ from serving.schemas import (
     MatchResponse,
     RankRequest,
     RankResponse,
+    decode_match,
+    decode_rank,
+    request_schemas,
 )
 from serving.settings import ServeSettings
 
@@ -210,7 +212,7 @@ def _sigmoid(x: FloatArray) -> FloatArray:
     return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float64)
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _body_schema(model: type) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
@@ -405,7 +407,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def rank(request: Request) -> Response:
         """Rank a booking's candidate drivers, best first."""
         started = time.perf_counter()
-        req = RankRequest.model_validate_json(await read_body(request, settings.max_body_bytes))
+        req = decode_rank(await read_body(request, settings.max_body_bytes))
         b = req.booking
         cands = req.candidates
         city = get_city(b.city)
@@ -498,7 +500,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         from matchmaking.evaluation.matching import UNASSIGNED, batch_assignment
 
         started = time.perf_counter()
-        req = MatchRequest.model_validate_json(await read_body(request, settings.max_body_bytes))
+        req = decode_match(await read_body(request, settings.max_body_bytes))
         city = get_city(req.city)
         details = check_count(len(req.bookings), settings.max_bookings, "bookings")
         details += check_count(len(req.drivers), settings.max_candidates, "drivers")
@@ -574,10 +576,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (RankRequest, MatchRequest):
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(js.pop("$defs", {}))
-            components[model.__name__] = js
+        components.update(request_schemas("#/components/schemas/{name}"))
         # The configured limits, so clients (and schemathesis) see the real bounds.
         components["RankRequest"]["properties"]["candidates"]["maxItems"] = settings.max_candidates
         components["MatchRequest"]["properties"]["bookings"]["maxItems"] = settings.max_bookings

@@ -27,6 +27,7 @@ from matchmaking.errors import (
     TrackingError,
     UnknownCityError,
 )
+from serving.schemas import BodyError
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,11 @@ def install(app: FastAPI) -> None:
             request, 422, "invalid_request", f"{len(details)} invalid field(s)", details
         )
 
+    async def on_body(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, BodyError):  # pragma: no cover
+            raise exc
+        return error_response(request, 422, "invalid_request", str(exc), exc.details)
+
     async def on_http(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
             raise exc
@@ -135,6 +141,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(MatchmakingError, on_package_error)
+    app.add_exception_handler(BodyError, on_body)
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,110 +1,205 @@
 """The wire contract of the scoring service (request and response bodies).
 
-Requests are decoded once with ``model_validate_json``; responses are written with msgspec.
-Both are documented in the OpenAPI schema (``/openapi.json``).
+Requests are msgspec Structs, decoded once per request straight from the body bytes
+(``decode_rank`` / ``decode_match``: types, ranges and unknown fields checked on the way);
+their OpenAPI schema is generated from the same Structs. Responses are written with msgspec
+and documented by the pydantic models below.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+import msgspec
+from pydantic import BaseModel, Field
 
-Latitude = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)]
-Longitude = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
-CityId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
-FIRST_YEAR, LAST_YEAR = 2000, 2100
-
-
-def _plausible_year(value: datetime) -> datetime:
-    if not FIRST_YEAR <= value.year <= LAST_YEAR:
-        raise ValueError(f"year must be within {FIRST_YEAR}-{LAST_YEAR}")
-    return value
-
-
-RequestTime = Annotated[
-    AwareDatetime,
-    AfterValidator(_plausible_year),
-    Field(description="ISO 8601 with a UTC offset, e.g. 2026-11-27T08:15:00+07:00."),
+Latitude = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0, description="Degrees.")]
+Longitude = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0, description="Degrees.")]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+CityId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
+        description="City id, e.g. 'jakarta' (see `matchmaking world cities`).",
+    ),
 ]
+RequestTime = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True, description="ISO 8601 with a UTC offset, e.g. 2026-11-27T08:15:00+07:00."
+    ),
+]
+Rating = Annotated[float, msgspec.Meta(ge=1.0, le=5.0)]
+TripKm = Annotated[
+    float, msgspec.Meta(gt=0.0, le=500.0, description="Road km; estimated when absent.")
+]
+Fare = Annotated[
+    float,
+    msgspec.Meta(
+        gt=0.0, le=1e9, description="Quoted fare (local currency); the city tariff when absent."
+    ),
+]
+Eta = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0.0, le=14_400.0, description="Dispatcher's pickup ETA; estimated when absent."
+    ),
+]
+FIRST_YEAR, LAST_YEAR = 2000, 2100
 # A hard cap so a body cannot ask for millions of rows; the configured maximum is lower.
 HARD_MAX_CANDIDATES = 10_000
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Point(_Strict):
+class Point(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A WGS84 position in degrees."""
 
     lat: Latitude
     lng: Longitude
 
 
-class Booking(_Strict):
+class Booking(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The booking to find a driver for."""
 
     booking_id: Identifier
-    city: CityId = Field(description="City id, e.g. 'jakarta' (see `matchmaking world cities`).")
+    city: CityId
     pickup: Point
     dropoff: Point
     requested_at: RequestTime
-    trip_km: Annotated[float, Field(gt=0.0, le=500.0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Road km; estimated from the coordinates when absent."
-    )
-    fare: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Quoted fare (local currency); the city tariff when absent."
-    )
+    trip_km: TripKm | None = None
+    fare: Fare | None = None
 
 
-class Candidate(_Strict):
+class Candidate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A driver that could take the booking."""
 
     driver_id: Identifier
     location: Point
-    rating: Annotated[float, Field(ge=1.0, le=5.0, allow_inf_nan=False)]
+    rating: Rating
     home: Point
-    eta_seconds: Annotated[float, Field(ge=0.0, le=14_400.0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Dispatcher's pickup ETA; estimated when absent."
-    )
+    eta_seconds: Eta | None = None
 
 
-class RankRequest(_Strict):
+class RankRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``POST /v1/rank``: one booking and its candidate drivers."""
 
     booking: Booking
-    candidates: Annotated[list[Candidate], Field(min_length=1, max_length=HARD_MAX_CANDIDATES)]
+    candidates: Annotated[
+        list[Candidate], msgspec.Meta(min_length=1, max_length=HARD_MAX_CANDIDATES)
+    ]
 
 
-class MatchBooking(_Strict):
+class MatchBooking(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A booking of ``POST /v1/match`` (its city is the request's)."""
 
     booking_id: Identifier
     pickup: Point
     dropoff: Point
     requested_at: RequestTime
-    trip_km: Annotated[float, Field(gt=0.0, le=500.0, allow_inf_nan=False)] | None = None
-    fare: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    trip_km: TripKm | None = None
+    fare: Fare | None = None
 
 
-class MatchDriver(_Strict):
+class MatchDriver(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A free driver of the pool (the ETA to each pickup is estimated)."""
 
     driver_id: Identifier
     location: Point
-    rating: Annotated[float, Field(ge=1.0, le=5.0, allow_inf_nan=False)]
+    rating: Rating
     home: Point
 
 
-class MatchRequest(_Strict):
+class MatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``POST /v1/match``: open bookings and a pool of free drivers in one city."""
 
     city: CityId
-    bookings: Annotated[list[MatchBooking], Field(min_length=1, max_length=HARD_MAX_CANDIDATES)]
-    drivers: Annotated[list[MatchDriver], Field(min_length=1, max_length=HARD_MAX_CANDIDATES)]
+    bookings: Annotated[
+        list[MatchBooking], msgspec.Meta(min_length=1, max_length=HARD_MAX_CANDIDATES)
+    ]
+    drivers: Annotated[
+        list[MatchDriver], msgspec.Meta(min_length=1, max_length=HARD_MAX_CANDIDATES)
+    ]
+
+
+REQUEST_TYPES: tuple[type[msgspec.Struct], ...] = (RankRequest, MatchRequest)
+_rank_decoder = msgspec.json.Decoder(RankRequest)
+_match_decoder = msgspec.json.Decoder(MatchRequest)
+
+
+class BodyError(ValueError):
+    """The body does not decode into the request type; ``details`` are field-level reasons."""
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(details)} invalid field(s)")
+        self.details = details
+
+
+def _loc(path: str) -> list[str | int]:
+    """``$.candidates[2].rating`` -> ``["candidates", 2, "rating"]``."""
+    out: list[str | int] = []
+    for part in path.removeprefix("$").replace("[", ".[").split("."):
+        if not part:
+            continue
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return out
+
+
+def _details(exc: msgspec.DecodeError) -> list[dict[str, Any]]:
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return [{"loc": [], "msg": text, "type": "json_invalid"}]
+    msg, _, path = text.partition(" - at `")
+    loc = _loc(path.rstrip("`")) if path else []
+    # Missing and unknown fields name the field in the message, not in the path.
+    for marker, kind in (("missing required field `", "missing"), ("unknown field `", "extra")):
+        if marker in msg:
+            loc.append(msg.split(marker, 1)[1].split("`", 1)[0])
+            return [{"loc": loc, "msg": msg, "type": kind}]
+    return [{"loc": loc, "msg": msg, "type": "invalid"}]
+
+
+def _check_years(times: list[tuple[list[str | int], datetime]]) -> None:
+    bad = [
+        {"loc": loc, "msg": f"year must be within {FIRST_YEAR}-{LAST_YEAR}", "type": "invalid"}
+        for loc, t in times
+        if not FIRST_YEAR <= t.year <= LAST_YEAR
+    ]
+    if bad:
+        raise BodyError(bad)
+
+
+def decode_rank(body: bytes) -> RankRequest:
+    """The typed ranking request.
+
+    Raises:
+        BodyError: malformed JSON, wrong types, out-of-range values, missing or unknown fields.
+    """
+    try:
+        req = _rank_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BodyError(_details(exc)) from None
+    _check_years([(["booking", "requested_at"], req.booking.requested_at)])
+    return req
+
+
+def decode_match(body: bytes) -> MatchRequest:
+    """The typed matching request (same errors as ``decode_rank``)."""
+    try:
+        req = _match_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BodyError(_details(exc)) from None
+    _check_years(
+        [(["bookings", i, "requested_at"], b.requested_at) for i, b in enumerate(req.bookings)]
+    )
+    return req
+
+
+def request_schemas(ref_template: str) -> dict[str, Any]:
+    """JSON Schema components of the request types (for the OpenAPI document)."""
+    _, components = msgspec.json.schema_components(REQUEST_TYPES, ref_template=ref_template)
+    return components
 
 
 class RankedCandidate(BaseModel):
