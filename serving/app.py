@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -223,6 +223,43 @@ def _body_schema(model: type) -> dict[str, Any]:
     }
 
 
+class HotPath:
+    """Pure ASGI shortcut to the hottest route (``POST /v1/rank``).
+
+    Same handler, same auth check, same error mapping as through FastAPI, minus its routing and
+    dependency machinery (about a tenth of a request's cost). The FastAPI route stays
+    registered: it documents the endpoint in the OpenAPI schema.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        path: str,
+        handler: Callable[[Request], Awaitable[Response]],
+        check: Callable[[str | None], None],
+    ) -> None:
+        self.app = app
+        self.path = path
+        self.handler = handler
+        self.check = check
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["route"] = self.path
+        request = Request(scope, receive)
+        try:
+            self.check(request.headers.get("authorization"))
+            response = await self.handler(request)
+        except Exception as exc:
+            mapped = errors.to_response(request, exc)
+            if mapped is None:
+                raise
+            response = mapped
+        await response(scope, receive, send)
+
+
 class Service:
     """State shared by the endpoints of one app."""
 
@@ -312,29 +349,28 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.service = service
     errors.install(app)
-    app.add_middleware(
-        RequestContextMiddleware,
-        access_log=settings.access_log,
-        on_response=lambda path, status: metrics.requests.labels(path, str(status)).inc(),
-    )
 
     bearer = HTTPBearer(auto_error=False, description="Set when MATCHMAKING_SERVE_AUTH_TOKEN is.")
-    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    token = settings.auth_token.get_secret_value().encode() if settings.auth_token else None
 
-    async def require_token(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
+    def check_token(authorization: str | None) -> None:
+        """401 unless ``Authorization: Bearer <token>`` matches (when auth is enabled)."""
         if token is None:
             return
-        if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), token.encode()
-        ):
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token):
             raise ServiceError(
                 401,
                 "unauthorized",
                 "missing or wrong bearer token; send 'Authorization: Bearer <token>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    async def require_token(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        check_token(request.headers.get("authorization"))
 
     protected = [Depends(require_token)] if token else []
 
@@ -585,6 +621,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         return schema
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
+    # Innermost first: the hot path runs inside the request-id/access-log middleware.
+    app.add_middleware(HotPath, path="/v1/rank", handler=rank, check=check_token)
+    app.add_middleware(
+        RequestContextMiddleware,
+        access_log=settings.access_log,
+        on_response=lambda path, status: metrics.requests.labels(path, str(status)).inc(),
+    )
 
     return app
 

@@ -102,46 +102,41 @@ def validation_details(exc: ValidationError | RequestValidationError) -> list[di
     return out
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers: package errors by table, validation as 422, HTTP errors as is."""
-
-    async def on_service_error(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, ServiceError):  # pragma: no cover - registered for ServiceError
-            raise exc
+def to_response(request: Request, exc: Exception) -> Response | None:
+    """The error answer for ``exc`` (None when it is not an error this service maps)."""
+    if isinstance(exc, ServiceError):
         return error_response(request, exc.status, exc.code, str(exc), exc.details, exc.headers)
-
-    async def on_package_error(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, MatchmakingError):  # pragma: no cover
-            raise exc
+    if isinstance(exc, BodyError):
+        return error_response(request, 422, "invalid_request", str(exc), exc.details)
+    if isinstance(exc, MatchmakingError):
         status, code = status_for(exc)
         if status >= 500:
             logger.error("%s: %s", code, exc)
         return error_response(request, status, code, str(exc))
-
-    async def on_validation(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, ValidationError | RequestValidationError):  # pragma: no cover
-            raise exc
+    if isinstance(exc, ValidationError | RequestValidationError):
         details = validation_details(exc)
         return error_response(
             request, 422, "invalid_request", f"{len(details)} invalid field(s)", details
         )
-
-    async def on_body(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, BodyError):  # pragma: no cover
-            raise exc
-        return error_response(request, 422, "invalid_request", str(exc), exc.details)
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
-            raise exc
+    if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(
             request, exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
         )
+    return None
 
-    app.add_exception_handler(ServiceError, on_service_error)
-    app.add_exception_handler(MatchmakingError, on_package_error)
-    app.add_exception_handler(BodyError, on_body)
-    app.add_exception_handler(ValidationError, on_validation)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
+
+MAPPED = (ServiceError, BodyError, MatchmakingError, ValidationError, RequestValidationError)
+
+
+def install(app: FastAPI) -> None:
+    """Register ``to_response`` for every mapped family (and Starlette's HTTP errors)."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        response = to_response(request, exc)
+        if response is None:  # pragma: no cover - registered only for mapped types
+            raise exc
+        return response
+
+    for family in (*MAPPED, StarletteHTTPException):
+        app.add_exception_handler(family, handler)

@@ -108,7 +108,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            path = str(getattr(route, "path", "unmatched"))
+            path = str(getattr(route, "path", None) or scope["state"].get("route", "unmatched"))
             if self.on_response is not None:
                 self.on_response(path, status)
             if self.access_log:
