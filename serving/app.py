@@ -113,7 +113,7 @@ def check_positions(
 
     ``loc_of(i)`` names point ``i`` in the body, e.g. ``["candidates", 3, "home"]``.
     """
-    km = haversine_km(lat, lng, np.float64(city.lat), np.float64(city.lng))
+    km = haversine_km(lat, lng, np.full_like(lat, city.lat), np.full_like(lng, city.lng))
     return [
         _detail(
             loc_of(i),
