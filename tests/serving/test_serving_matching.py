@@ -81,3 +81,14 @@ def test_match_replay_reports_the_gain_of_batch_matching() -> None:
     assert out["batch_minus_greedy"] > 0
     assert out["greedy_assigned_share"] == pytest.approx(2 / 3)
     assert out["batch_assigned_share"] == pytest.approx(1.0)
+
+
+def test_match_replay_accepts_tz_aware_timestamps_and_seconds() -> None:
+    import pandas as pd
+
+    aware = pd.Series(pd.to_datetime(["2026-11-27T01:00:00Z", "2026-11-27T01:00:05Z"]))
+    args = (["b1", "b2"], ["A", "A"])
+    by_ts = match_replay(*args, aware.to_numpy(), [0.9, 0.8], [0.9, 0.8])
+    by_s = match_replay(*args, np.array([0.0, 5.0]), [0.9, 0.8], [0.9, 0.8])
+    assert by_ts == by_s
+    assert by_ts["contested_windows"] == 1 and by_ts["batch_acceptance"] == pytest.approx(0.45)

@@ -74,6 +74,17 @@ def total_score(scores: FloatArray, assignment: IntArray) -> float:
     return float(scores[rows, assignment[rows]].sum()) if len(rows) else 0.0
 
 
+def _seconds(values: npt.ArrayLike) -> FloatArray:
+    """Times as float seconds: datetime64, datetime/Timestamp objects (tz-aware or not), or
+    numbers already in seconds."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        return np.fromiter((v.timestamp() for v in arr), dtype=np.float64, count=len(arr))
+    if np.issubdtype(arr.dtype, np.number):
+        return arr.astype(np.float64)
+    return arr.astype("datetime64[ms]").astype(np.int64) / 1000.0
+
+
 def match_replay(
     booking_id: npt.ArrayLike,
     driver_id: npt.ArrayLike,
@@ -91,7 +102,9 @@ def match_replay(
 
     Args:
         booking_id, driver_id: ids per candidate row.
-        requested_at: request time per row (datetime64, any unit).
+        requested_at: request time per row: datetime64 (any unit), datetime or pandas
+            Timestamp objects (tz-aware included, as ``Series.to_numpy()`` gives them), or
+            seconds.
         scores: the model's score per row (what both policies maximise).
         p_accept: the true acceptance probability per row (what they are judged on).
         window_s: length of a dispatch window, seconds.
@@ -104,7 +117,7 @@ def match_replay(
     """
     b_codes, b_inverse = np.unique(np.asarray(booking_id, dtype=object), return_inverse=True)
     _, d_inverse = np.unique(np.asarray(driver_id, dtype=object), return_inverse=True)
-    t = np.asarray(requested_at).astype("datetime64[ms]").astype(np.int64) / 1000.0
+    t = _seconds(requested_at)
     s = np.asarray(scores, dtype=np.float64)
     p = np.asarray(p_accept, dtype=np.float64)
     n_bookings = len(b_codes)
