@@ -100,9 +100,13 @@ def build_dataset(
         100 * checked.bad_share,
     )
     offers = offer_log(checked.candidates, info.tz)
+    # History comes from every clean offer read; features only for the window's rows.
+    lo = pd.Timestamp(start.isoformat(), tz=info.tz)
+    hi = pd.Timestamp((end + timedelta(days=1)).isoformat(), tz=info.tz)
+    at = checked.candidates["requested_at"]
     rows = build_features(
         checked.bookings,
-        checked.candidates,
+        checked.candidates.loc[(at >= lo) & (at < hi)],
         checked.drivers,
         offers,
         info.tz,

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from matchmaking.features.geo import haversine_km
 
@@ -32,6 +34,15 @@ class ValidationResult:
     @property
     def bad_share(self) -> float:
         return self.bad_rows / self.total_rows if self.total_rows else 0.0
+
+
+def _isin(values: pd.Series, allowed: pd.Series) -> pd.Series:
+    """``values.isin(allowed)`` computed in Arrow (pandas' own isin loops in Python here)."""
+    found = pc.is_in(
+        pa.array(values.astype(str), type=pa.string()),
+        value_set=pa.array(allowed.astype(str), type=pa.string()),
+    )
+    return pd.Series(found.to_numpy(zero_copy_only=False), index=values.index).fillna(False)
 
 
 def _first_reason(rules: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
@@ -96,8 +107,8 @@ def validate(
         ("bad_fare", ~(np.isfinite(bookings["fare"]) & (bookings["fare"] > 0))),
     ]
     b_reason = _first_reason(b_rules, bookings.index)
-    good_bookings = set(bookings.loc[b_reason.isna(), "booking_id"])
-    good_drivers = set(drivers.loc[drv_reason.isna(), "driver_id"])
+    good_bookings = bookings.loc[b_reason.isna(), "booking_id"]
+    good_drivers = drivers.loc[drv_reason.isna(), "driver_id"]
 
     c_required = ["booking_id", "driver_id", "requested_at", "driver_lat", "driver_lng"]
     c_required += ["eta_seconds", "offered"]
@@ -114,8 +125,8 @@ def validate(
             "label_inconsistent",
             candidates["offered"].fillna(False).astype(bool) == candidates["accepted"].isna(),
         ),
-        ("orphan_booking", ~candidates["booking_id"].isin(good_bookings)),
-        ("unknown_driver", ~candidates["driver_id"].isin(good_drivers)),
+        ("orphan_booking", ~_isin(candidates["booking_id"], good_bookings)),
+        ("unknown_driver", ~_isin(candidates["driver_id"], good_drivers)),
     ]
     c_reason = _first_reason(c_rules, candidates.index)
 
