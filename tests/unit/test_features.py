@@ -138,3 +138,14 @@ def test_history_does_not_change_when_the_future_changes() -> None:
     after = window_counts(drivers, days, np.array([1.0, 0.0]), *q)
     assert before[0].tolist() == after[0].tolist() == [1.0]
     assert before[1].tolist() == after[1].tolist() == [1.0]
+
+
+def test_single_booking_fast_path_matches_the_general_path() -> None:
+    values = np.array([3.0, 1.0, 3.0, 2.0, 1.0])
+    single = group_rank_and_gap(np.zeros(5, dtype=np.int64), values)
+    # The same booking next to another one takes the general (lexsort) path.
+    both = group_rank_and_gap(
+        np.r_[np.zeros(5, dtype=np.int64), np.ones(2, dtype=np.int64)], np.r_[values, 9.0, 8.0]
+    )
+    assert single[0].tolist() == both[0][:5].tolist() == [4, 1, 5, 3, 2]
+    assert single[1].tolist() == both[1][:5].tolist()
