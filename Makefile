@@ -34,7 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 serve: $(STAMP)
-	$(BIN)/matchmaking serve
+	# The demo cities are loaded before the first request.
+	MATCHMAKING_SERVE_HOT_CITIES=$${MATCHMAKING_SERVE_HOT_CITIES-jakarta,bangkok,ho-chi-minh-city} $(BIN)/matchmaking serve
 
 # Re-resolve the pins from pyproject.toml in a scratch venv.
 lock:
