@@ -4,7 +4,7 @@
 # Settings: docs/serving.md. The image holds no model: models come from the registry at runtime.
 
 # ---- build: resolve and install the pinned dependencies into a venv ---------------------------
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # LightGBM needs libgomp at runtime; lleaves' llvmlite wheels are self-contained.
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
@@ -18,7 +18,7 @@ COPY serving ./serving
 RUN pip install -c constraints.txt . && pip install -c constraints.txt lleaves "llvmlite==0.44.0"
 
 # ---- runtime: the venv, a non-root user, nothing else -----------------------------------------
-FROM python:3.11-slim-bookworm AS runtime
+FROM python:3.11.14-slim-bookworm AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /home/app --create-home app
@@ -37,5 +37,5 @@ WORKDIR /home/app
 EXPOSE 8000
 # A read-only root filesystem works with a writable /tmp (model downloads are staged there).
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["python", "-m", "serving.main"]

@@ -1,0 +1,62 @@
+# The pipeline image: the matchmaking package, mlproject/ and dags/, for
+#   - MLflow Projects runs (CI's train job, Airflow tasks):
+#       docker run --rm -e MLFLOW_TRACKING_URI=http://mlflow:5000 -e MATCHMAKING_DATA_DIR=/data \
+#         -v lake:/data matchmaking-pipeline \
+#         mlflow run mlproject -e main -P city=jakarta -P end=2026-10-02 --env-manager local
+#   - the CLI (`matchmaking promote --all-cities`, CI's promote/rollback jobs),
+#   - Airflow's official chart (images.airflow: scheduler, API server, KubernetesExecutor task pods),
+#   - the MLflow tracking server of helm/matchmaking (`mlflow server`, PostgreSQL via psycopg2,
+#     S3 artifacts via boto3, `--app-name basic-auth` via Flask-WTF).
+# Build: docker build -f docker/pipeline.Dockerfile -t matchmaking-pipeline .
+#        (--build-arg EXTRAS= leaves Airflow out for a smaller image that only runs projects)
+# Everything installs with -c constraints.txt; the few server/executor packages that the
+# project's own extras do not cover are pinned here by version.
+
+# ---- build: the venv with the package and its pinned dependencies ---------------------------
+FROM python:3.11.14-slim-bookworm AS build
+ARG EXTRAS=airflow
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# .dockerignore lets only pyproject.toml, constraints.txt, README.md, src/, serving/, mlproject/
+# and dags/ through; dags/ may be absent (the DAGs also arrive by git-sync), hence the mkdir.
+COPY . .
+RUN mkdir -p dags \
+    && pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
+        "apache-airflow-providers-cncf-kubernetes==10.25.0" \
+        "Flask-WTF==1.3.0" \
+        "boto3==1.44.8" \
+    && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+# ---- runtime: the venv, the project files, a non-root user, no compilers ----------------------
+FROM python:3.11.14-slim-bookworm AS runtime
+ARG MATCHMAKING_GIT_COMMIT=""
+# libgomp1: LightGBM's OpenMP runtime. No git: runs take their source version from
+# MATCHMAKING_GIT_COMMIT (or CI_COMMIT_SHA in CI), GitPython stays quiet without the binary.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --gid 0 --home-dir /opt/airflow --create-home app \
+    && mkdir -p /app /data \
+    && chown 10001:0 /data /opt/airflow \
+    && chmod g+rwX /data /opt/airflow
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /src/mlproject /app/mlproject
+COPY --from=build /src/dags /app/dags
+COPY --from=build /src/constraints.txt /app/constraints.txt
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GIT_PYTHON_REFRESH=quiet \
+    MATCHMAKING_GIT_COMMIT=${MATCHMAKING_GIT_COMMIT} \
+    MATCHMAKING_DATA_DIR=/data \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    AIRFLOW_HOME=/opt/airflow \
+    AIRFLOW__CORE__DAGS_FOLDER=/app/dags \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False
+USER 10001
+WORKDIR /app
+# No long-running server by default: probes belong to whatever runs the image (the chart's
+# tracking server probes /health; Airflow's chart brings its own probes).
+HEALTHCHECK NONE
+CMD ["matchmaking", "--help"]
