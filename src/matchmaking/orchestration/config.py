@@ -1,0 +1,149 @@
+"""The daily retrain's configuration: cities, schedule, windows, lake URI, promotion.
+
+``config/pipeline.yaml`` (or the file named by ``MATCHMAKING_PIPELINE_CONFIG``) loads into
+``PipelineConfig`` (``extra="forbid"``). The DAG files read it at parse time, so this module
+imports nothing heavy: no MLflow, no pandas, no Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from matchmaking.config import load_yaml_model
+from matchmaking.errors import ConfigError
+
+CONFIG_ENV_VAR = "MATCHMAKING_PIPELINE_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
+LAKE_DIR_NAME = "lake"
+_CITY_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class WindowConfig(BaseModel):
+    """How a run's logical date maps to the training and holdout windows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_days: Annotated[int, Field(ge=2)] = 28
+    holdout_days: Annotated[int, Field(ge=1)] = 7
+    lag_days: Annotated[int, Field(ge=0)] = 1
+
+
+class PromotionConfig(BaseModel):
+    """Whether ``matchmaking_train`` runs the promotion gate (off: CI promotes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    cities: list[str] | None = None
+
+    def applies_to(self, city: str) -> bool:
+        """Whether the gate runs for ``city``."""
+        return self.enabled and (self.cities is None or city in self.cities)
+
+
+class PipelineConfig(BaseModel):
+    """Everything the DAGs need that is not code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cities: list[str] = Field(min_length=1)
+    lake_uri: str = "data/lake"
+    schedule: str = "0 2 * * *"
+    start_date: date = date(2026, 8, 1)
+    windows: WindowConfig = WindowConfig()
+    max_bad_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    train_params: dict[str, str] = {}
+    evaluate_seed: int = 7
+    promotion: PromotionConfig = PromotionConfig()
+    retries: Annotated[int, Field(ge=0)] = 2
+    retry_delay_minutes: Annotated[float, Field(ge=0.0)] = 5.0
+    max_parallel_cities: Annotated[int, Field(ge=1)] = 16
+
+    @field_validator("cities")
+    @classmethod
+    def _unique_ids(cls, cities: list[str]) -> list[str]:
+        bad = [c for c in cities if not _CITY_ID.match(c)]
+        if bad:
+            raise ValueError(f"city ids are lowercase slugs like 'ho-chi-minh-city'; got {bad}")
+        dupes = sorted({c for c in cities if cities.count(c) > 1})
+        if dupes:
+            raise ValueError(f"cities listed twice: {dupes}")
+        return cities
+
+    @field_validator("train_params", mode="before")
+    @classmethod
+    def _as_strings(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): "" if v is None else str(v) for k, v in value.items()}
+        return value
+
+    @property
+    def retry_delay(self) -> timedelta:
+        return timedelta(minutes=self.retry_delay_minutes)
+
+    def lake_path(self) -> Path:
+        """The lake as an absolute local path (``file://`` URI or plain path).
+
+        Raises:
+            ConfigError: for object-storage URIs, which the lake I/O does not read yet.
+        """
+        return lake_path(self.lake_uri)
+
+    def data_dir(self) -> Path:
+        """``MATCHMAKING_DATA_DIR`` for the steps: the library keeps its lake in ``<dir>/lake``."""
+        lake = self.lake_path()
+        if lake.name != LAKE_DIR_NAME:
+            raise ConfigError(
+                f"lake_uri {self.lake_uri!r} must end in a directory named {LAKE_DIR_NAME!r} "
+                "(the steps read <MATCHMAKING_DATA_DIR>/lake); rename it, e.g. .../data/lake"
+            )
+        return lake.parent
+
+
+def lake_path(uri: str) -> Path:
+    """A ``file://`` URI or a path as an absolute local path (relative: to the cwd)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        raw = unquote(parsed.path) if parsed.scheme == "file" else uri
+        return Path(raw).expanduser().absolute()
+    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
+        return Path(uri).absolute()
+    raise ConfigError(
+        f"lake_uri {uri!r}: scheme {parsed.scheme!r} is not supported yet; the lake reads and "
+        "writes local (or mounted) paths. Use file:///... or a path"
+    )
+
+
+def config_path() -> Path:
+    """The configuration file in force: ``$MATCHMAKING_PIPELINE_CONFIG`` or the packaged one."""
+    configured = os.environ.get(CONFIG_ENV_VAR)
+    return Path(configured) if configured else DEFAULT_CONFIG
+
+
+def load_pipeline_config(path: Path | None = None) -> PipelineConfig:
+    """Load and validate the pipeline configuration.
+
+    Raises:
+        ConfigError: naming the file when it is missing, not YAML or invalid.
+    """
+    return load_yaml_model(path or config_path(), PipelineConfig)
+
+
+FEATURES_ASSET_NAME = "matchmaking_features"
+
+
+def features_asset_uri(cfg: PipelineConfig) -> str:
+    """The URI of the features asset: the lake's ``features`` layer."""
+    return f"{cfg.lake_path().as_uri()}/features"
+
+
+def run_day(logical_date: datetime | None, run_after: datetime) -> date:
+    """The day a DAG run stands for: its logical date, else (manual, no date) when it ran."""
+    return (logical_date or run_after).date()

@@ -1,0 +1,174 @@
+"""The bodies of the DAG tasks: plain functions, testable without Airflow.
+
+Every value they take and return is JSON (XCom and asset-event extras): city ids, ISO dates,
+dataset URIs and MLflow run ids. Windows follow from the run's day (``data_windows``): the run
+for day D processes data up to D - ``lag_days``, a holdout window ending there and the
+training window just before it.
+
+Retries are idempotent: the process step republishes an identical dataset under the same
+content address, and the train step reuses the version already trained on the same data
+digest, code version and parameters, so rerunning a day registers nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import date, timedelta
+from typing import Any
+
+from matchmaking.orchestration.config import PipelineConfig, lake_path
+from matchmaking.pipeline import Windows, windows
+
+logger = logging.getLogger(__name__)
+
+CityResult = dict[str, Any]
+
+
+def data_windows(cfg: PipelineConfig, day: date) -> Windows:
+    """The training and holdout windows of the run for ``day``."""
+    end = day - timedelta(days=cfg.windows.lag_days)
+    return windows(end, cfg.windows.train_days, cfg.windows.holdout_days)
+
+
+def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
+    """Run ``process_data`` on the training and the holdout window of ``city``."""
+    from matchmaking.orchestration.projects import (
+        city_experiment,
+        run_project,
+        run_tags,
+        step_environment,
+    )
+
+    w = data_windows(cfg, day)
+    out: CityResult = {"city": city, "day": day.isoformat()}
+    with step_environment(cfg) as settings:
+        experiment_id = city_experiment(settings, city)
+        for prefix, start, end in (
+            ("", w.train_start, w.train_end),
+            ("holdout_", w.holdout_start, w.holdout_end),
+        ):
+            run_id = run_project(
+                "process_data",
+                {"city": city, "start": start, "end": end, "max_bad_share": cfg.max_bad_share},
+                experiment_id,
+                run_name=f"process-{city}-{start}_{end}",
+            )
+            tags = run_tags(run_id, "features_uri", "data_digest")
+            out |= {
+                f"{prefix}window": [start.isoformat(), end.isoformat()],
+                f"{prefix}process_run_id": run_id,
+                f"{prefix}features_uri": tags["features_uri"],
+                f"{prefix}data_digest": tags["data_digest"],
+            }
+    logger.info("%s: features %s", city, out["features_uri"])
+    return out
+
+
+def features_event(day: date, results: list[CityResult]) -> dict[str, Any]:
+    """The extra of the features asset event: the day and each city's datasets and runs."""
+    return {"day": day.isoformat(), "cities": {r["city"]: r for r in results}}
+
+
+def plan_training(cfg: PipelineConfig, extra: dict[str, Any]) -> list[CityResult]:
+    """The cities to train from a features event, in configured order (others are logged)."""
+    published: dict[str, CityResult] = dict(extra.get("cities") or {})
+    plan = [published[c] for c in cfg.cities if c in published]
+    ignored = sorted(set(published) - set(cfg.cities))
+    if ignored:
+        logger.warning("features of cities no longer configured are not trained: %s", ignored)
+    missing = [c for c in cfg.cities if c not in published]
+    if missing:
+        logger.warning("no features published for configured cities %s on this event", missing)
+    return plan
+
+
+def train_city(cfg: PipelineConfig, item: CityResult) -> CityResult:
+    """Run ``train`` on the city's training features; reuses an identical version."""
+    from matchmaking import tracking
+    from matchmaking.orchestration.projects import (
+        city_experiment,
+        run_project,
+        run_tags,
+        step_environment,
+    )
+
+    city = item["city"]
+    with step_environment(cfg) as settings:
+        run_id = run_project(
+            "train",
+            {
+                "city": city,
+                "features": lake_path(item["features_uri"]),
+                "process_run_id": item["process_run_id"],
+                **cfg.train_params,
+            },
+            city_experiment(settings, city),
+            run_name=f"train-{city}",
+        )
+        version = run_tags(run_id, "registered_version")["registered_version"]
+        from mlflow.tracking import MlflowClient
+
+        reused = MlflowClient().get_run(run_id).data.tags.get("reused_version") == "true"
+        name = tracking.model_name(settings, city)
+    logger.info("%s: %s v%s%s", city, name, version, " (reused)" if reused else "")
+    return {
+        "city": city,
+        "day": item.get("day"),
+        "train_run_id": run_id,
+        "model_name": name,
+        "version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "reused": reused,
+        "holdout_features_uri": item["holdout_features_uri"],
+    }
+
+
+def evaluate_city(cfg: PipelineConfig, trained: CityResult) -> CityResult:
+    """Run ``evaluate`` of the trained version on the city's holdout features."""
+    from matchmaking.orchestration.projects import city_experiment, run_project, step_environment
+
+    city = trained["city"]
+    with step_environment(cfg) as settings:
+        run_id = run_project(
+            "evaluate",
+            {
+                "city": city,
+                "model_uri": trained["model_uri"],
+                "features": lake_path(trained["holdout_features_uri"]),
+                "seed": cfg.evaluate_seed,
+            },
+            city_experiment(settings, city),
+            run_name=f"evaluate-{city}",
+        )
+    return {**trained, "evaluate_run_id": run_id}
+
+
+def promote_city(cfg: PipelineConfig, evaluated: CityResult, actor: str) -> CityResult:
+    """The promotion gate for the evaluated version (where configured).
+
+    A refusal is an outcome, not a task failure: Production stays where it was.
+
+    Raises:
+        MatchmakingError: the gate could not run (registry, data or tracking problem).
+    """
+    from matchmaking.errors import GateFailedError, MatchmakingError
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.registry.promote import promote
+
+    city = evaluated["city"]
+    if not cfg.promotion.applies_to(city):
+        logger.info("%s: promotion not configured for this city; CI promotes", city)
+        return {"city": city, "status": "not configured", "version": evaluated["version"]}
+    with step_environment(cfg) as settings:
+        (outcome,) = promote(
+            settings,
+            [city],
+            version=evaluated["version"],
+            holdout=lake_path(evaluated["holdout_features_uri"]),
+            actor=actor,
+        )
+    if outcome.exit_code not in (0, GateFailedError.exit_code):
+        raise MatchmakingError(f"{city}: promotion gate could not run: {outcome.detail}")
+    logger.info("%s v%s: %s (%s)", city, outcome.version, outcome.status, outcome.detail)
+    return {k: v for k, v in asdict(outcome).items() if k != "metrics"}
