@@ -1,0 +1,413 @@
+"""The Helm chart (helm/matchmaking), rendered offline with the Helm v4 SDK (helm-python-sdk).
+
+Default and production values: strict lint, every manifest valid against the Kubernetes schemas
+(kubernetes-validate, strict), and the fields that matter in a cluster: probes, security
+context, resources, rolling update, checksum-driven rollouts, tracking URI wiring, Secret
+references, HPA/PDB targets. The schema rejects wrong types and unknown keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from serving.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "matchmaking"
+PRODUCTION = CHART / "values-production.yaml"
+AIRFLOW_VALUES = ROOT / "helm" / "examples" / "airflow-values.yaml"
+KUBE_VERSION = "1.37.0"  # the newest schemas kubernetes-validate ships
+RELEASE, NAMESPACE = "matchmaking", "matchmaking"
+SCORING, MLFLOW = "matchmaking-scoring", "matchmaking-mlflow"
+
+Manifest = dict[str, Any]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), f"{path} is not a mapping"
+    return loaded
+
+
+def merge(base: dict[str, Any] | None, override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (what repeated -f/--set do)."""
+    out = copy.deepcopy(base or {})
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def render_files(values: dict[str, Any] | None) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def render(values: dict[str, Any] | None) -> list[Manifest]:
+    """Every manifest the chart renders for ``values`` (NOTES.txt left out)."""
+    docs: list[Manifest] = []
+    for path, text in render_files(values).items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def find(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, got {len(matches)}"
+    return matches[0]
+
+
+def kinds(docs: list[Manifest]) -> set[str]:
+    return {f"{d['kind']}/{d['metadata']['name']}" for d in docs}
+
+
+def container(deployment: Manifest, name: str) -> dict[str, Any]:
+    (found,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
+    return found
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def secret_ref(c: dict[str, Any], var: str) -> tuple[str, str]:
+    entry = env_of(c)[var]
+    assert "value" not in entry, f"{var} must come from a Secret, not a literal"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def walk_schema(values: Any, schema: dict[str, Any], path: str = "") -> Iterator[str]:
+    """Yield every values.yaml key the schema does not describe (type or description)."""
+    if not isinstance(values, dict):
+        return
+    props = schema.get("properties", {})
+    for key, value in values.items():
+        where = f"{path}.{key}" if path else key
+        if key not in props:
+            if schema.get("additionalProperties") is False:
+                yield f"{where}: not in the schema"
+            continue
+        sub = props[key]
+        if "description" not in sub:
+            yield f"{where}: no description"
+        if sub.get("additionalProperties") is False:  # a closed object the chart defines
+            yield from walk_schema(value, sub, where)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+VALUE_SETS = ["default", "production"]
+
+
+@pytest.fixture(scope="module")
+def production_values() -> dict[str, Any]:
+    return load_values(PRODUCTION)
+
+
+@pytest.fixture(scope="module", params=VALUE_SETS)
+def values(request: pytest.FixtureRequest, production_values: dict[str, Any]) -> dict[str, Any]:
+    return {} if request.param == "default" else production_values
+
+
+@pytest.fixture(scope="module")
+def docs(values: dict[str, Any]) -> list[Manifest]:
+    return render(values)
+
+
+# -- lint and Kubernetes schemas --------------------------------------------------------------
+
+
+def test_lint_strict(values: dict[str, Any]) -> None:
+    report = helm.lint(
+        CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}"
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # warnings and errors
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_every_manifest_is_valid_kubernetes(docs: list[Manifest]) -> None:
+    expected = {
+        f"Deployment/{SCORING}",
+        f"Service/{SCORING}",
+        f"ConfigMap/{SCORING}",
+        f"HorizontalPodAutoscaler/{SCORING}",
+        f"PodDisruptionBudget/{SCORING}",
+        f"ServiceAccount/{SCORING}",
+        f"Deployment/{MLFLOW}",
+        f"Service/{MLFLOW}",
+        f"ServiceAccount/{MLFLOW}",
+    }
+    assert expected <= kinds(docs)
+    for doc in docs:
+        # SchemaNotFoundError (an unknown kind/apiVersion) fails the test too.
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+# -- scoring service --------------------------------------------------------------------------
+
+
+def test_scoring_probes_and_ports(docs: list[Manifest]) -> None:
+    dep = find(docs, "Deployment", SCORING)
+    c = container(dep, "scoring")
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    svc = find(docs, "Service", SCORING)
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    cm = find(docs, "ConfigMap", SCORING)["data"]
+    assert cm["MATCHMAKING_SERVE_HOST"] == "0.0.0.0" and cm["MATCHMAKING_SERVE_PORT"] == "8000"
+
+
+@pytest.mark.parametrize("name,component", [(SCORING, "scoring"), (MLFLOW, "mlflow")])
+def test_non_root_read_only_containers(docs: list[Manifest], name: str, component: str) -> None:
+    pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    c = container(find(docs, "Deployment", name), component)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must be a writable emptyDir"
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"])
+    assert "memory" in c["resources"]["limits"]
+
+
+def test_compile_cache_is_a_writable_emptydir(docs: list[Manifest]) -> None:
+    """The service writes compiled forests to MATCHMAKING_SERVE_COMPILE_CACHE_DIR."""
+    dep = find(docs, "Deployment", SCORING)
+    cache = find(docs, "ConfigMap", SCORING)["data"]["MATCHMAKING_SERVE_COMPILE_CACHE_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in container(dep, "scoring")["volumeMounts"]}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts[cache]]
+
+
+def test_rolling_update_never_drops_below_desired(docs: list[Manifest]) -> None:
+    strategy = find(docs, "Deployment", SCORING)["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_configmap_holds_exactly_the_service_settings(
+    docs: list[Manifest], monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]
+) -> None:
+    """Every MATCHMAKING_SERVE_* key is a ServeSettings field, and the service parses them."""
+    data = find(docs, "ConfigMap", SCORING)["data"]
+    fields = {f"MATCHMAKING_SERVE_{name.upper()}" for name in ServeSettings.model_fields}
+    serve_keys = {k for k in data if k.startswith("MATCHMAKING_SERVE_")}
+    assert serve_keys <= fields, serve_keys - fields
+    assert "MATCHMAKING_SERVE_AUTH_TOKEN" not in data, "the token belongs in a Secret"
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = ServeSettings()
+    assert settings.host == "0.0.0.0" and settings.port == 8000
+    assert settings.hot_cities == values.get("config", {}).get("hotCities", [])
+    assert str(settings.compile_cache_dir) == "/var/cache/matchmaking"
+
+
+def test_checksum_annotation_follows_the_config(values: dict[str, Any]) -> None:
+    def checksum(vals: dict[str, Any]) -> str:
+        dep = find(render(vals), "Deployment", SCORING)
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    before = checksum(values)
+    assert re.fullmatch(r"[0-9a-f]{64}", before)
+    assert checksum(values) == before, "same values, same checksum (no needless rollouts)"
+    changed = merge(values, {"config": {"pollIntervalS": 7}})
+    assert checksum(changed) != before
+    assert checksum(merge(values, {"config": {"hotCities": ["hanoi"]}})) != before
+
+
+def test_tracking_uri_defaults_to_the_in_chart_server(docs: list[Manifest]) -> None:
+    uri = find(docs, "ConfigMap", SCORING)["data"]["MATCHMAKING_SERVE_TRACKING_URI"]
+    svc = find(docs, "Service", MLFLOW)
+    port = svc["spec"]["ports"][0]["port"]
+    assert uri == f"http://{MLFLOW}.{NAMESPACE}.svc.cluster.local:{port}"
+    dep = find(docs, "Deployment", SCORING)
+    env_from = container(dep, "scoring")["envFrom"]
+    assert {"configMapRef": {"name": SCORING}} in env_from
+    # The tracking server accepts that Host header (MLflow's DNS-rebinding protection).
+    allowed = env_of(container(find(docs, "Deployment", MLFLOW), "mlflow"))
+    hosts = allowed["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert f"{MLFLOW}.{NAMESPACE}.svc.cluster.local:*" in hosts
+
+
+def test_tracking_uri_external_when_the_server_is_off() -> None:
+    external = "https://mlflow.example.com"
+    docs = render({"mlflow": {"enabled": False}, "config": {"trackingUri": external}})
+    assert find(docs, "ConfigMap", SCORING)["data"]["MATCHMAKING_SERVE_TRACKING_URI"] == external
+    assert not any(d["metadata"]["name"].startswith(MLFLOW) for d in docs)
+    with pytest.raises(helm.HelmRenderError, match=r"config\.trackingUri is required"):
+        render({"mlflow": {"enabled": False}})
+
+
+def test_explicit_tracking_uri_wins_over_the_in_chart_server() -> None:
+    docs = render({"config": {"trackingUri": "http://other:5000"}})
+    assert find(docs, "ConfigMap", SCORING)["data"]["MATCHMAKING_SERVE_TRACKING_URI"] == (
+        "http://other:5000"
+    )
+
+
+def test_auth_token_is_a_secret_reference(docs: list[Manifest], values: dict[str, Any]) -> None:
+    c = container(find(docs, "Deployment", SCORING), "scoring")
+    expected = values.get("auth", {}).get("existingSecret", "matchmaking-scoring-auth")
+    assert secret_ref(c, "MATCHMAKING_SERVE_AUTH_TOKEN") == (expected, "token")
+
+
+def test_auth_off_sets_no_token() -> None:
+    c = container(find(render({"auth": {"enabled": False}}), "Deployment", SCORING), "scoring")
+    assert "MATCHMAKING_SERVE_AUTH_TOKEN" not in env_of(c)
+
+
+def test_hpa_and_pdb_target_the_scoring_pods(docs: list[Manifest], values: dict[str, Any]) -> None:
+    dep = find(docs, "Deployment", SCORING)
+    hpa = find(docs, "HorizontalPodAutoscaler", SCORING)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": SCORING,
+    }
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    pdb = find(docs, "PodDisruptionBudget", SCORING)
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain must be possible"
+
+
+def test_without_autoscaling_the_deployment_sets_replicas() -> None:
+    docs = render({"autoscaling": {"enabled": False}, "replicaCount": 3})
+    assert find(docs, "Deployment", SCORING)["spec"]["replicas"] == 3
+    assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
+
+
+# -- MLflow tracking server -------------------------------------------------------------------
+
+
+def test_tracking_server(docs: list[Manifest], values: dict[str, Any]) -> None:
+    dep = find(docs, "Deployment", MLFLOW)
+    c = container(dep, "mlflow")
+    assert c["command"] == ["mlflow", "server"]
+    assert "--serve-artifacts" in c["args"]
+    assert secret_ref(c, "MLFLOW_BACKEND_STORE_URI") == ("matchmaking-mlflow-db", "uri")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    art = values.get("mlflow", {}).get("artifacts", {}).get("type", "pvc")
+    if art == "pvc":
+        assert "--artifacts-destination=/mlartifacts" in c["args"]
+        pvc = find(docs, "PersistentVolumeClaim", f"{MLFLOW}-artifacts")
+        volumes = dep["spec"]["template"]["spec"]["volumes"]
+        assert {
+            "name": "artifacts",
+            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
+        } in volumes
+        assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    else:
+        s3 = values["mlflow"]["artifacts"]["s3"]
+        assert f"--artifacts-destination={s3['destination']}" in c["args"]
+        assert not any(d["kind"] == "PersistentVolumeClaim" for d in docs)
+        assert secret_ref(c, "AWS_ACCESS_KEY_ID")[0] == s3["existingSecret"]
+        assert secret_ref(c, "AWS_SECRET_ACCESS_KEY")[0] == s3["existingSecret"]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_tracking_server_basic_auth(production_values: dict[str, Any]) -> None:
+    docs = render(production_values)
+    dep = find(docs, "Deployment", MLFLOW)
+    c = container(dep, "mlflow")
+    assert "--app-name=basic-auth" in c["args"]
+    path = env_of(c)["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(
+        v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
+    assert volume["secret"]["secretName"] == production_values["mlflow"]["auth"]["existingSecret"]
+    scoring = container(find(docs, "Deployment", SCORING), "scoring")
+    creds = production_values["trackingCredentials"]["existingSecret"]
+    assert secret_ref(scoring, "MLFLOW_TRACKING_USERNAME") == (creds, "username")
+    assert secret_ref(scoring, "MLFLOW_TRACKING_PASSWORD") == (creds, "password")
+    default_env = env_of(container(find(render({}), "Deployment", MLFLOW), "mlflow"))
+    assert "MLFLOW_AUTH_CONFIG_PATH" not in default_env
+
+
+# -- values schema ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ({"replicaCount": "three"}, "replicaCount"),
+        ({"replicas": 3}, "replicas"),
+        ({"config": {"maxModels": "many"}}, "maxModels"),
+        ({"mlflow": {"artifacts": {"type": "gcs"}}}, "type"),
+        ({"updateStrategy": {"maxUnavailable": 1}}, "maxUnavailable"),
+        ({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+    ],
+)
+def test_schema_rejects_bad_values(tmp_path: Path, override: dict[str, Any], field: str) -> None:
+    bad_file = tmp_path / "bad-values.yaml"
+    bad_file.write_text(yaml.safe_dump(override))
+    bad = load_values(bad_file)
+    with pytest.raises(helm.HelmValuesError, match=field):
+        render(bad)
+    report = helm.lint(CHART, bad, strict=True, namespace=NAMESPACE)
+    assert report["errors"] and any(field in e for e in report["errors"]), report
+
+
+def test_every_value_is_in_the_schema_with_a_description() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    for path in (CHART / "values.yaml", PRODUCTION):
+        assert list(walk_schema(load_values(path), schema)) == [], path
+
+
+def test_notes_explain_how_to_reach_the_service() -> None:
+    notes = render_files({})[f"{CHART.name}/templates/NOTES.txt"]
+    assert f"port-forward svc/{SCORING}" in notes and "/readyz" in notes
+
+
+# -- Airflow example values -------------------------------------------------------------------
+
+
+def test_airflow_example_values() -> None:
+    values = load_values(AIRFLOW_VALUES)
+    assert values["executor"] in {"CeleryExecutor", "KubernetesExecutor"}
+    git_sync = values["dags"]["gitSync"]
+    assert git_sync["enabled"] is True and git_sync["subPath"] == "dags"
+    assert values["images"]["airflow"]["repository"].endswith("/pipeline")
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["MLFLOW_TRACKING_URI"].startswith(f"http://{MLFLOW}.")
+    mounts = {m["mountPath"] for m in values["volumeMounts"]}
+    assert env["MATCHMAKING_DATA_DIR"] in mounts
