@@ -18,16 +18,19 @@ ARG EXTRAS=airflow
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
+# The project lives at /app in both stages and is installed editable, so the repository layout
+# holds inside the image: matchmaking.pipeline.PROJECT_DIR (src/../mlproject) is /app/mlproject,
+# which `matchmaking pipeline` (the `main` entry point) and the DAG tasks run.
+WORKDIR /app
 # .dockerignore lets only pyproject.toml, constraints.txt, README.md, src/, serving/, mlproject/
 # and dags/ through; dags/ may be absent (the DAGs also arrive by git-sync), hence the mkdir.
 COPY . .
 RUN mkdir -p dags \
-    && pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
+    && pip install -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}" \
         "apache-airflow-providers-cncf-kubernetes==10.25.0" \
         "Flask-WTF==1.3.0" \
         "boto3==1.44.8" \
-    && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
+    && find /opt/venv /app -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 # ---- runtime: the venv, the project files, a non-root user, no compilers ----------------------
 FROM python:3.11.14-slim-bookworm AS runtime
@@ -41,9 +44,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
     && chown 10001:0 /data /opt/airflow \
     && chmod g+rwX /data /opt/airflow
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /src/mlproject /app/mlproject
-COPY --from=build /src/dags /app/dags
-COPY --from=build /src/constraints.txt /app/constraints.txt
+COPY --from=build /app /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

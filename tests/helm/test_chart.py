@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from matchmaking.orchestration.config import PipelineConfig
 from serving.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,3 +412,10 @@ def test_airflow_example_values() -> None:
     assert env["MLFLOW_TRACKING_URI"].startswith(f"http://{MLFLOW}.")
     mounts = {m["mountPath"] for m in values["volumeMounts"]}
     assert env["MATCHMAKING_DATA_DIR"] in mounts
+    # The DAGs' configuration it ships is valid and keeps the lake on the shared volume.
+    config_path = Path(env["MATCHMAKING_PIPELINE_CONFIG"])
+    assert str(config_path.parent) in mounts
+    (config_map,) = values["extraConfigMaps"].values()
+    files = yaml.safe_load(config_map["data"])
+    cfg = PipelineConfig.model_validate(yaml.safe_load(files[config_path.name]))
+    assert cfg.data_dir() == Path(env["MATCHMAKING_DATA_DIR"])
