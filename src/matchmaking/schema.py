@@ -143,6 +143,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("fare", "float64", "quoted fare, local currency"),
     Feature("drv_offers_28d", "float64", "offers made to the driver in the 28 days before"),
     Feature("drv_accept_rate_28d", "float64", "smoothed acceptance rate over those offers"),
+    Feature(
+        "drv_offer_eta_28d",
+        "float64",
+        "mean pickup ETA (min) of those offers, NaN without history: tells a driver who "
+        "declines from one who was offered far pickups",
+    ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 

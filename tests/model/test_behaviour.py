@@ -54,6 +54,7 @@ def booking(n: int = 6, seed: int = 0) -> CandidateInputs:
         fare=full(38000.0),
         drv_offers_28d=rng.uniform(50, 300, n),
         drv_accepts_28d=rng.uniform(40, 250, n),
+        drv_offer_eta_sum_28d=rng.uniform(150, 900, n),
     )
 
 

@@ -37,6 +37,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "fare": (15_000.0, 100_000.0),
     "drv_offers_28d": (0.0, 200.0),
     "drv_accept_rate_28d": (0.2, 1.0),
+    "drv_offer_eta_28d": (1.0, 6.0),
 }
 PIP_REQUIREMENTS = ["mlflow", "lightgbm", "numpy", "pandas"]
 
@@ -90,6 +91,7 @@ def write_driver_table(path: Path, driver_ids: Sequence[str], seed: int) -> Path
             "shift_length_min": rng.integers(240, 720, n).astype(np.float64),
             "offers_28d": offers,
             "accepts_28d": np.floor(offers * rng.uniform(0.3, 0.95, n)),
+            "offer_eta_sum_28d": offers * rng.uniform(1.5, 5.0, n),
         }
     ).to_parquet(path, index=False)
     return path

@@ -14,7 +14,7 @@ from matchmaking.features.core import (
     smoothed_rate,
 )
 from matchmaking.features.geo import direction_cosine, haversine_km
-from matchmaking.features.history import window_counts
+from matchmaking.features.history import window_counts, window_sums
 from matchmaking.schema import FEATURE_NAMES
 
 # Jakarta-ish coordinates; 0.01 degree of latitude is about 1.1 km.
@@ -43,6 +43,7 @@ def _inputs(n: int = 1, **overrides: object) -> CandidateInputs:
         "fare": np.full(n, 40000.0),
         "drv_offers_28d": np.full(n, 100.0),
         "drv_accepts_28d": np.full(n, 80.0),
+        "drv_offer_eta_sum_28d": np.full(n, 300.0),
     }
     base.update({k: np.asarray(v) for k, v in overrides.items()})
     return CandidateInputs(**base)  # type: ignore[arg-type]
@@ -149,3 +150,16 @@ def test_single_booking_fast_path_matches_the_general_path() -> None:
     )
     assert single[0].tolist() == both[0][:5].tolist() == [4, 1, 5, 3, 2]
     assert single[1].tolist() == both[1][:5].tolist()
+
+
+def test_history_sums_offered_etas_point_in_time() -> None:
+    drivers = np.array(["a", "a", "a"], dtype=object)
+    days = np.array(["2026-10-01", "2026-10-02", "2026-10-03"], dtype="datetime64[D]")
+    values = np.array([[1.0, 2.0], [0.0, 6.0], [1.0, 100.0]])  # accepted, eta minutes
+    sums = window_sums(
+        drivers, days, values, np.array(["a"], dtype=object), np.array(["2026-10-03"], "M8[D]")
+    )
+    assert sums.tolist() == [[2.0, 1.0, 8.0]]  # 10-03 itself is not seen
+    m = build_matrix(_inputs(2, drv_offers_28d=[0.0, 4.0], drv_offer_eta_sum_28d=[0.0, 10.0]))
+    eta = feature(m, "drv_offer_eta_28d")
+    assert np.isnan(eta[0]) and eta[1] == 2.5

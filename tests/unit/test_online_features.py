@@ -53,6 +53,7 @@ def _raw(seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Da
             "driver_id": rng.choice(drivers["driver_id"].to_numpy()[:10], n_off).astype(object),
             "day": DAY - rng.integers(1, 40, n_off).astype("timedelta64[D]"),
             "accepted": (rng.random(n_off) < 0.7).astype(np.float64),
+            "eta_min": rng.uniform(1.0, 8.0, n_off),
         }
     )
     bookings, candidates = [], []
@@ -130,6 +131,7 @@ def _table(snapshot: pd.DataFrame) -> DriverTable:
         snapshot["shift_length_min"].to_numpy(np.float64),
         snapshot["offers_28d"].to_numpy(np.float64),
         snapshot["accepts_28d"].to_numpy(np.float64),
+        snapshot["offer_eta_sum_28d"].to_numpy(np.float64),
     )
 
 
@@ -158,7 +160,9 @@ def test_unknown_driver_gets_new_driver_defaults() -> None:
     assert np.all(online_empty[:, col["drv_offers_28d"]] == 0)
     assert np.allclose(online_empty[:, col["drv_accept_rate_28d"]], 0.8)  # the prior
     assert np.all(np.isnan(online_empty[:, col["minutes_to_shift_end"]]))
-    others = [j for n, j in col.items() if n not in {"drv_offers_28d", "drv_accept_rate_28d"}]
+    assert np.all(np.isnan(online_empty[:, col["drv_offer_eta_28d"]]))
+    history = {"drv_offers_28d", "drv_accept_rate_28d", "drv_offer_eta_28d"}
+    others = [j for n, j in col.items() if n not in history]
     others.remove(col["minutes_to_shift_end"])
     np.testing.assert_array_equal(online_empty[:, others], online_known[:, others])
 

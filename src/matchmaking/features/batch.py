@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from matchmaking.features.core import CandidateInputs, build_matrix
-from matchmaking.features.history import window_counts
+from matchmaking.features.history import window_sums
 from matchmaking.schema import FEATURE_NAMES
 
 # Columns kept beside the features in the published dataset.
@@ -45,14 +45,33 @@ def local_time(
 
 def offer_log(candidates: pd.DataFrame, tz: str) -> pd.DataFrame:
     """The offers (driver, local day, accepted) that history aggregates are computed from."""
-    offered = candidates.loc[candidates["offered"], ["driver_id", "requested_at", "accepted"]]
+    offered = candidates.loc[
+        candidates["offered"], ["driver_id", "requested_at", "accepted", "eta_seconds"]
+    ]
     _, _, day = local_time(offered["requested_at"], tz)
     return pd.DataFrame(
         {
             "driver_id": offered["driver_id"].to_numpy(dtype=object),
             "day": day,
             "accepted": offered["accepted"].astype("float64").to_numpy(),
+            "eta_min": offered["eta_seconds"].to_numpy(dtype=np.float64) / 60.0,
         }
+    )
+
+
+HISTORY_VALUES = ("accepted", "eta_min")
+
+
+def _history(
+    offers: pd.DataFrame, driver_id: npt.NDArray[np.object_], day: npt.NDArray[np.datetime64]
+) -> npt.NDArray[np.float64]:
+    """Columns: offers, accepts, sum of offered ETA minutes (28 days before ``day``)."""
+    return window_sums(
+        offers["driver_id"].to_numpy(dtype=object),
+        offers["day"].to_numpy(),
+        offers[list(HISTORY_VALUES)].to_numpy(dtype=np.float64),
+        driver_id,
+        day,
     )
 
 
@@ -85,13 +104,7 @@ def build_features(
     rows = rows.sort_values(["requested_at", "booking_id", "eta_rank"], kind="stable")
     rows = rows.reset_index(drop=True)
     minute, dow, day = local_time(rows["requested_at"], tz)
-    drv_offers, drv_accepts = window_counts(
-        offers["driver_id"].to_numpy(dtype=object),
-        offers["day"].to_numpy(),
-        offers["accepted"].to_numpy(dtype=np.float64),
-        rows["driver_id"].to_numpy(dtype=object),
-        day,
-    )
+    history = _history(offers, rows["driver_id"].to_numpy(dtype=object), day)
     group, _ = pd.factorize(rows["booking_id"])
 
     def col(name: str) -> npt.NDArray[np.float64]:
@@ -116,8 +129,9 @@ def build_features(
         shift_length_min=col("shift_length_min"),
         trip_km=col("trip_km"),
         fare=col("fare"),
-        drv_offers_28d=drv_offers,
-        drv_accepts_28d=drv_accepts,
+        drv_offers_28d=history[:, 0],
+        drv_accepts_28d=history[:, 1],
+        drv_offer_eta_sum_28d=history[:, 2],
     )
     matrix = build_matrix(inputs)
     out = pd.DataFrame(
@@ -145,19 +159,14 @@ def driver_snapshot(
     """
     ids = drivers["driver_id"].to_numpy(dtype=object)
     query_day = np.full(len(ids), as_of.astype("datetime64[D]"))
-    n_offers, n_accepts = window_counts(
-        offers["driver_id"].to_numpy(dtype=object),
-        offers["day"].to_numpy(),
-        offers["accepted"].to_numpy(dtype=np.float64),
-        ids,
-        query_day,
-    )
+    history = _history(offers, ids, query_day)
     return pd.DataFrame(
         {
             "driver_id": ids,
             "shift_start_min": drivers["shift_start_min"].to_numpy(dtype=np.float64),
             "shift_length_min": drivers["shift_length_min"].to_numpy(dtype=np.float64),
-            "offers_28d": n_offers,
-            "accepts_28d": n_accepts,
+            "offers_28d": history[:, 0],
+            "accepts_28d": history[:, 1],
+            "offer_eta_sum_28d": history[:, 2],
         }
     )

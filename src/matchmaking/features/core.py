@@ -34,8 +34,9 @@ class CandidateInputs:
         local_minute: minutes after local midnight of the request (0-1439).
         day_of_week: local day of week of the request, Monday = 0.
         shift_start_min, shift_length_min: the driver's declared shift; NaN when unknown.
-        drv_offers_28d, drv_accepts_28d: the driver's offers and acceptances in the 28 days
-            before the request's day; 0 for an unknown driver.
+        drv_offers_28d, drv_accepts_28d, drv_offer_eta_sum_28d: the driver's offers,
+            acceptances and the sum of those offers' ETAs (minutes) in the 28 days before the
+            request's day; 0 for an unknown driver.
     """
 
     group: IntArray
@@ -58,6 +59,7 @@ class CandidateInputs:
     fare: FloatArray
     drv_offers_28d: FloatArray
     drv_accepts_28d: FloatArray
+    drv_offer_eta_sum_28d: FloatArray
 
 
 # Mean time to get moving and reach the rider's door on top of driving (the world's lognormal
@@ -83,6 +85,12 @@ def minutes_to_shift_end(
 def smoothed_rate(accepts: FloatArray, offers: FloatArray) -> FloatArray:
     """Acceptance rate shrunk towards PRIOR_RATE for drivers with few offers."""
     return (accepts + PRIOR_RATE * PRIOR_WEIGHT) / (offers + PRIOR_WEIGHT)
+
+
+def mean_or_nan(total: FloatArray, count: FloatArray) -> FloatArray:
+    """``total / count``, NaN (missing for LightGBM) where the count is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
 
 
 def group_rank_and_gap(group: IntArray, values: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -143,6 +151,7 @@ def build_matrix(x: CandidateInputs) -> FloatArray:
         "fare": x.fare,
         "drv_offers_28d": x.drv_offers_28d,
         "drv_accept_rate_28d": smoothed_rate(x.drv_accepts_28d, x.drv_offers_28d),
+        "drv_offer_eta_28d": mean_or_nan(x.drv_offer_eta_sum_28d, x.drv_offers_28d),
     }
     out = np.empty((len(x.group), len(FEATURE_NAMES)), dtype=np.float64)
     for j, name in enumerate(FEATURE_NAMES):

@@ -24,18 +24,34 @@ def window_counts(
     query_day: npt.NDArray[np.datetime64],
     days: int = HISTORY_DAYS,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Offers and acceptances of ``query_driver`` in the ``days`` days before ``query_day``.
+    """Offers and acceptances of ``query_driver`` in the ``days`` days before ``query_day``."""
+    sums = window_sums(driver_id, day, accepted[:, None], query_driver, query_day, days)
+    return sums[:, 0], sums[:, 1]
+
+
+def window_sums(
+    driver_id: npt.NDArray[np.object_],
+    day: npt.NDArray[np.datetime64],
+    values: npt.NDArray[np.float64],
+    query_driver: npt.NDArray[np.object_],
+    query_day: npt.NDArray[np.datetime64],
+    days: int = HISTORY_DAYS,
+) -> npt.NDArray[np.float64]:
+    """Per query row: the number of offers and the sums of ``values`` over the driver's offers
+    in the ``days`` days before ``query_day``.
 
     Args:
-        driver_id, day, accepted: the offer log, one row per offer (``day``: datetime64[D]).
+        driver_id, day: the offer log, one row per offer (``day``: datetime64[D]).
+        values: one row per offer, one column per quantity to add up (e.g. accepted, ETA).
         query_driver, query_day: the rows to compute history for (``query_day``: datetime64[D]).
         days: window length in days.
 
     Returns:
-        Two float arrays (offers, accepts) aligned with the query rows.
+        An array (len(query_driver), 1 + values.shape[1]): the offer count, then the sums.
     """
+    k = values.shape[1]
     if len(query_driver) == 0:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros((0, 1 + k))
     day = day.astype("datetime64[D]")
     query_day = query_day.astype("datetime64[D]")
     first = min(day.min(), query_day.min()) if len(day) else query_day.min()
@@ -43,25 +59,19 @@ def window_counts(
     n_days = int((last - first).astype(np.int64)) + 1
     drivers = pd.Index(pd.unique(np.concatenate([driver_id, query_driver])))
 
-    offers = np.zeros((len(drivers), n_days + 1))
-    accepts = np.zeros((len(drivers), n_days + 1))
+    totals = np.zeros((1 + k, len(drivers), n_days + 1))
     if len(driver_id):
         d_idx = drivers.get_indexer(driver_id)
         t_idx = (day - first).astype(np.int64) + 1
-        np.add.at(offers, (d_idx, t_idx), 1.0)
-        np.add.at(accepts, (d_idx, t_idx), accepted.astype(np.float64))
-    # cum[:, k] = total over days first .. first+k-1
-    cum_offers = np.cumsum(offers, axis=1)
-    cum_accepts = np.cumsum(accepts, axis=1)
-
+        np.add.at(totals[0], (d_idx, t_idx), 1.0)
+        for j in range(k):
+            np.add.at(totals[1 + j], (d_idx, t_idx), values[:, j].astype(np.float64))
+    # cum[..., t] = total over days first .. first+t-1
+    cum = np.cumsum(totals, axis=2)
     q_d = drivers.get_indexer(query_driver)
-    q_t = (query_day - first).astype(np.int64)
-    hi = q_t  # days strictly before query day
-    lo = np.maximum(q_t - days, 0)
-    return (
-        cum_offers[q_d, hi] - cum_offers[q_d, lo],
-        cum_accepts[q_d, hi] - cum_accepts[q_d, lo],
-    )
+    hi = (query_day - first).astype(np.int64)  # days strictly before the query day
+    lo = np.maximum(hi - days, 0)
+    return (cum[:, q_d, hi] - cum[:, q_d, lo]).T
 
 
 def lookback_start(start: date, days: int = HISTORY_DAYS) -> date:

@@ -41,6 +41,7 @@ DRIVER_TABLE_COLUMNS = (
     "shift_length_min",
     "offers_28d",
     "accepts_28d",
+    "offer_eta_sum_28d",
 )
 
 
@@ -86,6 +87,7 @@ class DriverTable:
         shift_length_min: FloatArray,
         offers_28d: FloatArray,
         accepts_28d: FloatArray,
+        offer_eta_sum_28d: FloatArray,
     ) -> None:
         self.index: dict[str, int] = {d: i for i, d in enumerate(driver_id)}
         # One extra row at the end: the unknown driver (no history, unknown shift).
@@ -93,6 +95,7 @@ class DriverTable:
         self.shift_length = np.append(np.asarray(shift_length_min, dtype=np.float64), np.nan)
         self.offers = np.append(np.asarray(offers_28d, dtype=np.float64), 0.0)
         self.accepts = np.append(np.asarray(accepts_28d, dtype=np.float64), 0.0)
+        self.offer_eta_sum = np.append(np.asarray(offer_eta_sum_28d, dtype=np.float64), 0.0)
         self.unknown = len(self.index)
 
     def __len__(self) -> int:
@@ -102,7 +105,7 @@ class DriverTable:
     def empty(cls) -> DriverTable:
         """A table that knows no driver (every driver gets the new-driver defaults)."""
         nothing = np.zeros(0)
-        return cls([], nothing, nothing, nothing, nothing)
+        return cls([], nothing, nothing, nothing, nothing, nothing)
 
     @classmethod
     def from_parquet(cls, path: Path) -> DriverTable:
@@ -127,6 +130,7 @@ class DriverTable:
             col("shift_length_min"),
             col("offers_28d"),
             col("accepts_28d"),
+            col("offer_eta_sum_28d"),
         )
 
     def rows(self, driver_id: Sequence[str]) -> npt.NDArray[np.int64]:
@@ -229,4 +233,5 @@ def build_online_inputs(
         fare=rows[:, 5],
         drv_offers_28d=drivers.offers[drv],
         drv_accepts_28d=drivers.accepts[drv],
+        drv_offer_eta_sum_28d=drivers.offer_eta_sum[drv],
     )
