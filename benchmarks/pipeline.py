@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import machine_lines
 
 REPORT = Path(__file__).parent / "reports" / "pipeline.md"
 REPO = Path(__file__).resolve().parent.parent
@@ -344,27 +345,7 @@ def _run_step(loads: Loads, *args: str) -> Result:
 
 
 def _machine() -> list[str]:
-    import lightgbm
-    import mlflow
-    import numpy as np
-    import pandas as pd
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} cores",
-        f"- RAM: {ram_gb:.1f} GiB",
-        f"- Python {platform.python_version()}, lightgbm {lightgbm.__version__}, "
-        f"numpy {np.__version__}, pandas {pd.__version__}, mlflow {mlflow.__version__}",
-        f"- OS: {platform.platform()}",
-    ]
+    return machine_lines(("lightgbm", "numpy", "pandas", "mlflow"))
 
 
 def _section_a(world: Result, proc: Result) -> list[str]:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.common import machine_lines
 
 logger = logging.getLogger("benchmarks.serving")
 
@@ -360,20 +361,9 @@ def booster_floor(booster: Any, matrices: list[np.ndarray]) -> np.ndarray:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import importlib.metadata as md
-
-    versions = ", ".join(
-        f"{p} {md.version(p)}" for p in ("mlflow", "lightgbm", "fastapi", "uvicorn", "numpy")
-    )
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; {versions}"
+    return "; ".join(
+        line.removeprefix("- ")
+        for line in machine_lines(("mlflow", "lightgbm", "fastapi", "uvicorn", "numpy"))
     )
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -17,6 +15,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from benchmarks.common import machine_lines
 
 SIZES = (100_000, 1_000_000)
 CITY = "jakarta"
@@ -66,26 +66,7 @@ def _measure(bookings: int) -> dict[str, float]:
 
 
 def _machine() -> list[str]:
-    import numpy as np
-    import pyarrow as pa
-    import scipy
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} cores",
-        f"- RAM: {ram_gb:.1f} GiB",
-        f"- Python {platform.python_version()}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, pyarrow {pa.__version__}",
-        f"- OS: {platform.platform()}",
-    ]
+    return machine_lines(("numpy", "scipy", "pyarrow"))
 
 
 def main(report: Path = REPORT) -> None:
