@@ -40,7 +40,7 @@ serve: $(STAMP)
 # Re-resolve the pins from pyproject.toml in a scratch venv.
 lock:
 	rm -rf .tmp/lock && $(PYTHON) -m venv .tmp/lock
-	.tmp/lock/bin/pip install --quiet '.[dev,airflow]'
+	.tmp/lock/bin/pip install --quiet '.[dev,airflow,deploy]'
 	( echo '# Pinned versions used by every install (make, CI, MLproject python_env).'; \
 	  echo '# Regenerate: make lock (resolves pyproject.toml in a scratch venv and freezes it).'; \
 	  .tmp/lock/bin/pip freeze --exclude matchmaking ) > constraints.txt

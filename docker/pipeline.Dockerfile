@@ -8,13 +8,12 @@
 #   - the MLflow tracking server of helm/matchmaking (`mlflow server`, PostgreSQL via psycopg2,
 #     S3 artifacts via boto3, `--app-name basic-auth` via Flask-WTF).
 # Build: docker build -f docker/pipeline.Dockerfile -t matchmaking-pipeline .
-#        (--build-arg EXTRAS= leaves Airflow out for a smaller image that only runs projects)
-# Everything installs with -c constraints.txt; the few server/executor packages that the
-# project's own extras do not cover are pinned here by version.
+#        (--build-arg EXTRAS=deploy leaves Airflow out for a smaller image that only runs projects)
+# Everything installs with -c constraints.txt, the `deploy` extra included.
 
 # ---- build: the venv with the package and its pinned dependencies ---------------------------
 FROM python:3.11.14-slim-bookworm AS build
-ARG EXTRAS=airflow
+ARG EXTRAS=airflow,deploy
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -27,9 +26,6 @@ WORKDIR /app
 COPY . .
 RUN mkdir -p dags \
     && pip install -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}" \
-        "apache-airflow-providers-cncf-kubernetes==10.25.0" \
-        "Flask-WTF==1.3.0" \
-        "boto3==1.44.8" \
     && find /opt/venv /app -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 # ---- runtime: the venv, the project files, a non-root user, no compilers ----------------------

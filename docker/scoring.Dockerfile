@@ -15,7 +15,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 COPY serving ./serving
-RUN pip install -c constraints.txt . && pip install -c constraints.txt lleaves "llvmlite==0.44.0"
+RUN pip install -c constraints.txt .
 
 # ---- runtime: the venv, a non-root user, nothing else -----------------------------------------
 FROM python:3.11.14-slim-bookworm AS runtime
