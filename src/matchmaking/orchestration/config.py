@@ -55,7 +55,7 @@ class PipelineConfig(BaseModel):
 
     cities: list[str] = Field(min_length=1)
     lake_uri: str = "data/lake"
-    schedule: str = "0 2 * * *"
+    schedule: str | None = "0 2 * * *"
     start_date: date = date(2026, 8, 1)
     windows: WindowConfig = WindowConfig()
     max_bad_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05

@@ -1,0 +1,75 @@
+"""Shared pieces of the DAG tests: the tiny world's dates, the pipeline config, databases."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from support.tracking_server import (
+    DATABASE_PREFIX,
+    admin_execute,
+    drop_orphaned_databases,
+    postgres_admin_url,
+    probe_postgres,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS_DIR = REPO / "dags"
+CITIES = ["jakarta", "bangkok"]
+WORLD_START = date(2026, 8, 1)
+WORLD_DAYS = 10
+# The run of this logical date processes 2026-08-05..08 (train) and 2026-08-09..10 (holdout).
+LOGICAL_DATE = datetime(2026, 8, 11, 2, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AirflowEnv:
+    home: Path
+    lake: Path
+    config: Path
+    sql_alchemy_conn: str
+    model_prefix: str
+
+
+def pipeline_config(lake: Path, **overrides: object) -> dict[str, object]:
+    """A pipeline config for the tiny world: short windows, fast training, no retry delay."""
+    config: dict[str, object] = {
+        "cities": CITIES,
+        "lake_uri": lake.as_uri(),
+        "windows": {"train_days": 4, "holdout_days": 2, "lag_days": 1},
+        "train_params": {"objectives": "binary", "num_boost_round": "20", "valid_days": "1"},
+        "retries": 1,
+        "retry_delay_minutes": 0,
+    }
+    config.update(overrides)
+    return config
+
+
+def create_database(suffix: str) -> tuple[str, str]:
+    """A fresh PostgreSQL database; returns its name and SQLAlchemy URL (psycopg2 driver)."""
+    admin = postgres_admin_url()
+    problem = probe_postgres(admin)
+    if problem is not None:
+        pytest.fail(f"the DAG tests need PostgreSQL for Airflow's metadata: {problem}")
+    drop_orphaned_databases(admin)
+    name = f"{DATABASE_PREFIX}{os.getpid()}_{suffix}_{secrets.token_hex(4)}"
+    admin_execute(admin, "CREATE DATABASE {}", name)
+    parts = urlsplit(admin)
+    return name, urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
+
+
+def drop_database(name: str) -> None:
+    admin_execute(postgres_admin_url(), "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def git_head() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "unknown"

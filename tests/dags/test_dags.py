@@ -1,0 +1,235 @@
+"""The DAG files parse cleanly, and both DAGs run end to end with ``dag.test()``.
+
+The end-to-end runs use the real PostgreSQL-backed MLflow tracking server and a PostgreSQL
+Airflow metadata database: two cities, 300 bookings a day, 20 boosting rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagworld import CITIES, DAGS_DIR, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.tracking_server import TrackingServer
+
+DAG_IDS = {"matchmaking_data", "matchmaking_train"}
+
+
+def _dagbag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def test_dag_files_import_cleanly_with_tags_retries_and_no_catchup(airflow_env: AirflowEnv) -> None:
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == DAG_IDS
+    for dag_id in DAG_IDS:
+        dag = bag.dags[dag_id]
+        assert dag.catchup is False
+        assert "matchmaking" in dag.tags and len(dag.tags) >= 2
+        assert dag.max_active_runs == 1
+        for task in dag.tasks:
+            assert task.retries == 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+def test_tasks_are_mapped_over_the_configured_cities(airflow_env: AirflowEnv) -> None:
+    from airflow.sdk import Asset
+
+    bag = _dagbag()
+    data, train = bag.dags["matchmaking_data"], bag.dags["matchmaking_train"]
+    process = data.get_task("process")
+    assert process.op_kwargs_expand_input.value == {"city": CITIES}
+    assert process.max_active_tis_per_dag == 16
+    publish = data.get_task("publish")
+    (features,) = publish.outlets
+    assert isinstance(features, Asset) and features.name == "matchmaking_features"
+    assert features.uri == f"{airflow_env.lake.as_uri()}/features"
+    # The training DAG runs on that asset and maps train -> evaluate over plan's cities.
+    assert list(train.timetable.asset_condition.objects) == [features]
+    assert {t.task_id for t in train.tasks} == {"plan", "train", "evaluate"}
+    assert train.get_task("train").upstream_task_ids == {"plan"}
+    assert train.get_task("evaluate").upstream_task_ids == {"train"}
+
+
+def test_a_config_change_adds_a_city_and_the_promotion_gate(
+    airflow_env: AirflowEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "pipeline.yaml"
+    overrides = {"cities": [*CITIES, "surabaya"], "promotion": {"enabled": True}}
+    config.write_text(yaml.safe_dump(pipeline_config(airflow_env.lake, **overrides)))
+    monkeypatch.setenv("MATCHMAKING_PIPELINE_CONFIG", str(config))
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert bag.dags["matchmaking_data"].get_task("process").op_kwargs_expand_input.value == {
+        "city": [*CITIES, "surabaya"]
+    }
+    promote = bag.dags["matchmaking_train"].get_task("promote")
+    assert promote.upstream_task_ids == {"evaluate"}
+
+
+def test_the_packaged_config_parses_with_retries_and_a_daily_schedule(
+    airflow_env: AirflowEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MATCHMAKING_PIPELINE_CONFIG")
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    data = bag.dags["matchmaking_data"]
+    assert data.timetable.expression == "0 2 * * *"
+    assert all(t.retries == 2 for dag in bag.dags.values() for t in dag.tasks)
+    assert "promote" not in bag.dags["matchmaking_train"].task_ids  # off by default: CI promotes
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DayRun:
+    data_states: dict[str, str]
+    train_states: dict[str, str]
+    event: dict[str, Any]
+    trained: list[dict[str, Any]]
+
+
+def _states(dag_run: Any) -> dict[str, str]:
+    return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def _latest_event_extra() -> dict[str, Any]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        event = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "matchmaking_features")
+            .order_by(AssetEvent.id.desc())
+            .limit(1)
+        ).one()
+        return dict(event.extra)
+
+
+def _xcoms(dag_run: Any, task_id: str) -> list[dict[str, Any]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(XComModel)
+            .where(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id)
+            .where(XComModel.task_id == task_id, XComModel.key == "return_value")
+            .order_by(XComModel.map_index)
+        ).all()
+        return [XComModel.deserialize_value(row) for row in rows]
+
+
+def run_day(server: TrackingServer) -> DayRun:
+    """``dag.test()`` of the data DAG for ``LOGICAL_DATE``, then of the training DAG."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+        bag = _dagbag()
+        data_run = bag.dags["matchmaking_data"].test(logical_date=LOGICAL_DATE)
+        event = _latest_event_extra()
+        train_run = bag.dags["matchmaking_train"].test(logical_date=None)
+        return DayRun(_states(data_run), _states(train_run), event, _xcoms(train_run, "train"))
+
+
+@pytest.fixture(scope="module")
+def first_day(airflow_env: AirflowEnv, tracking_server: TrackingServer) -> DayRun:
+    return run_day(tracking_server)
+
+
+@pytest.fixture
+def client(remote_tracking: str) -> Iterator[Any]:
+    from mlflow.tracking import MlflowClient
+
+    yield MlflowClient(tracking_uri=remote_tracking, registry_uri=remote_tracking)
+
+
+def _versions(client: Any, prefix: str) -> dict[str, list[str]]:
+    return {
+        city: sorted(mv.version for mv in client.search_model_versions(f"name='{prefix}-{city}'"))
+        for city in CITIES
+    }
+
+
+@pytest.mark.slow
+def test_one_day_through_both_dags_registers_a_version_per_city(
+    first_day: DayRun, airflow_env: AirflowEnv, client: Any
+) -> None:
+    assert set(first_day.data_states.values()) == {"success"}, first_day.data_states
+    assert set(first_day.train_states.values()) == {"success"}, first_day.train_states
+    assert sorted(k for k in first_day.data_states if k.startswith("process")) == [
+        "process[0]",
+        "process[1]",
+    ]
+    # The asset event names each city's datasets and process runs: URIs and run ids only.
+    assert first_day.event["day"] == "2026-08-11"
+    assert set(first_day.event["cities"]) == set(CITIES)
+    for city, published in first_day.event["cities"].items():
+        assert published["window"] == ["2026-08-05", "2026-08-08"]
+        assert published["holdout_window"] == ["2026-08-09", "2026-08-10"]
+        assert published["features_uri"].startswith(airflow_env.lake.as_uri())
+        for key in ("process_run_id", "holdout_process_run_id"):
+            run = client.get_run(published[key])
+            assert run.info.status == "FINISHED"
+            assert (
+                run.data.tags["features_uri"]
+                == published[key.replace("process_run_id", "") + "features_uri"]
+            )
+            assert run.data.params["city"] == city
+    assert _versions(client, airflow_env.model_prefix) == {c: ["1"] for c in CITIES}
+    # The run ids went through XCom: train ran on the event's features, evaluate on its version.
+    for trained in first_day.trained:
+        city = trained["city"]
+        assert trained["reused"] is False and trained["version"] == "1"
+        mv = client.get_model_version(trained["model_name"], "1")
+        assert mv.run_id == trained["train_run_id"]
+        train_tags = client.get_run(mv.run_id).data.tags
+        assert train_tags["process_run_id"] == first_day.event["cities"][city]["process_run_id"]
+        assert train_tags["mlflow.project.entryPoint"] == "train"
+
+
+@pytest.mark.slow
+def test_rerunning_the_same_day_registers_nothing_new(
+    first_day: DayRun, airflow_env: AirflowEnv, tracking_server: TrackingServer, client: Any
+) -> None:
+    again = run_day(tracking_server)
+    assert set(again.data_states.values()) == {"success"}, again.data_states
+    assert set(again.train_states.values()) == {"success"}, again.train_states
+    # Same content-addressed datasets, new process runs.
+    for city in CITIES:
+        before, after = first_day.event["cities"][city], again.event["cities"][city]
+        assert after["features_uri"] == before["features_uri"]
+        assert after["data_digest"] == before["data_digest"]
+        assert after["process_run_id"] != before["process_run_id"]
+    assert _versions(client, airflow_env.model_prefix) == {c: ["1"] for c in CITIES}
+    for trained in again.trained:
+        assert trained["reused"] is True and trained["version"] == "1"
+        tags = client.get_run(trained["train_run_id"]).data.tags
+        assert tags["reused_version"] == "true" and tags["registered_version"] == "1"
+
+
+@pytest.mark.slow
+def test_a_failed_train_task_leaves_the_registry_untouched(
+    first_day: DayRun, airflow_env: AirflowEnv, client: Any
+) -> None:
+    from mlflow.exceptions import ExecutionException
+
+    from matchmaking.orchestration.config import load_pipeline_config
+    from matchmaking.orchestration.tasks import train_city
+
+    cfg = load_pipeline_config(airflow_env.config)
+    broken = cfg.model_copy(update={"train_params": {**cfg.train_params, "num_leaves": "many"}})
+    item = first_day.event["cities"]["jakarta"]
+    with pytest.raises(ExecutionException):
+        train_city(broken, item)
+    assert _versions(client, airflow_env.model_prefix) == {c: ["1"] for c in CITIES}
