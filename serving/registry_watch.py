@@ -52,6 +52,9 @@ class ModelStore:
         self._lock = threading.Lock()
         self._city_locks: dict[str, threading.Lock] = {}
         self._status = RegistryStatus(None, None, None, None)
+        # city -> (monotonic time until which the failure stands, the error): a city whose load
+        # failed is not retried by every request, only once per FAILURE_TTL_S.
+        self._failures: dict[str, tuple[float, MatchmakingError]] = {}
 
     # -- reading (request path) ------------------------------------------------------------
 
@@ -71,6 +74,11 @@ class ModelStore:
     @property
     def status(self) -> RegistryStatus:
         return self._status
+
+    @property
+    def failure_ttl_s(self) -> float:
+        """How long a failed load of a city stands before a request may try again."""
+        return min(self.settings.poll_interval_s, 30.0)
 
     def model_name(self, city: str) -> str:
         return f"{self.prefix}-{city}"
@@ -93,12 +101,17 @@ class ModelStore:
             model = self.get(city_id)  # another thread may have loaded it meanwhile
             if model is not None:
                 return model
-            ref = self._resolve(city_id)
+            failed = self._failures.get(city_id)
+            if failed is not None and time.monotonic() < failed[0]:
+                raise failed[1]
             try:
+                ref = self._resolve(city_id)
                 model = self._load_version(ref, city)
-            except MatchmakingError:
+            except MatchmakingError as exc:
                 self.metrics.load_failures.labels(city_id).inc()
+                self._failures[city_id] = (time.monotonic() + self.failure_ttl_s, exc)
                 raise
+            self._failures.pop(city_id, None)
             self._publish(city_id, model)
             self.metrics.loads.labels(city_id).inc()
             return model

@@ -396,7 +396,12 @@ def test_stage_production_is_used_when_the_alias_is_absent(
         assert c.post("/v1/rank", json=body).status_code == 404  # registered, not promoted
         with pytest.warns(FutureWarning):
             client.transition_model_version_stage(registered.name(city), version, "Production")
+        # A failed load stands for one poll interval (0.3 s here), then the next request loads.
+        deadline = time.monotonic() + 10
         r = c.post("/v1/rank", json=body)
+        while r.status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            r = c.post("/v1/rank", json=body)
         assert r.status_code == 200 and r.json()["version"] == version
         source = {m["city"]: m["source"] for m in c.get("/v1/models").json()["models"]}
         assert source[city] == "stage:Production"

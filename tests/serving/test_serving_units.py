@@ -108,3 +108,30 @@ def test_json_log_lines_carry_the_request_id() -> None:
         request_id_var.reset(token)
     assert line["msg"] == "ranked 3" and line["request_id"] == "req-7"
     assert line["city"] == "jakarta" and line["level"] == "INFO"
+
+
+def test_a_failed_load_is_not_retried_by_every_request(tmp_path: object) -> None:
+    """A city without a Production model costs one registry call per TTL, not per request."""
+    from serving.metrics import Metrics
+    from serving.registry_watch import ModelStore
+
+    store = ModelStore(
+        ServeSettings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", poll_interval_s=60),
+        Metrics(),
+    )
+    calls = []
+    resolve = store._resolve
+
+    def counting(city_id: str):  # type: ignore[no-untyped-def]
+        calls.append(city_id)
+        return resolve(city_id)
+
+    store._resolve = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(ModelNotFoundError):
+            store.load("jakarta")
+    assert calls == ["jakarta"]
+    store._failures["jakarta"] = (0.0, store._failures["jakarta"][1])  # the TTL ran out
+    with pytest.raises(ModelNotFoundError):
+        store.load("jakarta")
+    assert calls == ["jakarta", "jakarta"]
