@@ -1,27 +1,27 @@
-"""``matchmaking demo``: the main job end to end on the embedded defaults.
+"""``matchmaking demo``: one day of the daily retrain through Airflow, on the embedded defaults.
 
-World -> process (training and holdout windows) -> train -> first version to Production ->
-evaluate, for three cities, with MLflow in a local SQLite store under ``data/``.
+World -> ``matchmaking_data`` (process each city's training and holdout windows) ->
+``matchmaking_train`` (train, evaluate) run in-process with ``dag.test()``: Airflow metadata
+in SQLite under ``data/airflow``, MLflow in a SQLite store under ``data/``. The first version
+of each city then goes straight to Production; the demo shows the registry and the evaluation.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import typer
-from mlflow.tracking import MlflowClient
+import yaml
 
-from matchmaking import tracking
 from matchmaking.config import Settings
-from matchmaking.evaluation.evaluate import EvaluationResult, evaluate, format_summary
 from matchmaking.features.history import HISTORY_DAYS
-from matchmaking.pipeline import windows
-from matchmaking.processing.step import process
-from matchmaking.registry.production import current_production, set_production
-from matchmaking.training.params import load_params
-from matchmaking.training.train import train
-from matchmaking.world.generate import generate_world
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from matchmaking.evaluation.evaluate import EvaluationResult
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ HOLDOUT_DAYS = 7
 
 def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[EvaluationResult]:
     """Run the demo and print what happened; returns the evaluation of each city."""
+    from matchmaking.world.generate import generate_world
+
     start = date(2026, 8, 1)
     total_days = HISTORY_DAYS + days + HOLDOUT_DAYS
     end = start + timedelta(days=total_days - 1)
@@ -48,39 +50,97 @@ def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[Evaluat
         progress=True,
     )
     echo(summary.to_table())
-    w = windows(end, days, HOLDOUT_DAYS)
+
+    data_dir = settings.data_dir.resolve()
+    airflow_home = data_dir / "airflow"
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    config = airflow_home / "pipeline.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cities": list(DEMO_CITIES),
+                "lake_uri": (data_dir / "lake").as_uri(),
+                "windows": {"train_days": days, "holdout_days": HOLDOUT_DAYS, "lag_days": 1},
+                "retries": 0,
+            },
+            sort_keys=False,
+        )
+    )
+    from matchmaking.orchestration.local import configure_airflow, run_day
+
+    configure_airflow(airflow_home, config)
+    day = end + timedelta(days=1)
+    echo(
+        f"\n== Airflow (dag.test, metadata in {airflow_home}): matchmaking_data for {day}, "
+        "then matchmaking_train on its features asset"
+    )
+    outcome = run_day(day)
+    for city, published in outcome.event["cities"].items():
+        echo(
+            f"   {city}: train {'..'.join(published['window'])}, holdout "
+            f"{'..'.join(published['holdout_window'])} -> {published['features_uri']}"
+        )
+    return _show(settings, outcome.evaluated)
+
+
+def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[EvaluationResult]:
+    """First version of each city to Production; print the registry and the evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    from matchmaking import tracking
+    from matchmaking.evaluation.evaluate import format_summary
+    from matchmaking.registry.production import current_production, set_production
+
     uri = tracking.configure(settings)
     client = MlflowClient()
-    params = load_params()
-    results = []
-    for city in DEMO_CITIES:
-        echo(
-            f"\n== {city}: process {w.train_start}..{w.train_end} and holdout "
-            f"{w.holdout_start}..{w.holdout_end}"
-        )
-        features = process(settings, city, w.train_start, w.train_end)
-        holdout = process(settings, city, w.holdout_start, w.holdout_end)
-        echo(
-            f"   features {features.rows} rows ({features.quarantined} quarantined), "
-            f"holdout {holdout.rows} rows"
-        )
-        trained = train(settings, city, features.dataset_dir, params, features.run_id)
-        echo(
-            f"   trained {trained.model_name} v{trained.version} ({trained.objective})"
-            f"{' [reused]' if trained.reused else ''}"
-        )
-        if current_production(client, trained.model_name) is None:
+    echo = typer.echo
+    echo("\n== registry")
+    for item in evaluated:
+        name, version = str(item["model_name"]), str(item["version"])
+        if current_production(client, name) is None:
             set_production(
                 client,
-                trained.model_name,
-                trained.version,
+                name,
+                version,
                 reason="first version of the city: promoted on registration (demo)",
                 actor="matchmaking demo",
             )
-            echo(f"   {trained.model_name} v{trained.version} -> Production (first version)")
-        results.append(evaluate(settings, city, trained.model_uri, holdout.dataset_dir))
+        prod = current_production(client, name)
+        echo(
+            f"   {name}: trained v{version}{' (reused)' if item['reused'] else ''}, "
+            f"Production v{prod.version if prod else '-'}"
+        )
+    results = [_evaluation(client, str(item["evaluate_run_id"])) for item in evaluated]
     echo("\n== evaluation on the holdout (replay: one offer per booking, same draws per policy)")
     echo(format_summary(results))
     echo(f"\nMLflow store: {uri}\nbrowse it: .venv/bin/mlflow ui --backend-store-uri {uri}")
     echo("serve the Production models: make serve")
     return results
+
+
+def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
+    """An ``EvaluationResult`` rebuilt from the metrics the evaluate run logged."""
+    import pandas as pd
+
+    from matchmaking.evaluation.evaluate import SUMMARY_COLUMNS, EvaluationResult
+
+    run = client.get_run(run_id)
+    rows: dict[str, dict[str, float]] = {}
+    matching: dict[str, float] = {}
+    for key, value in run.data.metrics.items():
+        policy, _, metric = key.partition(".")
+        if policy == "matching":
+            matching[metric] = value
+        elif metric:
+            rows.setdefault(policy, {})[metric] = value
+    order = sorted(rows, key=lambda p: (p != "model", p != "oracle", p))
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(
+        index=order, columns=list(SUMMARY_COLUMNS)
+    )
+    return EvaluationResult(
+        city=run.data.params["city"],
+        model_uri=run.data.params["model_uri"],
+        run_id=run_id,
+        table=table,
+        matching=matching,
+    )
