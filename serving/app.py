@@ -626,6 +626,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware,
         access_log=settings.access_log,
+        sample=settings.access_log_sample,
+        slow_ms=settings.slow_request_ms,
         on_response=lambda path, status: metrics.requests.labels(path, str(status)).inc(),
     )
 

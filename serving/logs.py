@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
 import re
 import sys
 import time
@@ -66,17 +67,22 @@ def configure_logging(level: str) -> None:
 
 
 class RequestContextMiddleware:
-    """Pure ASGI middleware: request id in and out, one access log line per request."""
+    """Pure ASGI middleware: request id in and out, and access log lines: every error and every
+    slow request, and a ``sample`` share of the fast successful ones."""
 
     def __init__(
         self,
         app: ASGIApp,
         access_log: bool = True,
         on_response: Callable[[str, int], None] | None = None,
+        sample: float = 1.0,
+        slow_ms: float = 50.0,
     ) -> None:
         self.app = app
         self.access_log = access_log
         self.on_response = on_response
+        self.sample = sample
+        self.slow_ms = slow_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +117,10 @@ class RequestContextMiddleware:
             path = str(getattr(route, "path", None) or scope["state"].get("route", "unmatched"))
             if self.on_response is not None:
                 self.on_response(path, status)
-            if self.access_log:
+            duration_ms = (time.perf_counter() - started) * 1000
+            if self.access_log and (
+                status >= 400 or duration_ms > self.slow_ms or random.random() < self.sample
+            ):
                 logger.info(
                     "%s %s %d",
                     scope.get("method"),
@@ -121,7 +130,7 @@ class RequestContextMiddleware:
                         "status": status,
                         "path": scope.get("path"),
                         "route": path,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "duration_ms": round(duration_ms, 3),
                         **scope["state"].get("log_extra", {}),
                     },
                 )

@@ -62,7 +62,19 @@ class ServeSettings(BaseSettings):
     compile_cache_dir: Path | None = Field(
         default=None, description="Where compiled forests are cached by version (default: none)."
     )
-    access_log: bool = Field(default=True, description="One structured log line per request.")
+    access_log: bool = Field(default=True, description="Structured access log lines.")
+    access_log_sample: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of fast successful requests that get an access line; errors (status "
+        ">= 400) and requests slower than slow_request_ms always do. At thousands of requests "
+        "a second per pod, one line each costs a fifth of the request time and floods the "
+        "log pipeline; /metrics counts every request.",
+    )
+    slow_request_ms: float = Field(
+        default=50.0, ge=0.0, description="Requests slower than this are always logged."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -135,3 +135,34 @@ def test_a_failed_load_is_not_retried_by_every_request(tmp_path: object) -> None
     with pytest.raises(ModelNotFoundError):
         store.load("jakarta")
     assert calls == ["jakarta", "jakarta"]
+
+
+@pytest.mark.parametrize(
+    ("status", "sample", "logged"),
+    [(200, 0.0, False), (200, 1.0, True), (404, 0.0, True), (500, 0.0, True)],
+)
+def test_access_log_keeps_every_error_and_a_sample_of_successes(
+    status: int, sample: float, logged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from serving.logs import RequestContextMiddleware
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.request", "body": b""}
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    middleware = RequestContextMiddleware(app, sample=sample, slow_ms=1e9)
+    scope = {"type": "http", "method": "POST", "path": "/v1/rank", "headers": []}
+    with caplog.at_level(logging.INFO, logger="serving.logs"):
+        asyncio.run(middleware(scope, receive, send))
+    assert any(h == b"x-request-id" for h, _ in sent[0]["headers"])  # type: ignore[union-attr]
+    assert (f"POST /v1/rank {status}" in caplog.text) is logged
