@@ -1,0 +1,93 @@
+"""The orchestration logic without Airflow: config, windows, lake URIs, the training plan."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matchmaking.errors import ConfigError
+from matchmaking.orchestration.config import (
+    DEFAULT_CONFIG,
+    PipelineConfig,
+    features_asset_uri,
+    lake_path,
+    load_pipeline_config,
+    run_day,
+)
+from matchmaking.orchestration.tasks import data_windows, features_event, plan_training
+
+
+def _config(**values: object) -> PipelineConfig:
+    return PipelineConfig.model_validate({"cities": ["jakarta", "bangkok"], **values})
+
+
+def test_the_packaged_config_loads_with_promotion_off() -> None:
+    cfg = load_pipeline_config(DEFAULT_CONFIG)
+    assert cfg.cities == ["jakarta", "bangkok", "ho-chi-minh-city"]
+    assert cfg.promotion.enabled is False
+    assert cfg.retries > 0
+
+
+def test_the_env_var_names_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"cities": ["surabaya"], "train_params": {"num_leaves": 7}}))
+    monkeypatch.setenv("MATCHMAKING_PIPELINE_CONFIG", str(path))
+    cfg = load_pipeline_config()
+    assert cfg.cities == ["surabaya"]
+    assert cfg.train_params == {"num_leaves": "7"}  # -P values are strings
+
+
+def test_unknown_keys_and_bad_cities_are_errors_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"cities": ["jakarta"], "citys": ["bangkok"]}))
+    with pytest.raises(ConfigError, match=str(path)):
+        load_pipeline_config(path)
+    path.write_text(yaml.safe_dump({"cities": ["jakarta", "jakarta"]}))
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_pipeline_config(path)
+    path.write_text(yaml.safe_dump({"cities": ["Ho Chi Minh"]}))
+    with pytest.raises(ConfigError, match="slugs"):
+        load_pipeline_config(path)
+
+
+def test_lake_uris_file_and_paths_resolve_object_storage_is_refused(tmp_path: Path) -> None:
+    assert lake_path((tmp_path / "data" / "lake").as_uri()) == tmp_path / "data" / "lake"
+    assert lake_path(str(tmp_path / "x y" / "lake")) == tmp_path / "x y" / "lake"
+    assert lake_path("file:///srv/my%20data/lake") == Path("/srv/my data/lake")
+    with pytest.raises(ConfigError, match="not supported yet"):
+        lake_path("s3://bucket/lake")
+    cfg = _config(lake_uri=(tmp_path / "data" / "lake").as_uri())
+    assert cfg.data_dir() == tmp_path / "data"
+    assert features_asset_uri(cfg) == f"{(tmp_path / 'data' / 'lake').as_uri()}/features"
+    with pytest.raises(ConfigError, match="named 'lake'"):
+        _config(lake_uri=str(tmp_path / "warehouse")).data_dir()
+
+
+def test_the_day_gives_the_holdout_then_the_training_window_before_it() -> None:
+    cfg = _config(windows={"train_days": 28, "holdout_days": 7, "lag_days": 1})
+    w = data_windows(cfg, date(2026, 10, 3))
+    assert (w.holdout_start, w.holdout_end) == (date(2026, 9, 26), date(2026, 10, 2))
+    assert (w.train_start, w.train_end) == (date(2026, 8, 29), date(2026, 9, 25))
+    ran = datetime(2026, 10, 5, 9, tzinfo=UTC)
+    assert run_day(datetime(2026, 10, 3, 2, tzinfo=UTC), ran) == date(2026, 10, 3)
+    assert run_day(None, ran) == date(2026, 10, 5)  # a manual run without a logical date
+
+
+def test_the_plan_follows_the_config_and_the_event() -> None:
+    cfg = _config(cities=["jakarta", "bangkok", "surabaya"])
+    results = [{"city": c, "features_uri": f"file:///l/{c}"} for c in ("bangkok", "old", "jakarta")]
+    event = features_event(date(2026, 10, 3), results)
+    assert event["day"] == "2026-10-03"
+    plan = plan_training(cfg, event)
+    # Configured order; a city no longer configured is not trained; one not published is skipped.
+    assert [p["city"] for p in plan] == ["jakarta", "bangkok"]
+
+
+def test_promotion_applies_only_where_configured() -> None:
+    assert not _config().promotion.applies_to("jakarta")
+    some = _config(promotion={"enabled": True, "cities": ["bangkok"]}).promotion
+    assert some.applies_to("bangkok") and not some.applies_to("jakarta")
+    assert _config(promotion={"enabled": True}).promotion.applies_to("jakarta")
