@@ -22,7 +22,7 @@ fi
 if [ ! -x "$GCL" ]; then
   echo "ci-tools: installing gitlab-ci-local into $NODE_PREFIX" >&2
   PATH="$NODE_PREFIX/node_modules/.bin:$PATH" \
-    npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error gitlab-ci-local >&2
+    npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error gitlab-ci-local@4.75.1 >&2
 fi
 
 if ! command -v rsync >/dev/null 2>&1; then
