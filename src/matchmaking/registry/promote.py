@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -509,18 +509,27 @@ def promote(
         raise InputError("--holdout names one city's dataset: give exactly one --city with it")
     gate = thresholds or load_thresholds()
     who = actor or default_actor()
+    return _for_each_city(
+        targets,
+        "promote",
+        lambda city: promote_city(client, settings, city, version, dry_run, holdout, who, gate),
+    )
+
+
+def _for_each_city(
+    cities: list[str], action: str, run: Callable[[str], CityOutcome]
+) -> list[CityOutcome]:
+    """Fleet mode: ``run`` each city in turn; a city's failure is recorded, never fatal."""
     outcomes = []
-    for city in targets:
+    for city in cities:
         try:
-            outcome = promote_city(client, settings, city, version, dry_run, holdout, who, gate)
+            outcome = run(city)
         except MatchmakingError as exc:
             logger.error("%s: %s", city, exc)
-            outcome = CityOutcome(
-                city, "promote", "error", detail=str(exc), exit_code=exc.exit_code
-            )
+            outcome = CityOutcome(city, action, "error", detail=str(exc), exit_code=exc.exit_code)
         except MlflowException as exc:
             logger.error("%s: tracking server error: %s", city, exc)
-            outcome = CityOutcome(city, "promote", "error", detail=str(exc), exit_code=5)
+            outcome = CityOutcome(city, action, "error", detail=str(exc), exit_code=5)
         outcomes.append(outcome)
     return outcomes
 
@@ -651,20 +660,9 @@ def rollback(
     if to is not None and len(targets) != 1:
         raise InputError("--to names one model version: give exactly one --city with it")
     who = actor or default_actor()
-    outcomes = []
-    for city in targets:
-        try:
-            outcome = rollback_city(client, settings, city, to, who)
-        except MatchmakingError as exc:
-            logger.error("%s: %s", city, exc)
-            outcome = CityOutcome(
-                city, "rollback", "error", detail=str(exc), exit_code=exc.exit_code
-            )
-        except MlflowException as exc:
-            logger.error("%s: tracking server error: %s", city, exc)
-            outcome = CityOutcome(city, "rollback", "error", detail=str(exc), exit_code=5)
-        outcomes.append(outcome)
-    return outcomes
+    return _for_each_city(
+        targets, "rollback", lambda city: rollback_city(client, settings, city, to, who)
+    )
 
 
 def previous_holder(client: MlflowClient, name: str, current: ModelVersion) -> str | None:
