@@ -39,18 +39,26 @@ def dag_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory, dag_world: Path) -> Iterator[AirflowEnv]:
-    """Airflow configured for the tests (fresh PostgreSQL metadata database, migrated)."""
+def airflow_session(
+    tmp_path_factory: pytest.TempPathFactory, dag_world: Path
+) -> Iterator[AirflowEnv]:
+    """Airflow configured for the tests (fresh PostgreSQL metadata database, migrated).
+
+    Only ``AIRFLOW_*`` variables stay set for the session (Airflow reads them on every config
+    lookup); the pipeline's ``MATCHMAKING_*`` ones are set per test by ``airflow_env``.
+    """
     home = tmp_path_factory.mktemp("airflow-home")
     config = home / "pipeline.yaml"
     config.write_text(yaml.safe_dump(pipeline_config(dag_world)))
     name, url = create_database("af")
     prefix = f"dags-{secrets.token_hex(4)}"
-    env = {
+    airflow_vars = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
+    }
+    pipeline_vars = {
         "MATCHMAKING_PIPELINE_CONFIG": str(config),
         "MATCHMAKING_MODEL_NAME_PREFIX": prefix,
         "MATCHMAKING_EXPERIMENT_PREFIX": prefix,
@@ -58,13 +66,13 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, dag_world: Path) -> It
         # look like new code (the train step reuses on data digest + commit + params).
         "MATCHMAKING_GIT_COMMIT": git_head(),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    saved = {k: os.environ.get(k) for k in airflow_vars}
+    os.environ.update(airflow_vars)
     try:
         from airflow.utils import db
 
         db.initdb()
-        yield AirflowEnv(home, dag_world, config, url, prefix)
+        yield AirflowEnv(home, dag_world, config, url, prefix, pipeline_vars)
     finally:
         try:
             from airflow import settings
@@ -77,3 +85,19 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, dag_world: Path) -> It
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@pytest.fixture
+def airflow_env(airflow_session: AirflowEnv, monkeypatch: pytest.MonkeyPatch) -> AirflowEnv:
+    """The session's Airflow, with this test's environment pointing at its pipeline config."""
+    for key, value in airflow_session.pipeline_vars.items():
+        monkeypatch.setenv(key, value)
+    return airflow_session
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, as the root conftest's marking
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on Airflow need PostgreSQL for its metadata: mark them ``integration``."""
+    for item in items:
+        if "airflow_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -35,6 +35,7 @@ class AirflowEnv:
     config: Path
     sql_alchemy_conn: str
     model_prefix: str
+    pipeline_vars: dict[str, str]
 
 
 def pipeline_config(lake: Path, **overrides: object) -> dict[str, object]:

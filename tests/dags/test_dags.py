@@ -131,9 +131,11 @@ def _xcoms(dag_run: Any, task_id: str) -> list[dict[str, Any]]:
         return [XComModel.deserialize_value(row) for row in rows]
 
 
-def run_day(server: TrackingServer) -> DayRun:
+def run_day(env: AirflowEnv, server: TrackingServer) -> DayRun:
     """``dag.test()`` of the data DAG for ``LOGICAL_DATE``, then of the training DAG."""
     with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.pipeline_vars.items():
+            mp.setenv(key, value)
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)
         bag = _dagbag()
         data_run = bag.dags["matchmaking_data"].test(logical_date=LOGICAL_DATE)
@@ -143,8 +145,8 @@ def run_day(server: TrackingServer) -> DayRun:
 
 
 @pytest.fixture(scope="module")
-def first_day(airflow_env: AirflowEnv, tracking_server: TrackingServer) -> DayRun:
-    return run_day(tracking_server)
+def first_day(airflow_session: AirflowEnv, tracking_server: TrackingServer) -> DayRun:
+    return run_day(airflow_session, tracking_server)
 
 
 @pytest.fixture
@@ -202,7 +204,7 @@ def test_one_day_through_both_dags_registers_a_version_per_city(
 def test_rerunning_the_same_day_registers_nothing_new(
     first_day: DayRun, airflow_env: AirflowEnv, tracking_server: TrackingServer, client: Any
 ) -> None:
-    again = run_day(tracking_server)
+    again = run_day(airflow_env, tracking_server)
     assert set(again.data_states.values()) == {"success"}, again.data_states
     assert set(again.train_states.values()) == {"success"}, again.train_states
     # Same content-addressed datasets, new process runs.
