@@ -31,6 +31,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk not installed: the serving benchmark falls back to its asyncio client"
 	$(BIN)/python -m benchmarks.run
 
 serve: $(STAMP)

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,26 @@ class LoadResult:
 # -- the model ---------------------------------------------------------------------------------
 
 
+# Plausible value ranges of the contract's features (ETA and rating drive the label below).
+FEATURE_RANGES: dict[str, tuple[float, float]] = {
+    "eta_min": (0.5, 15.0),
+    "eta_gap_min": (0.0, 10.0),
+    "eta_rank": (1.0, 8.0),
+    "pickup_km": (0.0, 4.0),
+    "rating": (3.0, 5.0),
+    "home_gain_km": (-15.0, 15.0),
+    "home_cos": (-1.0, 1.0),
+    "minutes_to_shift_end": (-60.0, 600.0),
+    "hour_local": (0.0, 23.0),
+    "day_of_week": (0.0, 6.0),
+    "trip_km": (2.0, 20.0),
+    "fare": (15_000.0, 100_000.0),
+    "drv_offers_28d": (0.0, 200.0),
+    "drv_accept_rate_28d": (0.2, 1.0),
+    "drv_offer_eta_28d": (1.0, 6.0),
+}
+
+
 def train_model(seed: int = 7) -> Any:
     """A LightGBM binary model the size of a trained city model, on plausible random rows."""
     import lightgbm as lgb
@@ -82,8 +103,8 @@ def train_model(seed: int = 7) -> Any:
 
     rng = np.random.default_rng(seed)
     n = 20_000
-    lo = np.array([0.5, 0, 1, 0, 3, -15, -1, -60, 0, 0, 2, 15_000, 0, 0.2])
-    hi = np.array([15, 10, 8, 4, 5, 15, 1, 600, 23, 6, 20, 100_000, 200, 1.0])
+    lo = np.array([FEATURE_RANGES[name][0] for name in FEATURE_NAMES])
+    hi = np.array([FEATURE_RANGES[name][1] for name in FEATURE_NAMES])
     x = lo + rng.random((n, len(FEATURE_NAMES))) * (hi - lo)
     logit = 1.0 - 0.35 * x[:, 0] + 0.8 * (x[:, 4] - 4) + 0.08 * x[:, 5] + rng.normal(0, 0.5, n)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
@@ -114,6 +135,7 @@ def register(work: Path, booster: Any, driver_ids: list[str]) -> tuple[str, Path
             "shift_length_min": rng.integers(240, 720, n).astype(float),
             "offers_28d": offers,
             "accepts_28d": np.floor(offers * rng.uniform(0.3, 0.95, n)),
+            "offer_eta_sum_28d": offers * rng.uniform(1.5, 5.0, n),
         }
     ).to_parquet(table, index=False)
     mlflow.set_tracking_uri(uri)
@@ -346,6 +368,71 @@ def run_load(name: str, port: int, payloads: list[bytes], rate: float | None = N
     return LoadResult(name, len(lat), len(errors), MEASURE_S, lat)
 
 
+WRK_SCRIPT = """
+local bodies = {}
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do table.insert(bodies, line) end
+end
+function request()
+  i = (i % #bodies) + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    """A closed-loop run measured by wrk (percentiles as wrk reports them)."""
+
+    name: str
+    rps: float
+    percentiles_ms: dict[float, float]
+    errors: int
+
+    def pct(self, q: float) -> float:
+        return self.percentiles_ms.get(q, float("nan"))
+
+
+def _wrk_ms(text: str) -> float:
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def run_wrk(name: str, port: int, path: str, bodies: list[bytes], work: Path) -> WrkResult:
+    """Closed loop with wrk (C, one thread, CONCURRENCY connections): a client that leaves the
+    servers more of this small machine's cores than the asyncio one. Bodies cycle in order."""
+    script, lines = work / "post.lua", work / f"bodies-{port}.txt"
+    script.write_text(WRK_SCRIPT)
+    lines.write_bytes(b"\n".join(bodies) + b"\n")
+    url = f"http://127.0.0.1:{port}{path}"
+    base = ["wrk", "-t1", f"-c{CONCURRENCY}", "-s", str(script)]
+    subprocess.run(
+        [*base, f"-d{WARMUP_S:g}s", url, "--", str(lines)], capture_output=True, check=True
+    )
+    out = subprocess.run(
+        [*base, f"-d{MEASURE_S:g}s", "--latency", url, "--", str(lines)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pct: dict[float, float] = {}
+    rps, errors = float("nan"), 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].endswith("%") and parts[0][:-1].replace(".", "").isdigit():
+            pct[float(parts[0][:-1])] = _wrk_ms(parts[1])
+        elif line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            errors += int(parts[-1])
+        elif line.strip().startswith("Socket errors:"):
+            errors += sum(int(p.strip(",")) for p in parts[3::2])
+    return WrkResult(name, rps, pct, errors)
+
+
 def booster_floor(booster: Any, matrices: list[np.ndarray]) -> np.ndarray:
     """Per-call time (ms) of ``Booster.predict`` on each 50-row matrix, single-threaded."""
     times = []
@@ -383,7 +470,13 @@ def main(report: Path) -> None:
     matrices = [online_matrix(b, table) for b in bodies]
     columns = list(__import__("matchmaking.schema", fromlist=["x"]).FEATURE_NAMES)
     ours_port, mlflow_port = free_port(), free_port()
-    ours_payloads = [http_request(ours_port, "/v1/rank", json.dumps(b).encode()) for b in bodies]
+    raw_bodies = [json.dumps(b).encode() for b in bodies]
+    ours_payloads = [http_request(ours_port, "/v1/rank", raw) for raw in raw_bodies]
+    use_wrk = shutil.which("wrk") is not None
+    if not use_wrk:
+        logger.warning(
+            "wrk not found: closed-loop runs use the asyncio client (apt-get install wrk)"
+        )
     frames = [
         json.dumps({"dataframe_split": {"columns": columns, "data": m.tolist()}}).encode()
         for m in matrices
@@ -426,7 +519,11 @@ def main(report: Path) -> None:
                     max_diff_ours, *(abs(g["score"] - want[g["driver_id"]]) for g in got)
                 )
         logger.info("ours: closed loop at concurrency %d", CONCURRENCY)
-        ours = run_load("ours /v1/rank", ours_port, ours_payloads)
+        ours: LoadResult | WrkResult
+        if use_wrk:
+            ours = run_wrk("ours /v1/rank", ours_port, "/v1/rank", raw_bodies, work)
+        else:
+            ours = run_load("ours /v1/rank", ours_port, ours_payloads)
         logger.info("ours: open loop at half of %.0f req/s", ours.rps)
         half = run_load("ours at half peak", ours_port, ours_payloads, rate=ours.rps / 2)
     with server(mlflow_cmd, base_env, work / "mlflow.log", mlflow_port, "/ping"):
@@ -440,7 +537,12 @@ def main(report: Path) -> None:
                     max_diff_mlflow, float(np.abs(preds - booster.predict(m)).max())
                 )
         logger.info("mlflow models serve: closed loop at concurrency %d", CONCURRENCY)
-        theirs = run_load("mlflow models serve /invocations", mlflow_port, mlflow_payloads)
+        theirs: LoadResult | WrkResult
+        if use_wrk:
+            theirs = run_wrk("mlflow models serve /invocations", mlflow_port, "/invocations",
+                             frames, work)  # fmt: skip
+        else:
+            theirs = run_load("mlflow models serve /invocations", mlflow_port, mlflow_payloads)
     floor = booster_floor(booster, matrices)
 
     load_after = os.getloadavg()[0]
@@ -466,10 +568,12 @@ def main(report: Path) -> None:
         f"- Requests: {N_REQUESTS} distinct bookings x {N_CANDIDATES} candidates, cycled. Ours "
         "gets the ranking JSON (features computed in the service, a fifth of the ETAs estimated); "
         f"mlflow gets the same {N_CANDIDATES}-row feature frame (`dataframe_split`)",
-        f"- Load: raw HTTP/1.1 keep-alive from one asyncio process, {CONCURRENCY} connections, "
-        f"{WARMUP_S:g} s warm-up then {MEASURE_S:g} s measured; one uvicorn worker per server; "
-        "client and server share the machine's cores",
-        "- Open loop: fixed schedule at half our peak; latency from the scheduled send time",
+        f"- Closed loop (peak throughput, both servers): "
+        f"{'wrk, 1 thread' if use_wrk else 'raw HTTP/1.1 from one asyncio process'}, "
+        f"{CONCURRENCY} keep-alive connections, {WARMUP_S:g} s warm-up then {MEASURE_S:g} s "
+        "measured; one uvicorn worker per server; client and server share the machine's cores",
+        "- Open loop (p99 at half our peak): the asyncio client on a fixed schedule, latency from "
+        "the scheduled send time",
         f"- 1-minute load average before / after the run: {load_before:.2f} / {load_after:.2f} "
         f"on {os.cpu_count()} CPUs (other work on the machine inflates the tails)",
         "",
