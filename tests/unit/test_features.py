@@ -13,7 +13,7 @@ from matchmaking.features.core import (
     minutes_to_shift_end,
     smoothed_rate,
 )
-from matchmaking.features.geo import direction_cosine, haversine_km
+from matchmaking.features.geo import direction_cosine, haversine_km, haversine_km_scalar
 from matchmaking.features.history import window_counts, window_sums
 from matchmaking.schema import FEATURE_NAMES
 
@@ -163,3 +163,11 @@ def test_history_sums_offered_etas_point_in_time() -> None:
     m = build_matrix(_inputs(2, drv_offers_28d=[0.0, 4.0], drv_offer_eta_sum_28d=[0.0, 10.0]))
     eta = feature(m, "drv_offer_eta_28d")
     assert np.isnan(eta[0]) and eta[1] == 2.5
+
+
+def test_scalar_haversine_equals_the_vector_one() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-10.0, 95.0, -10.0, 95.0], [20.0, 125.0, 20.0, 125.0], (200, 4))
+    vector = haversine_km(*pts.T)
+    scalar = [haversine_km_scalar(*map(float, p)) for p in pts]
+    np.testing.assert_allclose(scalar, vector, rtol=1e-12, atol=1e-9)

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from matchmaking.errors import InputError
 from matchmaking.features.core import CandidateInputs, FloatArray, IntArray
-from matchmaking.features.geo import ROAD_CIRCUITY, haversine_km
+from matchmaking.features.geo import ROAD_CIRCUITY, haversine_km_scalar
 from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
@@ -158,13 +158,7 @@ def estimate_trip_km(
     pickup_lat: float, pickup_lng: float, dropoff_lat: float, dropoff_lng: float
 ) -> float:
     """Road km as the world measures trips: straight line x the road circuity."""
-    km = haversine_km(
-        np.array([pickup_lat]),
-        np.array([pickup_lng]),
-        np.array([dropoff_lat]),
-        np.array([dropoff_lng]),
-    )
-    return float(km[0]) * ROAD_CIRCUITY
+    return haversine_km_scalar(pickup_lat, pickup_lng, dropoff_lat, dropoff_lng) * ROAD_CIRCUITY
 
 
 def estimate_fare(city: City, trip_km: float, local_hour: int) -> float:
