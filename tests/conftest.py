@@ -134,6 +134,8 @@ def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         "MLFLOW_EXPERIMENT_NAME",
         "MLFLOW_RUN_ID",
         "MATCHMAKING_TRACKING_URI",
+        "MATCHMAKING_LAKE_URI",
+        "MATCHMAKING_LAKE_STORAGE_OPTIONS",
     ):
         monkeypatch.delenv(var, raising=False)
     yield uri

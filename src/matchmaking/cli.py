@@ -51,7 +51,11 @@ def world_generate(
     days: Annotated[int, typer.Option(min=1, max=3660, help="Number of days.")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same bytes.")] = 42,
     out: Annotated[
-        Path | None, typer.Option(help="Lake directory (default: $MATCHMAKING_DATA_DIR/lake).")
+        str | None,
+        typer.Option(
+            help="Lake: a directory or a URI such as s3://bucket/lake (default: "
+            "$MATCHMAKING_LAKE_URI, else $MATCHMAKING_DATA_DIR/lake)."
+        ),
     ] = None,
     scale: Annotated[
         float,
@@ -132,7 +136,10 @@ def process(
 @app.command()
 def train(
     city: Annotated[str, typer.Option(help="City id.")],
-    features: Annotated[Path, typer.Option(help="Feature dataset dir printed by `process`.")],
+    features: Annotated[
+        str,
+        typer.Option(help="Feature dataset printed by `process`: a dir, file:// or s3:// URI."),
+    ],
     params: Annotated[
         Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
     ] = None,
@@ -164,7 +171,9 @@ def evaluate(
     model_uri: Annotated[
         str, typer.Option(help="models:/matchmaking-<city>/<version> or runs:/...")
     ],
-    features: Annotated[Path, typer.Option(help="Holdout feature dataset dir (a later window).")],
+    features: Annotated[
+        str, typer.Option(help="Holdout feature dataset (a later window): a dir or a URI.")
+    ],
     seed: Annotated[int, typer.Option(help="Seed of the replay's outcome draws.")] = 7,
 ) -> None:
     """Offline metrics and a dispatch replay against the oracle and two baselines."""

@@ -13,7 +13,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from matchmaking import storage
 from matchmaking.errors import ConfigError
+from matchmaking.storage import Location
 
 DEFAULT_DATA_DIR = Path("data")
 
@@ -23,32 +25,38 @@ class Settings(BaseSettings):
 
     The embedded defaults keep everything under ``./data``: the data lake in ``data/lake`` and
     MLflow in a SQLite store ``data/mlflow.db`` with artifacts in ``data/mlartifacts``. Point
-    ``MATCHMAKING_TRACKING_URI`` (or ``MLFLOW_TRACKING_URI``) at a tracking server to share runs.
+    ``MATCHMAKING_LAKE_URI`` elsewhere (another path, ``file://`` or ``s3://bucket/lake``; see
+    ``matchmaking.storage``) and ``MATCHMAKING_TRACKING_URI`` (or ``MLFLOW_TRACKING_URI``) at a
+    tracking server to share runs.
     """
 
     model_config = SettingsConfigDict(env_prefix="MATCHMAKING_", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
+    lake_uri: str | None = None
     tracking_uri: str | None = None
     experiment_prefix: str = "matchmaking"
     model_name_prefix: str = "matchmaking"
     log_level: str = "INFO"
 
     @property
-    def lake_dir(self) -> Path:
+    def lake_dir(self) -> Location:
+        """``MATCHMAKING_LAKE_URI`` (a ``Path`` when local), else ``<data_dir>/lake``."""
+        if self.lake_uri:
+            return storage.location(self.lake_uri)
         return self.data_dir / "lake"
 
     @property
-    def raw_dir(self) -> Path:
-        return self.lake_dir / "raw"
+    def raw_dir(self) -> Location:
+        return storage.join(self.lake_dir, "raw")
 
     @property
-    def truth_dir(self) -> Path:
-        return self.lake_dir / "truth"
+    def truth_dir(self) -> Location:
+        return storage.join(self.lake_dir, "truth")
 
     @property
-    def features_dir(self) -> Path:
-        return self.lake_dir / "features"
+    def features_dir(self) -> Location:
+        return storage.join(self.lake_dir, "features")
 
     @property
     def artifacts_dir(self) -> Path:

@@ -13,6 +13,7 @@ from matchmaking.orchestration.config import (
     DEFAULT_CONFIG,
     PipelineConfig,
     features_asset_uri,
+    lake_location,
     lake_path,
     load_pipeline_config,
     run_day,
@@ -53,17 +54,24 @@ def test_unknown_keys_and_bad_cities_are_errors_naming_the_file(tmp_path: Path) 
         load_pipeline_config(path)
 
 
-def test_lake_uris_file_and_paths_resolve_object_storage_is_refused(tmp_path: Path) -> None:
+def test_lake_uris_file_paths_and_object_storage_resolve(tmp_path: Path) -> None:
     assert lake_path((tmp_path / "data" / "lake").as_uri()) == tmp_path / "data" / "lake"
     assert lake_path(str(tmp_path / "x y" / "lake")) == tmp_path / "x y" / "lake"
     assert lake_path("file:///srv/my%20data/lake") == Path("/srv/my data/lake")
-    with pytest.raises(ConfigError, match="not supported yet"):
+    with pytest.raises(ConfigError, match="object storage"):
         lake_path("s3://bucket/lake")
     cfg = _config(lake_uri=(tmp_path / "data" / "lake").as_uri())
     assert cfg.data_dir() == tmp_path / "data"
+    assert cfg.lake_location() == str(tmp_path / "data" / "lake")
     assert features_asset_uri(cfg) == f"{(tmp_path / 'data' / 'lake').as_uri()}/features"
-    with pytest.raises(ConfigError, match="named 'lake'"):
-        _config(lake_uri=str(tmp_path / "warehouse")).data_dir()
+    # Any directory name works now that the steps take MATCHMAKING_LAKE_URI.
+    warehouse = _config(lake_uri=str(tmp_path / "warehouse"))
+    assert warehouse.lake_location() == str(tmp_path / "warehouse")
+    remote = _config(lake_uri="s3://bucket/prod/lake/")
+    assert remote.lake_location() == "s3://bucket/prod/lake"
+    assert remote.data_dir() is None
+    assert features_asset_uri(remote) == "s3://bucket/prod/lake/features"
+    assert lake_location("file:///srv/my%20data/lake/features/x") == "/srv/my data/lake/features/x"
 
 
 def test_the_day_gives_the_holdout_then_the_training_window_before_it() -> None:

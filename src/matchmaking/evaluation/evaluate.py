@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from matchmaking import tracking
+from matchmaking import storage, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation import metrics as m
@@ -21,6 +20,7 @@ from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot
 from matchmaking.evaluation.replay import draw_outcomes, replay
 from matchmaking.processing.step import read_dataset
 from matchmaking.schema import FEATURE_NAMES
+from matchmaking.storage import Location
 from matchmaking.world import lake
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def load_booster(model_uri: str) -> object:
 
 
 def holdout_frame(
-    settings: Settings, city: str, features_dir: Path
+    settings: Settings, city: str, features_dir: Location
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """Features of the holdout joined with the ground truth, grouped by booking."""
     rows, manifest = read_dataset(features_dir)
@@ -116,7 +116,7 @@ def evaluate(
     settings: Settings,
     city: str,
     model_uri: str,
-    features_dir: Path,
+    features_dir: Location,
     seed: int = 7,
     log_run: bool = True,
 ) -> EvaluationResult:
@@ -156,7 +156,7 @@ def evaluate(
             )
             mlflow.log_input(
                 tracking.lineage_dataset(
-                    features_dir.resolve().as_uri(),
+                    storage.as_uri(features_dir),
                     f"features-{city}-holdout",
                     str(manifest["digest"]),
                 ),

@@ -12,16 +12,15 @@ import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matchmaking.config import load_yaml_model
 from matchmaking.errors import ConfigError
+from matchmaking.storage import as_uri, is_remote, local_path
 
 CONFIG_ENV_VAR = "MATCHMAKING_PIPELINE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
-LAKE_DIR_NAME = "lake"
 _CITY_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -88,37 +87,45 @@ class PipelineConfig(BaseModel):
     def retry_delay(self) -> timedelta:
         return timedelta(minutes=self.retry_delay_minutes)
 
+    def lake_location(self) -> str:
+        """``MATCHMAKING_LAKE_URI`` for the steps: an absolute path, or the object-storage URI."""
+        return lake_location(self.lake_uri)
+
     def lake_path(self) -> Path:
         """The lake as an absolute local path (``file://`` URI or plain path).
 
         Raises:
-            ConfigError: for object-storage URIs, which the lake I/O does not read yet.
+            ConfigError: the lake is on object storage.
         """
         return lake_path(self.lake_uri)
 
-    def data_dir(self) -> Path:
-        """``MATCHMAKING_DATA_DIR`` for the steps: the library keeps its lake in ``<dir>/lake``."""
-        lake = self.lake_path()
-        if lake.name != LAKE_DIR_NAME:
-            raise ConfigError(
-                f"lake_uri {self.lake_uri!r} must end in a directory named {LAKE_DIR_NAME!r} "
-                "(the steps read <MATCHMAKING_DATA_DIR>/lake); rename it, e.g. .../data/lake"
-            )
-        return lake.parent
+    def data_dir(self) -> Path | None:
+        """``MATCHMAKING_DATA_DIR`` for the steps (MLflow's local fallback store): the local
+        lake's parent directory; None for a lake on object storage (the environment's own)."""
+        return None if is_remote(self.lake_uri) else self.lake_path().parent
+
+    def lake_as_uri(self) -> str:
+        """The lake as a URI: ``file:///...`` for local lakes."""
+        return as_uri(self.lake_location())
 
 
 def lake_path(uri: str) -> Path:
-    """A ``file://`` URI or a path as an absolute local path (relative: to the cwd)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        raw = unquote(parsed.path) if parsed.scheme == "file" else uri
-        return Path(raw).expanduser().absolute()
-    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
-        return Path(uri).absolute()
-    raise ConfigError(
-        f"lake_uri {uri!r}: scheme {parsed.scheme!r} is not supported yet; the lake reads and "
-        "writes local (or mounted) paths. Use file:///... or a path"
-    )
+    """A ``file://`` URI or a path as an absolute local path (relative: to the cwd).
+
+    Raises:
+        ConfigError: an object-storage URI (use ``lake_location``).
+    """
+    if is_remote(uri):
+        raise ConfigError(f"{uri!r} is on object storage, not a local path")
+    return local_path(uri).absolute()
+
+
+def lake_location(uri: str) -> str:
+    """A lake or dataset URI as the steps take it: an absolute local path, or the URI itself
+    for object storage (``s3://bucket/lake``; any fsspec filesystem installed)."""
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return str(lake_path(uri))
 
 
 def config_path() -> Path:
@@ -141,7 +148,7 @@ FEATURES_ASSET_NAME = "matchmaking_features"
 
 def features_asset_uri(cfg: PipelineConfig) -> str:
     """The URI of the features asset: the lake's ``features`` layer."""
-    return f"{cfg.lake_path().as_uri()}/features"
+    return f"{cfg.lake_as_uri()}/features"
 
 
 def run_day(logical_date: datetime | None, run_after: datetime) -> date:

@@ -1,8 +1,9 @@
 """Run the MLflow Projects of ``mlproject/`` from a task: what a data scientist runs, as is.
 
 Each step is ``mlflow.projects.run(..., env_manager="local")`` in the city's experiment. The
-step process gets the lake location (``MATCHMAKING_DATA_DIR``) and the tracking URI through
-its environment; nothing else is shared between tasks but URIs and MLflow run ids.
+step process gets the lake location (``MATCHMAKING_LAKE_URI``, and ``MATCHMAKING_DATA_DIR`` for
+a local lake) and the tracking URI through its environment; nothing else is shared between
+tasks but URIs and MLflow run ids.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def step_environment(cfg: PipelineConfig) -> Iterator[Settings]:
     """
     data_dir = cfg.data_dir()
     updates = {
-        "MATCHMAKING_DATA_DIR": str(data_dir),
+        "MATCHMAKING_LAKE_URI": cfg.lake_location(),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    if data_dir is not None:
+        updates["MATCHMAKING_DATA_DIR"] = str(data_dir)
     saved = {key: os.environ.get(key) for key in updates}
     os.environ.update(updates)
     try:
-        settings = Settings(data_dir=data_dir)
+        settings = Settings()
         tracking.configure(settings)
         yield settings
     finally:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import date, timedelta
 from typing import Any
 
-from matchmaking.orchestration.config import PipelineConfig, lake_path
+from matchmaking.orchestration.config import PipelineConfig, lake_location
 from matchmaking.pipeline import Windows, windows
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def train_city(cfg: PipelineConfig, item: CityResult) -> CityResult:
             "train",
             {
                 "city": city,
-                "features": lake_path(item["features_uri"]),
+                "features": lake_location(item["features_uri"]),
                 "process_run_id": item["process_run_id"],
                 **cfg.train_params,
             },
@@ -135,7 +135,7 @@ def evaluate_city(cfg: PipelineConfig, trained: CityResult) -> CityResult:
             {
                 "city": city,
                 "model_uri": trained["model_uri"],
-                "features": lake_path(trained["holdout_features_uri"]),
+                "features": lake_location(trained["holdout_features_uri"]),
                 "seed": cfg.evaluate_seed,
             },
             city_experiment(settings, city),
@@ -165,7 +165,7 @@ def promote_city(cfg: PipelineConfig, evaluated: CityResult, actor: str) -> City
             settings,
             [city],
             version=evaluated["version"],
-            holdout=lake_path(evaluated["holdout_features_uri"]),
+            holdout=lake_location(evaluated["holdout_features_uri"]),
             actor=actor,
         )
     if outcome.exit_code not in (0, GateFailedError.exit_code):

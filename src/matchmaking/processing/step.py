@@ -1,7 +1,15 @@
-"""``matchmaking process``: raw partitions -> validated, versioned feature dataset + MLflow run."""
+"""``matchmaking process``: raw partitions -> validated, versioned feature dataset + MLflow run.
+
+A dataset is content-addressed: ``<lake>/features/city=<c>/<start>_<end>/<digest[:16]>/`` with
+``features.parquet``, ``driver_table.parquet``, ``quarantine.parquet``, ``manifest.json`` and
+``_SUCCESS``. The lake may be local (staged in a hidden directory, then ``os.rename``) or on
+object storage (files written under the final prefix, ``_SUCCESS`` last); readers require
+``_SUCCESS`` either way.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,13 +25,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matchmaking import tracking
+from matchmaking import storage, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, InputError, StorageError
 from matchmaking.features.batch import build_features, driver_snapshot, offer_log
 from matchmaking.features.history import lookback_start
 from matchmaking.processing.validate import validate
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import FEATURE_NAMES, RAW_TABLES
+from matchmaking.storage import Location
 from matchmaking.world import lake
 from matchmaking.world.cities import get_city
 
@@ -33,6 +42,7 @@ FEATURES_FILE = "features.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 DRIVER_TABLE_FILE = "driver_table.parquet"
 MANIFEST_FILE = "manifest.json"
+SUCCESS_FILE = "_SUCCESS"
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ class ProcessResult:
     city: str
     start: date
     end: date
-    dataset_dir: Path
+    dataset_dir: Location
     digest: str
     rows: int
     offered_rows: int
@@ -51,22 +61,48 @@ class ProcessResult:
     run_id: str | None = None
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    """The parquet file of ``df`` (the same bytes whatever the filesystem it goes to)."""
     table = pa.Table.from_pandas(df, preserve_index=False)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return bytes(sink.getvalue().to_pybytes())
 
 
-def _publish(tmp: Path, parent: Path, digest: str) -> Path:
-    """Move a finished temp dir to ``parent/<digest>`` atomically; reuse an identical one."""
-    final = parent / digest[:16]
-    if (final / "_SUCCESS").exists():
-        shutil.rmtree(tmp)
+def _write_files(directory: Location, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        storage.write_bytes(storage.join(directory, name), data)
+
+
+def _publish(files: dict[str, bytes], parent: Location, digest: str) -> Location:
+    """Publish the dataset's files at ``parent/<digest[:16]>``; reuse an identical one.
+
+    Locally the files are staged in a hidden directory renamed into place (atomic); on object
+    storage they are written under the final prefix and ``_SUCCESS`` last.
+    """
+    final = storage.join(parent, digest[:16])
+    if storage.exists(storage.join(final, SUCCESS_FILE)):
         logger.info("feature dataset %s already published; reusing it", final)
         return final
-    if final.exists():  # a leftover without _SUCCESS: never readable, safe to replace
-        shutil.rmtree(final)
-    (tmp / "_SUCCESS").write_text("")
-    os.rename(tmp, final)
+    if not isinstance(final, Path) or not isinstance(parent, Path):
+        fs, key = storage.filesystem(str(final))
+        if fs.exists(key):  # a leftover without _SUCCESS: never readable, safe to replace
+            fs.rm(key, recursive=True)
+        _write_files(final, files)
+        storage.write_bytes(storage.join(final, SUCCESS_FILE), b"")
+        return final
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        _write_files(tmp, files)
+        if final.exists():  # a leftover without _SUCCESS: never readable, safe to replace
+            shutil.rmtree(final)
+        (tmp / SUCCESS_FILE).write_text("")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -117,42 +153,39 @@ def build_dataset(
     rows = rows.loc[in_window].reset_index(drop=True)
     snapshot = driver_snapshot(checked.drivers, offers, np.datetime64(end + timedelta(days=1)))
 
-    parent = settings.features_dir / f"city={city}" / f"{start.isoformat()}_{end.isoformat()}"
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        _write_parquet(rows, tmp / FEATURES_FILE)
-        _write_parquet(snapshot, tmp / DRIVER_TABLE_FILE)
-        _write_parquet(checked.quarantine, tmp / QUARANTINE_FILE)
-        digest = tracking.file_digest(tmp / FEATURES_FILE)
-        manifest = {
-            "city": city,
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "history_from": read_from.isoformat(),
-            "digest": digest,
-            "driver_table_digest": tracking.file_digest(tmp / DRIVER_TABLE_FILE),
-            "rows": len(rows),
-            "offered_rows": int(rows["offered"].sum()),
-            "features": list(FEATURE_NAMES),
-            "quarantine": dict(checked.counts),
-            "bad_share": checked.bad_share,
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if checked.bad_share > max_bad_share:
-            raise DataQualityError(
-                f"{city} {start}..{end}: {checked.bad_share:.1%} of raw rows failed validation "
-                f"(limit {max_bad_share:.1%}): {dict(checked.counts)}. Nothing was published; "
-                f"inspect the quarantined rows kept in {tmp} and fix the source, or raise "
-                "--max-bad-share if they are expected"
-            )
-        final = _publish(tmp, parent, digest)
-    except DataQualityError:
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    parent = storage.join(
+        settings.features_dir, f"city={city}", f"{start.isoformat()}_{end.isoformat()}"
+    )
+    files = {
+        FEATURES_FILE: _parquet_bytes(rows),
+        DRIVER_TABLE_FILE: _parquet_bytes(snapshot),
+        QUARANTINE_FILE: _parquet_bytes(checked.quarantine),
+    }
+    digest = hashlib.sha256(files[FEATURES_FILE]).hexdigest()
+    manifest = {
+        "city": city,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "history_from": read_from.isoformat(),
+        "digest": digest,
+        "driver_table_digest": hashlib.sha256(files[DRIVER_TABLE_FILE]).hexdigest(),
+        "rows": len(rows),
+        "offered_rows": int(rows["offered"].sum()),
+        "features": list(FEATURE_NAMES),
+        "quarantine": dict(checked.counts),
+        "bad_share": checked.bad_share,
+    }
+    files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if checked.bad_share > max_bad_share:
+        rejected = storage.join(parent, f".rejected-{uuid.uuid4().hex}")
+        _write_files(rejected, files)
+        raise DataQualityError(
+            f"{city} {start}..{end}: {checked.bad_share:.1%} of raw rows failed validation "
+            f"(limit {max_bad_share:.1%}): {dict(checked.counts)}. Nothing was published; "
+            f"inspect the quarantined rows kept in {rejected} and fix the source, or raise "
+            "--max-bad-share if they are expected"
+        )
+    final = _publish(files, parent, digest)
     return ProcessResult(
         city=city,
         start=start,
@@ -179,7 +212,7 @@ def process(
         mlflow.log_params(
             {"city": city, "start": start, "end": end, "max_bad_share": max_bad_share}
         )
-        raw_uri = (settings.raw_dir / f"city={city}").resolve().as_uri()
+        raw_uri = storage.as_uri(storage.join(settings.raw_dir, f"city={city}"))
         try:
             result = build_dataset(settings, city, start, end, max_bad_share)
         except DataQualityError as exc:
@@ -193,7 +226,7 @@ def process(
             ),
             context="raw",
         )
-        features_uri = result.dataset_dir.resolve().as_uri()
+        features_uri = storage.as_uri(result.dataset_dir)
         mlflow.log_input(
             tracking.lineage_dataset(features_uri, f"features-{city}", result.digest),
             context="output",
@@ -214,31 +247,46 @@ def process(
                 **{f"quarantine.{k}": v for k, v in result.quarantine_counts.items()},
             }
         )
-        mlflow.log_artifact(str(result.dataset_dir / MANIFEST_FILE))
+        mlflow.log_dict(
+            json.loads(storage.read_bytes(storage.join(result.dataset_dir, MANIFEST_FILE))),
+            MANIFEST_FILE,
+        )
     return ProcessResult(**{**result.__dict__, "run_id": run.info.run_id})
 
 
 def _raw_digest(settings: Settings, city: str, first: date, last: date) -> str:
     """A digest of the raw files read (roster and the partitions from ``first`` to ``last``)."""
-    import hashlib
-
     h = hashlib.sha256()
-    base = settings.raw_dir / f"city={city}"
-    paths = [base / "drivers.parquet"]
+    base = storage.join(settings.raw_dir, f"city={city}")
+    names = ["drivers.parquet"]
     for i in range((last - first).days + 1):
-        paths += sorted((base / f"date={first + timedelta(days=i)}").glob("*.parquet"))
-    for path in paths:
-        if path.exists():
-            h.update(f"{path.relative_to(base)}:{tracking.file_digest(path)}\n".encode())
+        names += [f"date={first + timedelta(days=i)}/{t}.parquet" for t in sorted(RAW_TABLES)]
+    for name in names:
+        path = storage.join(base, *name.split("/"))
+        if storage.exists(path):
+            h.update(f"{name}:{storage.digest(path)}\n".encode())
     return h.hexdigest()
 
 
-def read_dataset(dataset_dir: Path) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Load a published feature dataset and its manifest."""
-    if not (dataset_dir / "_SUCCESS").exists():
+def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
+    """Load a published feature dataset and its manifest.
+
+    Args:
+        dataset: the dataset directory: a path, a ``file://`` or an object-storage URI.
+
+    Raises:
+        StorageError: the dataset has no ``_SUCCESS`` marker (not published).
+    """
+    dataset = storage.location(dataset)
+    if not storage.exists(storage.join(dataset, SUCCESS_FILE)):
         raise StorageError(
-            f"{dataset_dir} is not a published feature dataset (no _SUCCESS); "
+            f"{dataset} is not a published feature dataset (no _SUCCESS); "
             "run `matchmaking process` first and pass the directory it prints"
         )
-    manifest = json.loads((dataset_dir / MANIFEST_FILE).read_text())
-    return pd.read_parquet(dataset_dir / FEATURES_FILE), manifest
+    manifest = json.loads(storage.read_bytes(storage.join(dataset, MANIFEST_FILE)))
+    features = storage.join(dataset, FEATURES_FILE)
+    if isinstance(features, Path):
+        return pd.read_parquet(features), manifest
+    fs, key = storage.filesystem(features)
+    with fs.open(key, "rb") as fh:
+        return pq.ParquetFile(fh).read().to_pandas(), manifest

@@ -56,10 +56,10 @@ def promote_command(
         bool, typer.Option("--dry-run", help="Run the gate and report; change nothing.")
     ] = False,
     holdout: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Holdout feature dataset dir (default: the newest published dataset of the city "
-            "starting after the training windows); one city only."
+            help="Holdout feature dataset, a dir or a URI (default: the newest published "
+            "dataset of the city starting after the training windows); one city only."
         ),
     ] = None,
     gate_config: Annotated[

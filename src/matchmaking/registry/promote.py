@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import mlflow
 import numpy as np
@@ -33,7 +32,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from matchmaking import tracking
+from matchmaking import storage, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import (
     GateFailedError,
@@ -59,6 +58,7 @@ from matchmaking.registry.production import (
     set_production,
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
+from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -281,38 +281,51 @@ def verify_consistent(client: MlflowClient, name: str) -> str:
 # -- holdout ----------------------------------------------------------------------------------
 
 
-def _uri_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("file", ""):
-        return None
-    return Path(unquote(parsed.path))
-
-
 def training_window_end(mv: ModelVersion) -> date | None:
     """Last day of the version's training window, from the manifest behind ``features_uri``."""
     uri = mv.tags.get("features_uri")
-    path = _uri_path(uri) if uri else None
-    if path is None or not (path / MANIFEST_FILE).exists():
+    if not uri:
         return None
-    return date.fromisoformat(str(json.loads((path / MANIFEST_FILE).read_text())["end"]))
+    manifest = storage.join(uri, MANIFEST_FILE)
+    try:
+        if not storage.exists(manifest):
+            return None
+        return date.fromisoformat(str(json.loads(storage.read_bytes(manifest))["end"]))
+    except (OSError, ImportError, ValueError):  # unreachable filesystem, no driver for it
+        logger.warning("cannot read the manifest behind features_uri %s", uri)
+        return None
 
 
-def find_holdout(settings: Settings, city: str, after: date) -> Path:
+def _published(settings: Settings, city: str) -> list[tuple[Location, float]]:
+    """The city's published feature datasets and when they were published."""
+    base = storage.join(settings.features_dir, f"city={city}")
+    if isinstance(base, Path):
+        return [(s.parent, s.stat().st_mtime) for s in base.glob("*/*/_SUCCESS")]
+    fs, key = storage.filesystem(base)
+    fs.invalidate_cache(key)
+    out: list[tuple[Location, float]] = []
+    for marker in fs.glob(f"{key}/*/*/_SUCCESS"):
+        modified = fs.modified(marker).timestamp()
+        out.append((f"{base}/{str(marker)[len(key) + 1 :].rsplit('/', 1)[0]}", modified))
+    return out
+
+
+def find_holdout(settings: Settings, city: str, after: date) -> Location:
     """The newest published feature dataset of ``city`` whose window starts after ``after``."""
-    found: list[tuple[date, date, float, Path]] = []
-    for success in (settings.features_dir / f"city={city}").glob("*/*/_SUCCESS"):
-        manifest = json.loads((success.parent / MANIFEST_FILE).read_text())
+    found: list[tuple[date, date, float, str, Location]] = []
+    for dataset, published in _published(settings, city):
+        manifest = json.loads(storage.read_bytes(storage.join(dataset, MANIFEST_FILE)))
         start = date.fromisoformat(str(manifest["start"]))
         if start > after:
             end = date.fromisoformat(str(manifest["end"]))
-            found.append((end, start, success.stat().st_mtime, success.parent))
+            found.append((end, start, published, str(dataset), dataset))
     if not found:
         raise InputError(
             f"{city}: no published feature dataset starts after {after} (the training window's "
             f"end) under {settings.features_dir}; run `matchmaking process --city {city} "
             "--start <later> --end <later>` or pass --holdout DIR"
         )
-    return max(found)[3]
+    return max(found)[4]
 
 
 def resolve_holdout(
@@ -320,8 +333,8 @@ def resolve_holdout(
     city: str,
     candidate: ModelVersion,
     production: ModelVersion | None,
-    holdout: Path | None,
-) -> Path:
+    holdout: Location | None,
+) -> Location:
     """``holdout`` if given, else the newest dataset after both models' training windows."""
     if holdout is not None:
         return holdout
@@ -392,7 +405,7 @@ def _report(
     production: Measured | None,
     result: GateResult,
     thresholds: GateThresholds,
-    holdout: Path,
+    holdout: Location,
     manifest: dict[str, object],
     dry_run: bool,
 ) -> str:
@@ -453,7 +466,7 @@ def _log_run(
     candidate: Measured,
     production: Measured | None,
     result: GateResult,
-    holdout: Path,
+    holdout: Location,
     manifest: dict[str, object],
     report: str,
 ) -> str:
@@ -495,7 +508,7 @@ def promote(
     cities: list[str] | None,
     version: str | None = None,
     dry_run: bool = False,
-    holdout: Path | None = None,
+    holdout: Location | None = None,
     actor: str | None = None,
     thresholds: GateThresholds | None = None,
 ) -> list[CityOutcome]:
@@ -540,7 +553,7 @@ def promote_city(
     city: str,
     version: str | None,
     dry_run: bool,
-    holdout: Path | None,
+    holdout: Location | None,
     actor: str,
     gate: GateThresholds,
 ) -> CityOutcome:
@@ -563,7 +576,7 @@ def _gate_city(
     name: str,
     version: str | None,
     dry_run: bool,
-    holdout: Path | None,
+    holdout: Location | None,
     actor: str,
     gate: GateThresholds,
     token: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from matchmaking import tracking
+from matchmaking import storage, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
 from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
+from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
 
 logger = logging.getLogger(__name__)
@@ -147,12 +149,16 @@ def find_existing_version(
 def train(
     settings: Settings,
     city: str,
-    features_dir: Path,
+    features_dir: Location,
     params: TrainParams,
     process_run_id: str | None = None,
     reuse_existing: bool = True,
 ) -> TrainResult:
-    """Fit each configured objective, keep the best, log it and register a new version."""
+    """Fit each configured objective, keep the best, log it and register a new version.
+
+    ``features_dir`` is the dataset ``process`` published: a path or a URI (``s3://...``).
+    """
+    features_dir = storage.location(features_dir)
     rows, manifest = read_dataset(features_dir)
     if manifest.get("city") != city:
         raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
@@ -191,7 +197,7 @@ def train(
 
     data = labelled(rows)
     train_rows, valid_rows = split_by_day(data, params.valid_days)
-    features_uri = features_dir.resolve().as_uri()
+    features_uri = storage.as_uri(features_dir)
     with mlflow.start_run(run_name=f"train-{city}") as run:
         mlflow.set_tags(
             tracking.reproducibility_tags(
@@ -249,14 +255,19 @@ def train(
         booster = _trimmed(chosen.booster)
         example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
         signature = infer_signature(example, booster.predict(example.to_numpy()))
-        info = mlflow.lightgbm.log_model(
-            booster,
-            name=MODEL_ARTIFACT,
-            signature=signature,
-            input_example=example,
-            extra_files=[str(features_dir / DRIVER_TABLE_FILE)],
-            pip_requirements=_pip_requirements(),
-        )
+        with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
+            # MLflow copies extra files from local paths: a remote table is fetched here.
+            driver_table = storage.join(features_dir, DRIVER_TABLE_FILE)
+            if not isinstance(driver_table, Path):
+                driver_table = storage.download(driver_table, Path(tmp) / DRIVER_TABLE_FILE)
+            info = mlflow.lightgbm.log_model(
+                booster,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                extra_files=[str(driver_table)],
+                pip_requirements=_pip_requirements(),
+            )
         version = register(
             client,
             name,

@@ -16,7 +16,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -25,6 +24,7 @@ import pyarrow as pa
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from matchmaking import storage
 from matchmaking.errors import InputError
 from matchmaking.schema import (
     BOOKING_STATUSES,
@@ -35,6 +35,7 @@ from matchmaking.schema import (
     GROUND_TRUTH,
     UTC_TS,
 )
+from matchmaking.storage import Location
 from matchmaking.world import lake, truth
 from matchmaking.world.cities import City, get_city
 from matchmaking.world.population import (
@@ -124,7 +125,7 @@ class CityStats:
 class WorldSummary:
     """What ``generate_world`` wrote."""
 
-    out: Path
+    out: Location
     start: date
     days: int
     seed: int
@@ -544,7 +545,7 @@ def generate_day(
     day: date,
     n_bookings: int,
     seed: int,
-    out: Path,
+    out: Location,
     progress: bool = False,
 ) -> CityStats:
     """Simulate one city-day and publish its truth, then its raw partition."""
@@ -564,10 +565,10 @@ def generate_day(
     ):
         writers = {
             "ground_truth": lake.parquet_writer(
-                truth_part.path / "ground_truth.parquet", GROUND_TRUTH
+                truth_part.file("ground_truth.parquet"), GROUND_TRUTH
             ),
-            "bookings": lake.parquet_writer(raw_part.path / "bookings.parquet", BOOKINGS),
-            "candidates": lake.parquet_writer(raw_part.path / "candidates.parquet", CANDIDATES),
+            "bookings": lake.parquet_writer(raw_part.file("bookings.parquet"), BOOKINGS),
+            "candidates": lake.parquet_writer(raw_part.file("candidates.parquet"), CANDIDATES),
         }
         try:
             chunks = tqdm(
@@ -606,7 +607,7 @@ def _validate(
     start: date,
     days: int,
     seed: int,
-    out: Path,
+    out: Location,
     scale: float,
     bookings_per_day: int | None,
 ) -> list[City]:
@@ -635,7 +636,7 @@ def generate_world(
     start: date,
     days: int,
     seed: int,
-    out: Path,
+    out: Location,
     scale: float,
     bookings_per_day: int | None,
     progress: bool,
@@ -657,7 +658,7 @@ def generate_world(
         StorageError: ``out`` is not writable.
     """
     resolved = _validate(cities, start, days, seed, out, scale, bookings_per_day)
-    out = Path(out)
+    out = storage.location(out)
     summary = WorldSummary(out=out, start=start, days=days, seed=seed, cities={})
     with tqdm(total=len(resolved) * days, unit="city-day", disable=not progress) as bar:
         for city in resolved:
@@ -667,10 +668,10 @@ def generate_world(
                 lake.clean_stale(out, layer, city.id)
             raw_drivers, hidden = drivers_tables(cw)
             lake.write_file_atomic(
-                lake.city_dir(out, lake.TRUTH, city.id) / "drivers.parquet", hidden
+                storage.join(lake.city_dir(out, lake.TRUTH, city.id), "drivers.parquet"), hidden
             )
             lake.write_file_atomic(
-                lake.city_dir(out, lake.RAW, city.id) / "drivers.parquet", raw_drivers
+                storage.join(lake.city_dir(out, lake.RAW, city.id), "drivers.parquet"), raw_drivers
             )
             stats = CityStats(drivers=len(cw.roster))
             for i in range(days):

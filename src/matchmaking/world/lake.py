@@ -7,10 +7,15 @@ Layout (see ``matchmaking.schema``)::
     <root>/truth/city=<c>/drivers.parquet
     <root>/truth/city=<c>/date=<YYYY-MM-DD>/ground_truth.parquet + _SUCCESS
 
-A partition is staged in a hidden sibling ``.date=<D>.tmp-<uuid>`` and renamed into place
-once every file and its ``_SUCCESS`` marker are written, so readers never see half a
-partition. Readers skip hidden directories and directories without ``_SUCCESS``; writers
-remove stale hidden directories left by interrupted runs. One writer per city at a time.
+The root is a local path (or ``file://`` URI) or an object-storage URI (``s3://bucket/lake``,
+any fsspec filesystem; see ``matchmaking.storage``).
+
+Locally, a partition is staged in a hidden sibling ``.date=<D>.tmp-<uuid>`` and renamed into
+place once every file and its ``_SUCCESS`` marker are written, so readers never see half a
+partition. Object storage has no rename: files are written under the final prefix, the
+``_SUCCESS`` marker last, and a replaced partition loses its marker first. Either way readers
+only see partitions with ``_SUCCESS``. Readers skip hidden directories; local writers remove
+stale hidden directories left by interrupted runs. One writer per city at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from matchmaking import storage
 from matchmaking.errors import InputError, StorageError
 from matchmaking.schema import (
     DRIVER_TRUTH,
@@ -35,6 +41,7 @@ from matchmaking.schema import (
     SUCCESS_MARKER,
     TRUTH_TABLES,
 )
+from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -45,35 +52,41 @@ COMPRESSION = "zstd"
 _STAGING_TAGS = (".tmp-", ".old-")
 
 
-def city_dir(root: Path, layer: str, city: str) -> Path:
-    """``<root>/<layer>/city=<city>``."""
-    return Path(root) / layer / f"city={city}"
+def city_dir(root: Location, layer: str, city: str) -> Location:
+    """``<root>/<layer>/city=<city>`` (a ``Path`` for a local lake, a URI for a remote one)."""
+    return storage.join(root, layer, f"city={city}")
 
 
-def partition_dir(root: Path, layer: str, city: str, day: date) -> Path:
+def partition_dir(root: Location, layer: str, city: str, day: date) -> Location:
     """``<root>/<layer>/city=<city>/date=<YYYY-MM-DD>``."""
-    return city_dir(root, layer, city) / f"date={day.isoformat()}"
+    return storage.join(city_dir(root, layer, city), f"date={day.isoformat()}")
 
 
-def is_complete(partition: Path) -> bool:
+def is_complete(partition: Location) -> bool:
     """Whether a partition directory has been published (its ``_SUCCESS`` marker exists)."""
-    return (partition / SUCCESS_MARKER).is_file()
+    marker = storage.join(partition, SUCCESS_MARKER)
+    if isinstance(marker, Path):
+        return marker.is_file()
+    return storage.exists(marker)
 
 
-def _storage_error(path: Path, exc: OSError, doing: str) -> StorageError:
+def _storage_error(path: Location, exc: OSError, doing: str) -> StorageError:
     return StorageError(
         f"cannot {doing} {path}: {exc.strerror or exc}; choose a writable lake directory "
         "(--out or MATCHMAKING_DATA_DIR) or fix its permissions"
     )
 
 
-def ensure_writable(path: Path) -> None:
-    """Check, without creating anything, that ``path`` is or can become a writable directory.
+def ensure_writable(location: Location) -> None:
+    """Check, without creating anything, that a local ``location`` is or can become a writable
+    directory (object storage is checked by the first write).
 
     Raises:
         StorageError: naming the offending path and what to do.
     """
-    path = Path(path).absolute()
+    if storage.is_remote(location):
+        return
+    path = storage.local_path(location).absolute()
     probe = path
     while not probe.exists():
         if probe.parent == probe:
@@ -98,24 +111,35 @@ def _mkdir(path: Path) -> None:
         raise _storage_error(path, exc, "create directory") from exc
 
 
-def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+def parquet_writer(path: Location, schema: pa.Schema) -> pq.ParquetWriter:
     """A ParquetWriter with the lake's settings (zstd; no timestamps, so bytes are stable)."""
-    return pq.ParquetWriter(str(path), schema, compression=COMPRESSION)
+    path = storage.location(path)
+    if isinstance(path, Path):
+        return pq.ParquetWriter(str(path), schema, compression=COMPRESSION)
+    fs, key = storage.filesystem(path)
+    return pq.ParquetWriter(key, schema, compression=COMPRESSION, filesystem=fs)
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
+def write_parquet(path: Location, table: pa.Table) -> None:
     """Write one table to ``path`` (not atomic on its own: use inside a staged partition)."""
     with parquet_writer(path, table.schema) as writer:
         writer.write_table(table)
 
 
-def write_file_atomic(path: Path, table: pa.Table) -> None:
-    """Write a single parquet file via a hidden temp file and ``os.replace``.
+def write_file_atomic(path: Location, table: pa.Table) -> None:
+    """Write a single parquet file via a hidden temp file and ``os.replace`` (locally), or as
+    one object (object storage publishes an object whole, when its upload completes).
 
     Raises:
         StorageError: when the directory cannot be created or written.
     """
-    path = Path(path)
+    path = storage.location(path)
+    if not isinstance(path, Path):
+        try:
+            write_parquet(path, table)
+        except OSError as exc:
+            raise _storage_error(path, exc, "write") from exc
+        return
     _mkdir(path.parent)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     try:
@@ -133,7 +157,7 @@ def _is_staging(name: str) -> bool:
     return name.startswith(".") and any(tag in name for tag in _STAGING_TAGS)
 
 
-def clean_stale(root: Path, layer: str, city: str, prefix: str = "") -> int:
+def clean_stale(root: Location, layer: str, city: str, prefix: str = "") -> int:
     """Remove hidden staging files and directories left by interrupted writes.
 
     Args:
@@ -143,10 +167,10 @@ def clean_stale(root: Path, layer: str, city: str, prefix: str = "") -> int:
         prefix: only remove entries for this target name (e.g. ``"date=2026-10-01"``).
 
     Returns:
-        The number of entries removed.
+        The number of entries removed (always 0 on object storage, which stages nothing).
     """
     directory = city_dir(root, layer, city)
-    if not directory.is_dir():
+    if not isinstance(directory, Path) or not directory.is_dir():
         return 0
     removed = 0
     for entry in directory.iterdir():
@@ -167,16 +191,29 @@ class PartitionWriter:
     Use as a context manager: leaving the block without ``commit()`` (an exception, a crash)
     removes the staging directory, or leaves a hidden one that the next writer cleans.
 
+    On object storage ``path`` is the final prefix itself: an existing partition loses its
+    ``_SUCCESS`` marker first (readers stop seeing it), then its files; ``commit()`` writes the
+    marker last. A crash leaves the prefix without a marker, invisible to readers.
+
     Example::
 
         with PartitionWriter(root, "raw", "jakarta", day) as part:
-            write_parquet(part.path / "bookings.parquet", table)
+            write_parquet(part.file("bookings.parquet"), table)
             part.commit()
     """
 
-    def __init__(self, root: Path, layer: str, city: str, day: date) -> None:
-        self.target = partition_dir(root, layer, city, day)
-        parent = self.target.parent
+    path: Location
+    target: Location
+
+    def __init__(self, root: Location, layer: str, city: str, day: date) -> None:
+        self.committed = False
+        target = partition_dir(root, layer, city, day)
+        if not isinstance(target, Path):
+            self.target = self.path = target
+            self._unpublish(target)
+            return
+        self.target = target
+        parent = target.parent
         _mkdir(parent)
         clean_stale(root, layer, city, prefix=self.target.name)
         self.path = parent / f".{self.target.name}.tmp-{uuid.uuid4().hex}"
@@ -184,14 +221,37 @@ class PartitionWriter:
             self.path.mkdir()
         except OSError as exc:
             raise _storage_error(self.path, exc, "create directory") from exc
-        self.committed = False
 
-    def commit(self) -> Path:
+    @staticmethod
+    def _unpublish(target: str) -> None:
+        fs, key = storage.filesystem(target)
+        try:
+            fs.invalidate_cache(key)
+            if fs.exists(f"{key}/{SUCCESS_MARKER}"):
+                fs.rm_file(f"{key}/{SUCCESS_MARKER}")
+            if fs.exists(key):
+                fs.rm(key, recursive=True)
+        except OSError as exc:
+            raise _storage_error(target, exc, "replace partition") from exc
+
+    def file(self, name: str) -> Location:
+        """Where to write the partition's file ``name`` before ``commit()``."""
+        return storage.join(self.path, name)
+
+    def commit(self) -> Location:
         """Write ``_SUCCESS`` and rename the staged directory into place.
 
         An existing partition is replaced: it is renamed away, the new one renamed in, and
         the old one deleted; readers see either the old or the new partition, never a mix.
+        On object storage the marker is written last under the final prefix.
         """
+        if not isinstance(self.path, Path) or not isinstance(self.target, Path):
+            try:
+                storage.write_bytes(storage.join(self.target, SUCCESS_MARKER), b"")
+            except OSError as exc:
+                raise _storage_error(self.target, exc, "publish partition") from exc
+            self.committed = True
+            return self.target
         try:
             (self.path / SUCCESS_MARKER).write_bytes(b"")
             if self.target.exists():
@@ -207,9 +267,19 @@ class PartitionWriter:
         return self.target
 
     def abort(self) -> None:
-        """Discard the staged directory."""
-        if not self.committed:
+        """Discard the staged directory (on object storage: the unpublished files)."""
+        if self.committed:
+            return
+        if isinstance(self.path, Path):
             shutil.rmtree(self.path, ignore_errors=True)
+            return
+        fs, key = storage.filesystem(self.path)
+        try:
+            fs.invalidate_cache(key)
+            if fs.exists(key):
+                fs.rm(key, recursive=True)
+        except OSError:
+            logger.warning("could not remove the unpublished partition %s", self.path)
 
     def __enter__(self) -> PartitionWriter:
         return self
@@ -224,8 +294,8 @@ class PartitionWriter:
 
 
 def write_partition(
-    root: Path, layer: str, city: str, day: date, tables: dict[str, pa.Table]
-) -> Path:
+    root: Location, layer: str, city: str, day: date, tables: dict[str, pa.Table]
+) -> Location:
     """Atomically write a whole partition: ``{name}.parquet`` for each table.
 
     Returns:
@@ -234,7 +304,7 @@ def write_partition(
     with PartitionWriter(root, layer, city, day) as part:
         for name, table in tables.items():
             try:
-                write_parquet(part.path / f"{name}.parquet", table)
+                write_parquet(part.file(f"{name}.parquet"), table)
             except OSError as exc:
                 raise _storage_error(part.path, exc, "write") from exc
         return part.commit()
@@ -254,9 +324,25 @@ def _layer_of(table: str) -> str:
     raise InputError(f"unknown lake table {table!r}; expected one of: {known}")
 
 
-def list_cities(root: Path, layer: str = RAW) -> list[str]:
+def _remote_dirs(directory: str, prefix: str) -> list[str]:
+    """Names of the sub-prefixes of a remote directory that start with ``prefix``."""
+    fs, key = storage.filesystem(directory)
+    fs.invalidate_cache(key)
+    try:
+        entries = fs.ls(key, detail=True)
+    except FileNotFoundError:
+        return []
+    names = [
+        str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+    ]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def list_cities(root: Location, layer: str = RAW) -> list[str]:
     """City ids that have a directory in ``layer``, sorted."""
-    base = Path(root) / layer
+    base = storage.join(root, layer)
+    if not isinstance(base, Path):
+        return sorted(n.removeprefix("city=") for n in _remote_dirs(base, "city="))
     if not base.is_dir():
         return []
     return sorted(
@@ -266,18 +352,28 @@ def list_cities(root: Path, layer: str = RAW) -> list[str]:
     )
 
 
-def list_dates(root: Path, city: str, layer: str = RAW) -> list[date]:
+def list_dates(root: Location, city: str, layer: str = RAW) -> list[date]:
     """Dates of the complete partitions of a city, ascending."""
     directory = city_dir(root, layer, city)
-    if not directory.is_dir():
-        return []
+    if isinstance(directory, Path):
+        if not directory.is_dir():
+            return []
+        names = [
+            p.name
+            for p in directory.iterdir()
+            if p.name.startswith("date=") and p.is_dir() and is_complete(p)
+        ]
+    else:
+        fs, key = storage.filesystem(directory)
+        fs.invalidate_cache(key)
+        markers = fs.glob(f"{key}/date=*/{SUCCESS_MARKER}")
+        names = [str(m).rsplit("/", 2)[-2] for m in markers]
     days = []
-    for p in directory.iterdir():
-        if p.name.startswith("date=") and p.is_dir() and is_complete(p):
-            try:
-                days.append(date.fromisoformat(p.name.removeprefix("date=")))
-            except ValueError:
-                logger.warning("ignoring malformed partition directory %s", p)
+    for name in names:
+        try:
+            days.append(date.fromisoformat(name.removeprefix("date=")))
+        except ValueError:
+            logger.warning("ignoring malformed partition directory %s in %s", name, directory)
     return sorted(days)
 
 
@@ -297,7 +393,7 @@ def _describe_missing(days: list[date]) -> str:
 
 
 def read_partitions(
-    root: Path,
+    root: Location,
     city: str,
     table: str,
     start: date,
@@ -333,20 +429,26 @@ def read_partitions(
     if missing:
         raise StorageError(
             f"{layer}/city={city} has no complete partition for {_describe_missing(missing)} "
-            f"({len(missing)} of {len(days)} asked days) under {Path(root)}; generate them "
+            f"({len(missing)} of {len(days)} asked days) under {root}; generate them "
             f"with `matchmaking world generate --cities {city} --start {missing[0]} "
             f"--days {(missing[-1] - missing[0]).days + 1}`"
         )
     parts = [
-        _read_file(partition_dir(root, layer, city, d) / f"{table}.parquet", columns) for d in days
+        _read_file(storage.join(partition_dir(root, layer, city, d), f"{table}.parquet"), columns)
+        for d in days
     ]
     # Nullability may differ between days written by different producers: unify it.
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_file(path: Location, columns: list[str] | None = None) -> pa.Table:
+    path = storage.location(path)
     try:
-        return pq.ParquetFile(path).read(columns=columns)
+        if isinstance(path, Path):
+            return pq.ParquetFile(path).read(columns=columns)
+        fs, key = storage.filesystem(path)
+        with fs.open(key, "rb") as fh:
+            return pq.ParquetFile(fh).read(columns=columns)
     except FileNotFoundError as exc:
         raise StorageError(
             f"{path} does not exist; generate the city with `matchmaking world generate`"
@@ -355,20 +457,20 @@ def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise StorageError(f"cannot read {path}: {exc}") from exc
 
 
-def read_drivers(root: Path, city: str) -> pa.Table:
+def read_drivers(root: Location, city: str) -> pa.Table:
     """The city's driver roster (``schema.DRIVERS``)."""
-    table = _read_file(city_dir(root, RAW, city) / DRIVERS_FILE)
+    table = _read_file(storage.join(city_dir(root, RAW, city), DRIVERS_FILE))
     return table.select(DRIVERS.names)
 
 
-def read_driver_truth(root: Path, city: str) -> pa.Table:
+def read_driver_truth(root: Location, city: str) -> pa.Table:
     """The drivers' hidden acceptance propensities (``schema.DRIVER_TRUTH``)."""
-    table = _read_file(city_dir(root, TRUTH, city) / DRIVERS_FILE)
+    table = _read_file(storage.join(city_dir(root, TRUTH, city), DRIVERS_FILE))
     return table.select(DRIVER_TRUTH.names)
 
 
 def read_truth(
-    root: Path, city: str, start: date, end: date, columns: list[str] | None = None
+    root: Location, city: str, start: date, end: date, columns: list[str] | None = None
 ) -> pa.Table:
     """The true per-candidate probabilities (``schema.GROUND_TRUTH``) over ``[start, end]``."""
     return read_partitions(root, city, "ground_truth", start, end, columns)
