@@ -209,11 +209,19 @@ def registry_lock(
         held = _read_lock(client, name)
         if held is None or held[1] < time.time():
             value = f"{token};{time.time() + lease_s:.0f}"
-            client.set_registered_model_tag(name, LOCK_TAG, value)
-            time.sleep(settle_s)
-            if client.get_registered_model(name).tags.get(LOCK_TAG) == value:
-                break
-            logger.info("%s: lost the promotion lock race, waiting", name)
+            try:
+                client.set_registered_model_tag(name, LOCK_TAG, value)
+            except MlflowException as exc:
+                # Two first writers of the tag at once: the SQL store's insert of the second
+                # fails on the tag's primary key, and the tag now holds the other's token.
+                if _read_lock(client, name) is None:
+                    raise
+                logger.info("%s: lost the promotion lock race (%s), waiting", name, exc.error_code)
+            else:
+                time.sleep(settle_s)
+                if client.get_registered_model(name).tags.get(LOCK_TAG) == value:
+                    break
+                logger.info("%s: lost the promotion lock race, waiting", name)
         elif time.monotonic() > deadline:
             raise TrackingError(
                 f"{name} is locked by another promotion ({held[0]}) until "
