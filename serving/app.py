@@ -196,15 +196,13 @@ def ranking(
     driver_ids: Sequence[str], scores: FloatArray, eta_seconds: FloatArray
 ) -> list[dict[str, Any]]:
     """Candidates best first (ties: the request's order), with 1-based ranks."""
-    order = np.lexsort((np.arange(len(scores)), -scores))
+    order = np.argsort(-scores, kind="stable")  # stable: ties keep the request's order
     return [
-        {
-            "driver_id": driver_ids[i],
-            "rank": r,
-            "score": float(scores[i]),
-            "eta_seconds": float(eta_seconds[i]),
-        }
-        for r, i in enumerate(order.tolist(), start=1)
+        {"driver_id": driver_ids[i], "rank": r, "score": s, "eta_seconds": e}
+        for r, (i, s, e) in enumerate(
+            zip(order.tolist(), scores[order].tolist(), eta_seconds[order].tolist(), strict=True),
+            start=1,
+        )
     ]
 
 

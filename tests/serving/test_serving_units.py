@@ -166,3 +166,13 @@ def test_access_log_keeps_every_error_and_a_sample_of_successes(
         asyncio.run(middleware(scope, receive, send))
     assert any(h == b"x-request-id" for h, _ in sent[0]["headers"])  # type: ignore[union-attr]
     assert (f"POST /v1/rank {status}" in caplog.text) is logged
+
+
+def test_ranking_is_best_first_and_ties_keep_the_request_order() -> None:
+    import numpy as np
+
+    from serving.app import ranking
+
+    out = ranking(["a", "b", "c", "d"], np.array([0.5, 0.9, 0.5, 0.1]), np.arange(4.0))
+    assert [(c["driver_id"], c["rank"]) for c in out] == [("b", 1), ("a", 2), ("c", 3), ("d", 4)]
+    assert out[0]["score"] == 0.9 and out[0]["eta_seconds"] == 1.0
