@@ -579,7 +579,8 @@ def main(report: Path) -> None:
         "",
         f"- Date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- Machine: {machine()}",
-        "- Command: `python benchmarks/serving.py --report benchmarks/reports/serving.md`",
+        "- Command: `make bench` (this part alone: "
+        "`.venv/bin/python -m benchmarks.run --only serving`)",
         f"- Model: LightGBM binary, {TREES} trees x {LEAVES} leaves, registered as `{MODEL}` "
         "(alias `production`) in a fresh SQLite store, with a 5,000-driver table",
         f"- Requests: {N_REQUESTS} distinct bookings x {N_CANDIDATES} candidates, cycled. Ours "
