@@ -40,23 +40,45 @@ def windows(end: date, train_days: int, holdout_days: int) -> Windows:
     return Windows(train_end - timedelta(days=train_days - 1), train_end, holdout_start, end)
 
 
-def _run_step(entry: str, params: dict[str, object], experiment: str) -> str:
+def run_project(
+    entry_point: str,
+    params: dict[str, object],
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    experiment_name: str | None = None,
+) -> str:
+    """Run one MLproject entry point synchronously (``--env-manager local``); its run id.
+
+    Raises:
+        mlflow.exceptions.ExecutionException: the step failed (its run is marked FAILED).
+    """
+    logger.info("mlflow run %s -e %s %s", PROJECT_DIR, entry_point, params)
     submitted = mlflow.projects.run(
         str(PROJECT_DIR),
-        entry_point=entry,
+        entry_point=entry_point,
         parameters={k: str(v) for k, v in params.items()},
         env_manager="local",
-        experiment_name=experiment,
+        experiment_id=experiment_id,
+        experiment_name=experiment_name,
+        run_name=run_name,
         synchronous=True,
     )
-    return str(submitted.run_id)
+    run_id = str(submitted.run_id)
+    logger.info("%s finished: run %s", entry_point, run_id)
+    return run_id
 
 
-def _tag(client: MlflowClient, run_id: str, key: str) -> str:
-    value = client.get_run(run_id).data.tags.get(key)
-    if not value:
-        raise TrackingError(f"run {run_id} has no tag {key!r}; did the step finish?")
-    return value
+def run_tags(run_id: str, *keys: str) -> dict[str, str]:
+    """The given tags of a finished run.
+
+    Raises:
+        TrackingError: a tag is missing (the step did not finish its work).
+    """
+    tags = MlflowClient().get_run(run_id).data.tags
+    missing = [k for k in keys if not tags.get(k)]
+    if missing:
+        raise TrackingError(f"run {run_id} has no tag(s) {missing}; did the step finish?")
+    return {k: tags[k] for k in keys}
 
 
 def run_chain(
@@ -70,25 +92,30 @@ def run_chain(
     """Run every step as its own MLflow Projects run; returns the ids and URIs that flowed."""
     tracking.configure(settings)
     w = windows(end, train_days, holdout_days)
-    experiment = tracking.experiment_name(settings, city)
-    client = MlflowClient()
-    train_proc = _run_step(
-        "process_data", {"city": city, "start": w.train_start, "end": w.train_end}, experiment
+    exp = tracking.experiment_name(settings, city)
+    train_proc = run_project(
+        "process_data", {"city": city, "start": w.train_start, "end": w.train_end}, None, None, exp
     )
-    hold_proc = _run_step(
-        "process_data", {"city": city, "start": w.holdout_start, "end": w.holdout_end}, experiment
+    hold_proc = run_project(
+        "process_data",
+        {"city": city, "start": w.holdout_start, "end": w.holdout_end},
+        None,
+        None,
+        exp,
     )
-    features = _tag(client, train_proc, "features_dir")
-    holdout = _tag(client, hold_proc, "features_dir")
-    train_run = _run_step(
+    features = run_tags(train_proc, "features_dir")["features_dir"]
+    holdout = run_tags(hold_proc, "features_dir")["features_dir"]
+    train_run = run_project(
         "train",
         {"city": city, "features": features, "process_run_id": train_proc, **train_overrides},
-        experiment,
+        None,
+        None,
+        exp,
     )
-    version = _tag(client, train_run, "registered_version")
+    version = run_tags(train_run, "registered_version")["registered_version"]
     model_uri = f"models:/{tracking.model_name(settings, city)}/{version}"
-    eval_run = _run_step(
-        "evaluate", {"city": city, "model_uri": model_uri, "features": holdout}, experiment
+    eval_run = run_project(
+        "evaluate", {"city": city, "model_uri": model_uri, "features": holdout}, None, None, exp
     )
     return {
         "process_run_id": train_proc,

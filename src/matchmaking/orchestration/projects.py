@@ -15,14 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 from matchmaking import tracking
 from matchmaking.config import Settings
-from matchmaking.errors import TrackingError
 from matchmaking.orchestration.config import PipelineConfig
-from matchmaking.pipeline import PROJECT_DIR
+from matchmaking.pipeline import run_project, run_tags
 
 logger = logging.getLogger(__name__)
 
@@ -61,37 +57,4 @@ def city_experiment(settings: Settings, city: str) -> str:
     return tracking.use_experiment(settings, city)
 
 
-def run_project(
-    entry_point: str, params: dict[str, object], experiment_id: str, run_name: str
-) -> str:
-    """Run one MLproject entry point synchronously; returns its MLflow run id.
-
-    Raises:
-        mlflow.exceptions.ExecutionException: the step failed (its run is marked FAILED).
-    """
-    logger.info("mlflow run %s -e %s %s", PROJECT_DIR, entry_point, params)
-    submitted = mlflow.projects.run(
-        str(PROJECT_DIR),
-        entry_point=entry_point,
-        parameters={k: str(v) for k, v in params.items()},
-        env_manager="local",
-        experiment_id=experiment_id,
-        run_name=run_name,
-        synchronous=True,
-    )
-    run_id = str(submitted.run_id)
-    logger.info("%s finished: run %s", entry_point, run_id)
-    return run_id
-
-
-def run_tags(run_id: str, *keys: str) -> dict[str, str]:
-    """The given tags of a finished run.
-
-    Raises:
-        TrackingError: a tag is missing (the step did not finish its work).
-    """
-    tags = MlflowClient().get_run(run_id).data.tags
-    missing = [k for k in keys if not tags.get(k)]
-    if missing:
-        raise TrackingError(f"run {run_id} has no tag(s) {missing}; did the step finish?")
-    return {k: tags[k] for k in keys}
+__all__ = ["city_experiment", "run_project", "run_tags", "step_environment"]
