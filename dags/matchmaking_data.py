@@ -9,7 +9,6 @@ Logic lives in ``matchmaking.orchestration``; this file only wires it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Asset, dag, task
@@ -27,14 +26,7 @@ FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=features_asset_uri(CONFIG))
 @dag(
     dag_id="matchmaking_data",
     schedule=CONFIG.schedule,
-    start_date=datetime.combine(CONFIG.start_date, datetime.min.time(), tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "owner": "data-engineering",
-        "retries": CONFIG.retries,
-        "retry_delay": CONFIG.retry_delay,
-    },
+    **CONFIG.dag_defaults(owner="data-engineering"),
     tags=["matchmaking", "data"],
     doc_md=__doc__,
 )

@@ -11,7 +11,6 @@ set in ``config/pipeline.yaml``: by default CI promotes. Logic lives in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Asset, dag, task
@@ -29,14 +28,7 @@ FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=features_asset_uri(CONFIG))
 @dag(
     dag_id="matchmaking_train",
     schedule=[FEATURES],
-    start_date=datetime.combine(CONFIG.start_date, datetime.min.time(), tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "owner": "data-science",
-        "retries": CONFIG.retries,
-        "retry_delay": CONFIG.retry_delay,
-    },
+    **CONFIG.dag_defaults(owner="data-science"),
     tags=["matchmaking", "training"],
     doc_md=__doc__,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -86,6 +86,19 @@ class PipelineConfig(BaseModel):
     @property
     def retry_delay(self) -> timedelta:
         return timedelta(minutes=self.retry_delay_minutes)
+
+    def dag_defaults(self, owner: str) -> dict[str, object]:
+        """The DAG arguments both DAGs share: start, no catch-up, one run at a time, retries."""
+        return {
+            "start_date": datetime.combine(self.start_date, datetime.min.time(), tzinfo=UTC),
+            "catchup": False,
+            "max_active_runs": 1,
+            "default_args": {
+                "owner": owner,
+                "retries": self.retries,
+                "retry_delay": self.retry_delay,
+            },
+        }
 
     def lake_location(self) -> str:
         """``MATCHMAKING_LAKE_URI`` for the steps: an absolute path, or the object-storage URI."""
