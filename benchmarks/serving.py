@@ -75,36 +75,16 @@ class LoadResult:
 # -- the model ---------------------------------------------------------------------------------
 
 
-# Plausible value ranges of the contract's features (ETA and rating drive the label below).
-FEATURE_RANGES: dict[str, tuple[float, float]] = {
-    "eta_min": (0.5, 15.0),
-    "eta_gap_min": (0.0, 10.0),
-    "eta_rank": (1.0, 8.0),
-    "pickup_km": (0.0, 4.0),
-    "rating": (3.0, 5.0),
-    "home_gain_km": (-15.0, 15.0),
-    "home_cos": (-1.0, 1.0),
-    "minutes_to_shift_end": (-60.0, 600.0),
-    "hour_local": (0.0, 23.0),
-    "day_of_week": (0.0, 6.0),
-    "trip_km": (2.0, 20.0),
-    "fare": (15_000.0, 100_000.0),
-    "drv_offers_28d": (0.0, 200.0),
-    "drv_accept_rate_28d": (0.2, 1.0),
-    "drv_offer_eta_28d": (1.0, 6.0),
-}
-
-
 def train_model(seed: int = 7) -> Any:
     """A LightGBM binary model the size of a trained city model, on plausible random rows."""
     import lightgbm as lgb
 
-    from matchmaking.schema import FEATURE_NAMES
+    from matchmaking.schema import FEATURE_NAMES, FEATURES
 
     rng = np.random.default_rng(seed)
     n = 20_000
-    lo = np.array([FEATURE_RANGES[name][0] for name in FEATURE_NAMES])
-    hi = np.array([FEATURE_RANGES[name][1] for name in FEATURE_NAMES])
+    lo = np.array([f.typical[0] for f in FEATURES])
+    hi = np.array([f.typical[1] for f in FEATURES])
     x = lo + rng.random((n, len(FEATURE_NAMES))) * (hi - lo)
     logit = 1.0 - 0.35 * x[:, 0] + 0.8 * (x[:, 4] - 4) + 0.08 * x[:, 5] + rng.normal(0, 0.5, n)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
@@ -213,35 +193,21 @@ def make_requests(driver_ids: list[str]) -> list[dict[str, Any]]:
 
 
 def online_matrix(body: dict[str, Any], table: Path) -> np.ndarray:
-    """The 50-row feature matrix of a request, built by the shared feature code."""
+    """The 50-row feature matrix of a request, built as the service builds it: its decoder,
+    its request-to-rows helpers and the shared feature code."""
     from matchmaking.features.core import build_matrix
-    from matchmaking.features.online import (
-        DriverTable,
-        OnlineBooking,
-        OnlineCandidates,
-        build_online_inputs,
-    )
+    from matchmaking.features.online import DriverTable, build_online_inputs
     from matchmaking.world.cities import get_city
+    from serving.app import online_booking, online_candidates
+    from serving.schemas import decode_rank
 
-    b, cands = body["booking"], body["candidates"]
-    booking = OnlineBooking(
-        b["pickup"]["lat"],
-        b["pickup"]["lng"],
-        b["dropoff"]["lat"],
-        b["dropoff"]["lng"],
-        datetime.fromisoformat(b["requested_at"]),
+    req = decode_rank(json.dumps(body).encode())
+    inputs = build_online_inputs(
+        get_city(req.booking.city),
+        [online_booking(req.booking)],
+        online_candidates(req.candidates),
+        DriverTable.from_parquet(table),
     )
-    rows = OnlineCandidates(
-        booking=np.zeros(len(cands), dtype=np.int64),
-        driver_id=[c["driver_id"] for c in cands],
-        lat=np.array([c["location"]["lat"] for c in cands]),
-        lng=np.array([c["location"]["lng"] for c in cands]),
-        rating=np.array([c["rating"] for c in cands]),
-        home_lat=np.array([c["home"]["lat"] for c in cands]),
-        home_lng=np.array([c["home"]["lng"] for c in cands]),
-        eta_seconds=np.array([c.get("eta_seconds", np.nan) for c in cands], dtype=np.float64),
-    )
-    inputs = build_online_inputs(get_city(CITY), [booking], rows, DriverTable.from_parquet(table))
     return build_matrix(inputs)
 
 
@@ -478,7 +444,9 @@ def main(report: Path) -> None:
     uri, table = register(work, booster, driver_ids)
     bodies = make_requests(driver_ids)
     matrices = [online_matrix(b, table) for b in bodies]
-    columns = list(__import__("matchmaking.schema", fromlist=["x"]).FEATURE_NAMES)
+    from matchmaking.schema import FEATURE_NAMES
+
+    columns = list(FEATURE_NAMES)
     ours_port, mlflow_port = free_port(), free_port()
     raw_bodies = [json.dumps(b).encode() for b in bodies]
     ours_payloads = [http_request(ours_port, "/v1/rank", raw) for raw in raw_bodies]

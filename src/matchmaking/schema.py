@@ -108,6 +108,9 @@ class Feature:
     name: str
     dtype: str  # numpy dtype of the model input column
     description: str
+    # A plausible (low, high) of the value in a Jakarta-like city: for synthetic model inputs
+    # (test and benchmark models), not a validation bound. Required: a new feature states it.
+    typical: tuple[float, float]
     # Domain knowledge the model must respect: +1 the score never falls as the value rises,
     # -1 it never rises, 0 unconstrained (LightGBM monotone_constraints).
     monotone: int = 0
@@ -119,35 +122,71 @@ FEATURES: tuple[Feature, ...] = (
         "float64",
         "pickup ETA in minutes (given, or estimated as in the world)",
         monotone=-1,
+        typical=(0.5, 15.0),
     ),
     Feature(
         "eta_gap_min",
         "float64",
         "ETA minus the lowest ETA among the booking's candidates",
         monotone=-1,
+        typical=(0.0, 10.0),
     ),
     Feature(
         "eta_rank",
         "float64",
         "rank of the ETA among the booking's candidates, 1 = lowest",
         monotone=-1,
+        typical=(1.0, 8.0),
     ),
-    Feature("pickup_km", "float64", "straight-line km from the driver to the pickup", monotone=-1),
-    Feature("rating", "float64", "driver rating, 1-5", monotone=1),
-    Feature("home_gain_km", "float64", "km the trip brings the driver closer to home", monotone=1),
-    Feature("home_cos", "float64", "cosine between trip direction and direction to home"),
-    Feature("minutes_to_shift_end", "float64", "minutes left in the driver's shift (<0: over)"),
-    Feature("hour_local", "float64", "local hour of the request, 0-23"),
-    Feature("day_of_week", "float64", "local day of week, Monday = 0"),
-    Feature("trip_km", "float64", "road km pickup -> dropoff"),
-    Feature("fare", "float64", "quoted fare, local currency"),
-    Feature("drv_offers_28d", "float64", "offers made to the driver in the 28 days before"),
-    Feature("drv_accept_rate_28d", "float64", "smoothed acceptance rate over those offers"),
+    Feature(
+        "pickup_km",
+        "float64",
+        "straight-line km from the driver to the pickup",
+        monotone=-1,
+        typical=(0.0, 4.0),
+    ),
+    Feature("rating", "float64", "driver rating, 1-5", monotone=1, typical=(3.0, 5.0)),
+    Feature(
+        "home_gain_km",
+        "float64",
+        "km the trip brings the driver closer to home",
+        monotone=1,
+        typical=(-15.0, 15.0),
+    ),
+    Feature(
+        "home_cos",
+        "float64",
+        "cosine between trip direction and direction to home",
+        typical=(-1.0, 1.0),
+    ),
+    Feature(
+        "minutes_to_shift_end",
+        "float64",
+        "minutes left in the driver's shift (<0: over)",
+        typical=(-60.0, 600.0),
+    ),
+    Feature("hour_local", "float64", "local hour of the request, 0-23", typical=(0.0, 23.0)),
+    Feature("day_of_week", "float64", "local day of week, Monday = 0", typical=(0.0, 6.0)),
+    Feature("trip_km", "float64", "road km pickup -> dropoff", typical=(2.0, 20.0)),
+    Feature("fare", "float64", "quoted fare, local currency", typical=(15_000.0, 100_000.0)),
+    Feature(
+        "drv_offers_28d",
+        "float64",
+        "offers made to the driver in the 28 days before",
+        typical=(0.0, 200.0),
+    ),
+    Feature(
+        "drv_accept_rate_28d",
+        "float64",
+        "smoothed acceptance rate over those offers",
+        typical=(0.2, 1.0),
+    ),
     Feature(
         "drv_offer_eta_28d",
         "float64",
         "mean pickup ETA (min) of those offers, NaN without history: tells a driver who "
         "declines from one who was offered far pickups",
+        typical=(1.0, 6.0),
     ),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

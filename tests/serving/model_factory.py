@@ -19,26 +19,9 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import FEATURE_NAMES, FEATURES
 
 # Plausible ranges per feature (uniform draws), so trees split where requests land.
-RANGES: dict[str, tuple[float, float]] = {
-    "eta_min": (0.5, 15.0),
-    "eta_gap_min": (0.0, 10.0),
-    "eta_rank": (1.0, 8.0),
-    "pickup_km": (0.0, 4.0),
-    "rating": (3.0, 5.0),
-    "home_gain_km": (-15.0, 15.0),
-    "home_cos": (-1.0, 1.0),
-    "minutes_to_shift_end": (-60.0, 600.0),
-    "hour_local": (0.0, 23.0),
-    "day_of_week": (0.0, 6.0),
-    "trip_km": (2.0, 20.0),
-    "fare": (15_000.0, 100_000.0),
-    "drv_offers_28d": (0.0, 200.0),
-    "drv_accept_rate_28d": (0.2, 1.0),
-    "drv_offer_eta_28d": (1.0, 6.0),
-}
 PIP_REQUIREMENTS = ["mlflow", "lightgbm", "numpy", "pandas"]
 
 
@@ -46,7 +29,7 @@ def random_frame(n: int, seed: int) -> pd.DataFrame:
     """Random rows with the contract's columns (float64), in contract order."""
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
-        {name: rng.uniform(*RANGES[name], n) for name in FEATURE_NAMES}, columns=FEATURE_NAMES
+        {f.name: rng.uniform(*f.typical, n) for f in FEATURES}, columns=FEATURE_NAMES
     )
 
 
