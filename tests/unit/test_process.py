@@ -1,8 +1,9 @@
 """The data step: bad raw rows are quarantined with a reason, too many fail the step, and
-nothing is published then."""
+nothing is published then; the dataset is addressed by its content."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, StorageError
 from matchmaking.processing.step import build_dataset, process, read_dataset
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import FEATURE_NAMES, SUCCESS_MARKER
 from matchmaking.world.generate import generate_world
 
 DAY = date(2026, 8, 3)
@@ -92,3 +94,38 @@ def test_same_raw_data_same_digest(settings: Settings) -> None:
     a = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     b = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     assert a.digest == b.digest and a.dataset_dir == b.dataset_dir
+
+
+def _raw(settings: Settings, day: date, table: str) -> Path:
+    return settings.raw_dir / "city=jakarta" / f"date={day}" / f"{table}.parquet"
+
+
+def test_changed_raw_data_gets_a_new_digest_and_dataset(settings: Settings) -> None:
+    """Caught: a dataset digest that does not cover the data (a constant, the window only):
+    the changed day would reuse the old dataset."""
+    before = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    path = _raw(settings, DAY, "bookings")
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    fares = pc.multiply(table["fare"], 1.1)  # a late correction: every fare 10% higher
+    pq.write_table(table.set_column(table.schema.get_field_index("fare"), "fare", fares), path)
+
+    after = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert after.digest != before.digest
+    assert after.dataset_dir != before.dataset_dir
+    assert after.dataset_dir.name == after.digest[:16]
+    features = after.dataset_dir / "features.parquet"
+    assert hashlib.sha256(features.read_bytes()).hexdigest() == after.digest
+    # Both versions stay published, each with its own rows.
+    old, _ = read_dataset(before.dataset_dir)
+    new, manifest = read_dataset(after.dataset_dir)
+    assert manifest["digest"] == after.digest
+    key = ["booking_id", "driver_id"]
+    old, new = old.sort_values(key, ignore_index=True), new.sort_values(key, ignore_index=True)
+    np.testing.assert_allclose(new["fare"], old["fare"] * 1.1)
+    assert (before.dataset_dir / SUCCESS_MARKER).exists()
+
+    # The original bytes again: the original digest, and its dataset reused.
+    path.write_bytes(original)
+    again = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert again.digest == before.digest and again.dataset_dir == before.dataset_dir
