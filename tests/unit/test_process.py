@@ -1,5 +1,6 @@
 """The data step: bad raw rows are quarantined with a reason, too many fail the step, and
-nothing is published then; the dataset is addressed by its content."""
+nothing is published then; a broken partition fails it whole; the dataset is addressed by its
+content."""
 
 from __future__ import annotations
 
@@ -129,3 +130,44 @@ def test_changed_raw_data_gets_a_new_digest_and_dataset(settings: Settings) -> N
     path.write_bytes(original)
     again = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     assert again.digest == before.digest and again.dataset_dir == before.dataset_dir
+
+
+def test_mistyped_and_missing_columns_fail_the_step_naming_each_file(settings: Settings) -> None:
+    bookings = _raw(settings, DAY, "bookings")
+    table = pq.read_table(bookings)
+    fare = table.schema.get_field_index("fare")
+    pq.write_table(table.set_column(fare, "fare", pc.cast(table["fare"], pa.string())), bookings)
+    candidates = _raw(settings, date(2026, 8, 2), "candidates")  # a history day
+    pq.write_table(pq.read_table(candidates).drop_columns(["accepted"]), candidates)
+    with pytest.raises(DataQualityError) as err:
+        build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=1.0)
+    message = str(err.value)
+    assert f"{bookings}: column 'fare' is string, expected double" in message
+    assert f"{candidates}: column 'accepted' is missing" in message
+    assert not settings.features_dir.exists()
+
+
+def test_nullable_columns_of_the_contract_type_are_accepted(settings: Settings) -> None:
+    # Another producer may declare every field nullable: the schema still holds.
+    path = _raw(settings, DAY, "bookings")
+    table = pq.read_table(path)
+    loose = pa.schema([f.with_nullable(True) for f in table.schema])
+    pq.write_table(table.cast(loose), path)
+    assert build_dataset(settings, "jakarta", DAY, DAY, 0.05).quarantined == 0
+
+
+def test_roster_missing_a_column_fails_naming_it(settings: Settings) -> None:
+    roster = settings.raw_dir / "city=jakarta" / "drivers.parquet"
+    pq.write_table(pq.read_table(roster).drop_columns(["rating"]), roster)
+    with pytest.raises(DataQualityError, match="column 'rating' is missing") as err:
+        build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert str(roster) in str(err.value)
+
+
+def test_a_gap_in_the_history_is_named(settings: Settings) -> None:
+    gap = settings.raw_dir / "city=jakarta" / "date=2026-08-02" / SUCCESS_MARKER
+    gap.unlink()
+    with pytest.raises(StorageError, match=r"history days 2026-08-02 \(1 of 2\)") as err:
+        build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert "window days" not in str(err.value)
+    assert "holds 2026-08-01, 2026-08-03" in str(err.value)
