@@ -10,6 +10,7 @@ without constraints fails (shown below).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import lightgbm as lgb
 import mlflow
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from matchmaking.config import Settings
 from matchmaking.features.core import CandidateInputs, build_matrix
 from matchmaking.processing.step import read_dataset
 from matchmaking.schema import FEATURE_NAMES, FEATURES
@@ -106,17 +108,13 @@ def test_model_carries_the_contract_constraints(booster: lgb.Booster) -> None:
 
 
 def test_registered_model_carries_the_contract_constraints(
-    processed_world: ProcessedWorld,
+    processed_world: ProcessedWorld, tmp_path: Path
 ) -> None:
-    """What ships: the model file that ``train`` logs and registers, loaded back."""
+    """What ships: the model file that ``train`` logs and registers, loaded back. It registers
+    into its own store, leaving the session world's registry to the tests that count on it."""
+    own = Settings(data_dir=tmp_path / "data", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = load_params(overrides={"objectives": ["binary"], "num_boost_round": 30})
-    result = train(
-        processed_world.settings,
-        CITY,
-        processed_world.train.dataset_dir,
-        params,
-        reuse_existing=False,
-    )
+    result = train(own, CITY, processed_world.train.dataset_dir, params, reuse_existing=False)
     dump = mlflow.lightgbm.load_model(result.model_uri).dump_model()
     assert dump["feature_names"] == list(FEATURE_NAMES)
     assert dump["monotone_constraints"] == [f.monotone for f in FEATURES]
