@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from matchmaking.errors import InputError, StorageError
+from matchmaking.errors import DataQualityError, InputError, StorageError
 from matchmaking.schema import SUCCESS_MARKER
 from matchmaking.world import generate, lake
 
@@ -177,3 +177,27 @@ def test_reader_input_errors(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="matchmaking world generate"):
         lake.read_drivers(tmp_path, "hue")
     assert lake.list_dates(tmp_path, "nowhere") == []
+
+
+def test_check_partitions_names_each_broken_file_and_column(tmp_path: Path) -> None:
+    # Two of the contract's columns, one of them mistyped; the rest missing.
+    wrong = pa.table({"booking_id": ["a"], "fare": ["12.5"]})
+    lake.write_partition(tmp_path, lake.RAW, "hue", DAY, {"bookings": wrong})
+    with pytest.raises(DataQualityError) as err:
+        lake.check_partitions(tmp_path, "hue", ["bookings"], DAY, DAY)
+    path = lake.partition_dir(tmp_path, lake.RAW, "hue", DAY) / "bookings.parquet"
+    message = str(err.value)
+    assert f"{path}: column 'city' is missing" in message
+    assert "column 'fare' is string, expected double" in message
+    assert "column 'booking_id'" not in message
+
+
+def test_a_truncated_file_is_a_data_quality_error_naming_it(tmp_path: Path) -> None:
+    lake.write_partition(tmp_path, lake.RAW, "hue", DAY, {"bookings": _bookings(50)})
+    path = lake.partition_dir(tmp_path, lake.RAW, "hue", DAY) / "bookings.parquet"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DataQualityError, match="truncated or corrupt") as err:
+        lake.read_partitions(tmp_path, "hue", "bookings", DAY, DAY)
+    assert str(path) in str(err.value)
+    with pytest.raises(DataQualityError, match="truncated or corrupt"):
+        lake.check_partitions(tmp_path, "hue", ["bookings"], DAY, DAY)

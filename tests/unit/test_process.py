@@ -1,8 +1,10 @@
 """The data step: bad raw rows are quarantined with a reason, too many fail the step, and
-nothing is published then."""
+nothing is published then; a broken partition fails it whole; the dataset is addressed by its
+content."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 from pathlib import Path
 
@@ -10,13 +12,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, StorageError
 from matchmaking.processing.step import build_dataset, process, read_dataset
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import FEATURE_NAMES, SUCCESS_MARKER
 from matchmaking.world.generate import generate_world
 
 DAY = date(2026, 8, 3)
@@ -92,3 +95,79 @@ def test_same_raw_data_same_digest(settings: Settings) -> None:
     a = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     b = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     assert a.digest == b.digest and a.dataset_dir == b.dataset_dir
+
+
+def _raw(settings: Settings, day: date, table: str) -> Path:
+    return settings.raw_dir / "city=jakarta" / f"date={day}" / f"{table}.parquet"
+
+
+def test_changed_raw_data_gets_a_new_digest_and_dataset(settings: Settings) -> None:
+    """Caught: a dataset digest that does not cover the data (a constant, the window only):
+    the changed day would reuse the old dataset."""
+    before = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    path = _raw(settings, DAY, "bookings")
+    original = path.read_bytes()
+    table = pq.read_table(path)
+    fares = pc.multiply(table["fare"], 1.1)  # a late correction: every fare 10% higher
+    pq.write_table(table.set_column(table.schema.get_field_index("fare"), "fare", fares), path)
+
+    after = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert after.digest != before.digest
+    assert after.dataset_dir != before.dataset_dir
+    assert after.dataset_dir.name == after.digest[:16]
+    features = after.dataset_dir / "features.parquet"
+    assert hashlib.sha256(features.read_bytes()).hexdigest() == after.digest
+    # Both versions stay published, each with its own rows.
+    old, _ = read_dataset(before.dataset_dir)
+    new, manifest = read_dataset(after.dataset_dir)
+    assert manifest["digest"] == after.digest
+    key = ["booking_id", "driver_id"]
+    old, new = old.sort_values(key, ignore_index=True), new.sort_values(key, ignore_index=True)
+    np.testing.assert_allclose(new["fare"], old["fare"] * 1.1)
+    assert (before.dataset_dir / SUCCESS_MARKER).exists()
+
+    # The original bytes again: the original digest, and its dataset reused.
+    path.write_bytes(original)
+    again = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert again.digest == before.digest and again.dataset_dir == before.dataset_dir
+
+
+def test_mistyped_and_missing_columns_fail_the_step_naming_each_file(settings: Settings) -> None:
+    bookings = _raw(settings, DAY, "bookings")
+    table = pq.read_table(bookings)
+    fare = table.schema.get_field_index("fare")
+    pq.write_table(table.set_column(fare, "fare", pc.cast(table["fare"], pa.string())), bookings)
+    candidates = _raw(settings, date(2026, 8, 2), "candidates")  # a history day
+    pq.write_table(pq.read_table(candidates).drop_columns(["accepted"]), candidates)
+    with pytest.raises(DataQualityError) as err:
+        build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=1.0)
+    message = str(err.value)
+    assert f"{bookings}: column 'fare' is string, expected double" in message
+    assert f"{candidates}: column 'accepted' is missing" in message
+    assert not settings.features_dir.exists()
+
+
+def test_nullable_columns_of_the_contract_type_are_accepted(settings: Settings) -> None:
+    # Another producer may declare every field nullable: the schema still holds.
+    path = _raw(settings, DAY, "bookings")
+    table = pq.read_table(path)
+    loose = pa.schema([f.with_nullable(True) for f in table.schema])
+    pq.write_table(table.cast(loose), path)
+    assert build_dataset(settings, "jakarta", DAY, DAY, 0.05).quarantined == 0
+
+
+def test_roster_missing_a_column_fails_naming_it(settings: Settings) -> None:
+    roster = settings.raw_dir / "city=jakarta" / "drivers.parquet"
+    pq.write_table(pq.read_table(roster).drop_columns(["rating"]), roster)
+    with pytest.raises(DataQualityError, match="column 'rating' is missing") as err:
+        build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert str(roster) in str(err.value)
+
+
+def test_a_gap_in_the_history_is_named(settings: Settings) -> None:
+    gap = settings.raw_dir / "city=jakarta" / "date=2026-08-02" / SUCCESS_MARKER
+    gap.unlink()
+    with pytest.raises(StorageError, match=r"history days 2026-08-02 \(1 of 2\)") as err:
+        build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    assert "window days" not in str(err.value)
+    assert "holds 2026-08-01, 2026-08-03" in str(err.value)

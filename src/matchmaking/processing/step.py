@@ -29,7 +29,7 @@ from matchmaking import storage, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, InputError, StorageError
 from matchmaking.features.batch import build_features, driver_snapshot, offer_log
-from matchmaking.features.history import lookback_start
+from matchmaking.processing.inputs import require_raw
 from matchmaking.processing.validate import validate
 from matchmaking.schema import FEATURE_NAMES, RAW_TABLES
 from matchmaking.storage import Location
@@ -118,11 +118,7 @@ def build_dataset(
     _window(start, end)
     info = get_city(city)
     root = settings.lake_dir
-    available = lake.list_dates(root, city)
-    # History needs up to 28 days before the window; use what exists of them.
-    read_from = max(lookback_start(start), min(available, default=start))
-    if read_from > start:
-        read_from = start
+    read_from = require_raw(root, city, start, end)  # the window, its history, their schema
     bookings = lake.read_partitions(root, city, "bookings", read_from, end).to_pandas()
     candidates = lake.read_partitions(root, city, "candidates", read_from, end).to_pandas()
     drivers = lake.read_drivers(root, city).to_pandas()

@@ -24,16 +24,17 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from matchmaking import storage
-from matchmaking.errors import InputError, StorageError
+from matchmaking.errors import DataQualityError, InputError, StorageError
 from matchmaking.schema import (
     DRIVER_TRUTH,
     DRIVERS,
@@ -44,6 +45,8 @@ from matchmaking.schema import (
 from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RAW = "raw"
 TRUTH = "truth"
@@ -382,7 +385,8 @@ def _date_range(start: date, end: date) -> Iterable[date]:
         yield start + timedelta(days=i)
 
 
-def _describe_missing(days: list[date]) -> str:
+def describe_days(days: Iterable[date]) -> str:
+    """Sorted days as compact ranges: ``2026-08-01..2026-08-03, 2026-08-09``."""
     runs: list[tuple[date, date]] = []
     for d in days:
         if runs and (d - runs[-1][1]).days == 1:
@@ -413,6 +417,10 @@ def read_partitions(
     Raises:
         InputError: unknown table or columns, or ``end`` before ``start``.
         StorageError: some asked dates have no complete partition (they are listed).
+        DataQualityError: a partition file is not valid parquet (named).
+
+    Columns are not checked against the contract here (days of a test lake may hold any
+    table): readers that depend on it call ``check_partitions`` first, as the process step does.
     """
     layer = _layer_of(table)
     schema = RAW_TABLES.get(table) or TRUTH_TABLES[table]
@@ -428,7 +436,7 @@ def read_partitions(
     missing = [d for d in days if not is_complete(partition_dir(root, layer, city, d))]
     if missing:
         raise StorageError(
-            f"{layer}/city={city} has no complete partition for {_describe_missing(missing)} "
+            f"{layer}/city={city} has no complete partition for {describe_days(missing)} "
             f"({len(missing)} of {len(days)} asked days) under {root}; generate them "
             f"with `matchmaking world generate --cities {city} --start {missing[0]} "
             f"--days {(missing[-1] - missing[0]).days + 1}`"
@@ -441,32 +449,111 @@ def read_partitions(
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _read_file(path: Location, columns: list[str] | None = None) -> pa.Table:
+def _unreadable(path: Location, exc: Exception) -> DataQualityError:
+    return DataQualityError(
+        f"{path} is not a readable parquet file ({exc}): it is truncated or corrupt. Nothing "
+        "was published; restore or rewrite that file from its source (for the synthetic world, "
+        "rerun the `matchmaking world generate` that wrote it), then rerun"
+    )
+
+
+def _open(path: Location, read: Callable[[pq.ParquetFile], T]) -> T:
+    """Apply ``read`` to the parquet file at ``path``, mapping failures to package errors.
+
+    Raises:
+        StorageError: the file is missing or cannot be read from storage.
+        DataQualityError: the file is not valid parquet (truncated, corrupt).
+    """
     path = storage.location(path)
     try:
         if isinstance(path, Path):
-            return pq.ParquetFile(path).read(columns=columns)
+            return read(pq.ParquetFile(path))
         fs, key = storage.filesystem(path)
         with fs.open(key, "rb") as fh:
-            return pq.ParquetFile(fh).read(columns=columns)
+            return read(pq.ParquetFile(fh))
     except FileNotFoundError as exc:
         raise StorageError(
             f"{path} does not exist; generate the city with `matchmaking world generate`"
         ) from exc
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc}") from exc
+    except pa.ArrowInvalid as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _read_file(path: Location, columns: list[str] | None = None) -> pa.Table:
+    return _open(path, lambda f: f.read(columns=columns))
+
+
+def schema_problems(found: pa.Schema, contract: pa.Schema) -> list[str]:
+    """How ``found`` breaks ``contract``: each missing or mistyped column (nullability may
+    differ between producers; extra columns are ignored)."""
+    problems = []
+    for field in contract:
+        if field.name not in found.names:
+            problems.append(f"column {field.name!r} is missing")
+        elif not found.field(field.name).type.equals(field.type):
+            problems.append(
+                f"column {field.name!r} is {found.field(field.name).type}, expected {field.type}"
+            )
+    return problems
+
+
+def _schema_error(city: str, broken: list[str]) -> DataQualityError:
+    listed = "\n".join(f"  - {line}" for line in broken)
+    return DataQualityError(
+        f"{len(broken)} lake file(s) of {city} break the data contract "
+        f"(matchmaking.schema, docs/data.md); nothing was published:\n{listed}\n"
+        "Rewrite those files from their source so they match the contract "
+        "(a partition is never partly quarantined for its schema), then rerun"
+    )
+
+
+def check_partitions(
+    root: Location, city: str, tables: Iterable[str], start: date, end: date
+) -> None:
+    """Check every partition file of ``tables`` over ``[start, end]`` against its contract,
+    reading only the footers: each must be valid parquet with every contract column, of the
+    contract's type.
+
+    Raises:
+        DataQualityError: naming each broken file and its missing or mistyped columns, or why
+            it is not readable.
+        StorageError: a file cannot be read from storage.
+    """
+    broken = []
+    for table in tables:
+        layer = _layer_of(table)
+        contract = RAW_TABLES.get(table) or TRUTH_TABLES[table]
+        for day in _date_range(start, end):
+            path = storage.join(partition_dir(root, layer, city, day), f"{table}.parquet")
+            try:
+                problems = schema_problems(_open(path, lambda f: f.schema_arrow), contract)
+            except DataQualityError as exc:
+                problems = [f"not a readable parquet file ({exc.__cause__}): truncated or corrupt"]
+            if problems:
+                broken.append(f"{path}: {'; '.join(problems)}")
+    if broken:
+        raise _schema_error(city, broken)
+
+
+def _read_roster(city: str, path: Location, contract: pa.Schema) -> pa.Table:
+    table = _read_file(path)
+    problems = schema_problems(table.schema, contract)
+    if problems:
+        raise _schema_error(city, [f"{path}: {'; '.join(problems)}"])
+    return table.select(contract.names)
 
 
 def read_drivers(root: Location, city: str) -> pa.Table:
     """The city's driver roster (``schema.DRIVERS``)."""
-    table = _read_file(storage.join(city_dir(root, RAW, city), DRIVERS_FILE))
-    return table.select(DRIVERS.names)
+    return _read_roster(city, storage.join(city_dir(root, RAW, city), DRIVERS_FILE), DRIVERS)
 
 
 def read_driver_truth(root: Location, city: str) -> pa.Table:
     """The drivers' hidden acceptance propensities (``schema.DRIVER_TRUTH``)."""
-    table = _read_file(storage.join(city_dir(root, TRUTH, city), DRIVERS_FILE))
-    return table.select(DRIVER_TRUTH.names)
+    path = storage.join(city_dir(root, TRUTH, city), DRIVERS_FILE)
+    return _read_roster(city, path, DRIVER_TRUTH)
 
 
 def read_truth(
