@@ -45,6 +45,7 @@ from matchmaking.registry.gate import (
     Canary,
     GateResult,
     GateThresholds,
+    canary_checks,
     check,
     load_thresholds,
 )
@@ -344,8 +345,7 @@ def _canary(
     features = rows[list(FEATURE_NAMES)].astype("float64")
     canary = features.iloc[: bounds[min(thresholds.canary_bookings, len(bounds)) - 1][1]]
     scores = np.asarray(booster.predict(canary), dtype=np.float64)  # type: ignore[attr-defined]
-    finite = bool(scores.size == len(canary) and np.all(np.isfinite(scores)))
-    in_range = finite and (not probabilistic or bool(np.all((scores >= 0) & (scores <= 1))))
+    finite, in_range = canary_checks(scores, len(canary), probabilistic)
     x = features.to_numpy()
     timings = []
     for lo, hi in bounds[: thresholds.latency_bookings]:
