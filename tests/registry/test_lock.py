@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from lake.conftest import new_bucket, s3_endpoint  # noqa: F401  (the moto S3 fixture)
 
+from matchmaking.config import Settings
+from matchmaking.errors import ConfigError, StorageError
 from matchmaking.registry.lock import KEEP, Lease, LeaseLostError, LockTimeoutError, PromotionLock
 from matchmaking.storage import Location
 
@@ -169,3 +171,21 @@ def test_lock_on_s3_with_conditional_puts(s3_endpoint: str) -> None:  # noqa: F8
         holder.renew(won[0])
     later[0].release(fresh)
     assert PromotionLock(root, MODEL, wait_s=0).acquire().generation == 3
+
+
+def test_the_lock_folder_defaults_to_the_lake_and_can_be_set(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).promotion_locks_dir == tmp_path / "lake/_locks/promotion"
+    on_s3 = Settings(data_dir=tmp_path, lake_uri="s3://bucket/prod/lake/")
+    assert on_s3.promotion_locks_dir == "s3://bucket/prod/lake/_locks/promotion"
+    shared = Settings(data_dir=tmp_path, promotion_locks_uri=f"file://{tmp_path}/nfs/locks")
+    assert shared.promotion_locks_dir == tmp_path / "nfs/locks"
+
+
+def test_unusable_lock_locations_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MATCHMAKING_PROMOTION_LOCKS_URI"):
+        PromotionLock("memory://locks", MODEL)  # no exclusive create relied upon there
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(StorageError, match=r"cannot list the promotion lock.*writable") as caught:
+        PromotionLock(not_a_folder, MODEL).acquire()
+    assert caught.value.exit_code == 3
