@@ -1,12 +1,11 @@
 """``matchmaking promote`` and ``matchmaking rollback``: move Production only through the gate.
 
-Per city, under the promotion lock (``registry.lock``, checked again by ``fence`` right before
-Production moves): pick the candidate (default: the newest
-version), find the holdout, replay candidate and current Production on the same holdout rows
-with the same seed, score a canary request, time single-booking calls, apply the gate, log a
-``promote`` run with a markdown report, then either move alias + stage (pass) or tag the
-candidate with the reason (fail). Fleet mode runs the cities one after the other; a failing city
-never stops the others.
+Per city, under the promotion lock (``registry.lock``; ``fence`` checks it again right before
+Production moves): pick the candidate (default: the newest version), find the holdout, replay
+candidate and current Production on the same holdout rows with the same seed, score a canary
+request, time single-booking calls, apply the gate, log a ``promote`` run with a markdown
+report, then either move alias + stage (pass) or tag the candidate with the reason (fail).
+Fleet mode runs the cities one after the other; a failing city never stops the others.
 """
 
 from __future__ import annotations
@@ -217,6 +216,15 @@ def fence(client: MlflowClient, name: str, lock: PromotionLock, lease: Lease) ->
         )
     client.set_registered_model_tag(name, FENCE_TAG, str(renewed.generation))
     return renewed
+
+
+def _consistent(client: MlflowClient, name: str) -> bool:
+    try:
+        verify_consistent(client, name)
+    except TrackingError as exc:
+        logger.warning("%s", exc)
+        return False
+    return True
 
 
 def verify_consistent(client: MlflowClient, name: str) -> str:
@@ -682,7 +690,12 @@ def rollback_city(
             )
         _get_version(client, name, target)
         if target == cur:
-            return CityOutcome(city, "rollback", "unchanged", cur, cur, "already in Production")
+            if _consistent(client, name):
+                return CityOutcome(city, "rollback", "unchanged", cur, cur, "already in Production")
+            fence(client, name, lock, lease)  # stages out of step with the alias: set them again
+            set_production(client, name, cur, "stage repaired from the alias", actor)
+            verify_consistent(client, name)
+            return CityOutcome(city, "rollback", "repaired", cur, cur, "stage Production repaired")
         lease = fence(client, name, lock, lease)
         tags = {
             PREVIOUS_TAG: cur,
