@@ -131,9 +131,14 @@ def test_an_expired_lease_is_refused_to_its_holder(tmp_path: Path) -> None:
     now = [1000.0]
     lock = PromotionLock(tmp_path, MODEL, lease_s=60, clock=lambda: now[0])
     lease = lock.acquire()
-    now[0] += 61  # paused past its expiry, nobody took it over yet
+    now[0] += 55  # 5 s left, under the 6 s margin: a successor may be taking it over
+    with pytest.raises(LeaseLostError, match="about to"):
+        lock.renew(lease)
+    now[0] += 6  # paused past its expiry, nobody took it over yet
     with pytest.raises(LeaseLostError, match="expired"):
         lock.renew(lease)
+    now[0] = 1000.0 + 50  # 10 s left: renewing extends it by a whole lease
+    assert lock.renew(lease).expires_at == 1050.0 + 60
 
 
 def test_generations_increase_across_releases_and_old_files_are_pruned(tmp_path: Path) -> None:

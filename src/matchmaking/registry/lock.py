@@ -11,9 +11,9 @@ highest number is the current lease; its number is the **generation**, the fenci
   same number exactly one succeeds; the others read the new lease and wait. Taking over an
   expired lease is the same operation (creating the next number), so it has one winner too.
 - **Renew** (``PromotionLock.renew``): the holder re-reads the highest lease, checks it is still
-  its own and not expired, and writes a later expiry into its own file. Only the holder ever
-  rewrites a lease file after creating it, and a file that is no longer the highest means
-  nothing, so this needs no compare-and-set.
+  its own with more than a margin left, and writes a later expiry into its own file. Only the
+  holder ever rewrites a lease file after creating it, and a file that is no longer the highest
+  means nothing, so this needs no compare-and-set.
 - **Release**: the holder marks its own file released (the number stays, so generations keep
   increasing); older files beyond the last ``KEEP`` are pruned.
 
@@ -223,6 +223,7 @@ class PromotionLock:
         self.lease_s = lease_s
         self.wait_s = wait_s
         self.clock = clock
+        self.margin_s = min(30.0, lease_s / 10)  # renew refuses with less than this left
         self._store = _store(root, model)
 
     def _io(self, what: str, call: Callable[[], T]) -> T:
@@ -303,19 +304,22 @@ class PromotionLock:
         """Check ``lease`` is still the model's current, unexpired lease; extend it.
 
         Call it right before acting under the lock: a holder that was paused past its expiry
-        (and taken over) learns it here, before it moves anything.
+        (and taken over) learns it here, before it moves anything. A lease with less than
+        ``margin_s`` left is not renewed either: a successor may already have read it as
+        expired and be about to create the next generation.
 
         Raises:
-            LeaseLostError: a later generation exists, or ours expired or was released.
+            LeaseLostError: a later generation exists, or ours expired, is about to, or was
+                released.
         """
-        self._verify(lease)
+        self._verify(lease, self.margin_s)
         renewed = replace(lease, expires_at=self.clock() + self.lease_s)
         data = json.dumps(asdict(renewed)).encode()
         self._io("renew", lambda: self._store.overwrite(lease.generation, data))
         self._verify(renewed)  # a takeover between the check and the write would show here
         return renewed
 
-    def _verify(self, lease: Lease) -> None:
+    def _verify(self, lease: Lease, margin_s: float = 0.0) -> None:
         top = self._top()
         current = self._read(top) if top else None
         if top != lease.generation or current is None or current.token != lease.token:
@@ -324,10 +328,11 @@ class PromotionLock:
                 f"{self.model}: our promotion lock (generation {lease.generation}) was taken "
                 f"over, now {newer}; nothing was moved by this process, rerun it"
             )
-        if current.free_at(self.clock()):
+        if current.free_at(self.clock() + margin_s):
             raise LeaseLostError(
-                f"{self.model}: our promotion lock (generation {lease.generation}) expired or "
-                "was released; nothing was moved by this process, rerun it"
+                f"{self.model}: our promotion lock (generation {lease.generation}) expired, is "
+                f"about to (less than {margin_s:.0f} s left) or was released; nothing was moved "
+                "by this process, rerun it (or raise MATCHMAKING_PROMOTION_LEASE_S)"
             )
 
     def release(self, lease: Lease) -> None:
