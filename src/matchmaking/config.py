@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matchmaking import storage
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     experiment_prefix: str = "matchmaking"
     model_name_prefix: str = "matchmaking"
     log_level: str = "INFO"
+    promotion_locks_uri: str | None = None
+    promotion_lease_s: float = Field(default=900.0, gt=0)
 
     @property
     def lake_dir(self) -> Location:
@@ -57,6 +59,14 @@ class Settings(BaseSettings):
     @property
     def features_dir(self) -> Location:
         return storage.join(self.lake_dir, "features")
+
+    @property
+    def promotion_locks_dir(self) -> Location:
+        """``MATCHMAKING_PROMOTION_LOCKS_URI``, else ``<lake>/_locks/promotion``: where the
+        promotion lock's lease files live (every promoter of a model must see the same one)."""
+        if self.promotion_locks_uri:
+            return storage.location(self.promotion_locks_uri)
+        return storage.join(self.lake_dir, "_locks", "promotion")
 
     @property
     def artifacts_dir(self) -> Path:

@@ -48,6 +48,7 @@ class Trained:
     weak: TrainResult
     good: TrainResult
     shuffled: TrainResult
+    scratch: Path  # per-test state (lock files) goes here, never into the shared world
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +79,9 @@ def shuffled_copy(dataset_dir: Path, out: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(registry_world: World, tracking_server: TrackingServer) -> Trained:
+def trained(
+    registry_world: World, tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
     """Weak, good and shuffled-label Jakarta models, trained once on the real server."""
     settings = Settings(
         data_dir=registry_world.root,
@@ -92,17 +95,20 @@ def trained(registry_world: World, tracking_server: TrackingServer) -> Trained:
     good = train(settings, "jakarta", jakarta, base.model_copy(update={"seed": 7}))
     shuffled_dir = shuffled_copy(jakarta, registry_world.root / f"shuffled-{uuid.uuid4().hex}")
     shuffled = train(settings, "jakarta", shuffled_dir, base, reuse_existing=False)
-    return Trained(registry_world, tracking_server.uri, weak, good, shuffled)
+    scratch = tmp_path_factory.mktemp("registry-scratch")
+    return Trained(registry_world, tracking_server.uri, weak, good, shuffled, scratch)
 
 
 def settings_for(trained: Trained) -> Settings:
-    """Settings of one test: the shared world, the real server, a model prefix of its own."""
+    """Settings of one test: the shared world (read only), the real server, a model prefix and
+    a promotion-lock folder of its own (the default would be inside the shared world's lake)."""
     prefix = f"t-{uuid.uuid4().hex[:10]}"
     return Settings(
         data_dir=trained.world.root,
         tracking_uri=trained.server_uri,
         model_name_prefix=prefix,
         experiment_prefix=prefix,
+        promotion_locks_uri=str(trained.scratch / prefix / "locks"),
     )
 
 

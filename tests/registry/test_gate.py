@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from matchmaking.errors import ConfigError
-from matchmaking.registry.gate import Canary, check, load_thresholds
+from matchmaking.registry.gate import Canary, canary_checks, check, load_thresholds
 
 OK_CANARY = Canary(loaded=True, finite=True, in_range=True, latency_p99_ms=1.0)
 PROD = {"auc": 0.80, "acceptance": 0.60, "completion": 0.50, "pickup_eta_p50_min": 4.0}
@@ -59,3 +60,34 @@ def test_canary_and_latency() -> None:
     ]
     within = {**PROD, "acceptance": PROD["acceptance"] - gate.max_acceptance_drop / 2}
     assert check(gate, within, PROD, OK_CANARY).passed
+
+
+@pytest.mark.parametrize(
+    ("finite", "in_range", "says"),
+    [(False, True, "finite=False, in range=True"), (True, False, "finite=True, in range=False")],
+)
+def test_canary_finite_and_in_range_each_fail_the_gate_alone(
+    finite: bool, in_range: bool, says: str
+) -> None:
+    canary = Canary(loaded=True, finite=finite, in_range=in_range, latency_p99_ms=1.0)
+    result = check(load_thresholds(), PROD, PROD, canary)
+    assert not result.passed and [k for k, ok in result.checks.items() if not ok] == ["canary"]
+    assert result.reasons == [f"canary request failed: {says}"]
+
+
+@pytest.mark.parametrize(
+    ("scores", "probabilistic", "expected"),
+    [
+        ([0.1, 0.9, 0.5], True, (True, True)),
+        ([0.1, float("nan"), 0.5], True, (False, True)),  # NaN: not finite, not out of range
+        ([0.1, 1.5, 0.5], True, (True, False)),  # a probability above 1, all finite
+        ([-0.2, 0.4, 0.5], True, (True, False)),
+        ([0.1, float("inf"), 0.5], True, (False, False)),
+        ([-3.0, 7.5, 0.5], False, (True, True)),  # ranking scores: any finite value
+        ([0.1, 0.9], True, (False, True)),  # a score missing for one of the three rows
+    ],
+)
+def test_canary_checks_judge_finite_and_range_apart(
+    scores: list[float], probabilistic: bool, expected: tuple[bool, bool]
+) -> None:
+    assert canary_checks(np.array(scores), 3, probabilistic) == expected

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
@@ -50,6 +51,19 @@ class Canary:
     in_range: bool
     latency_p99_ms: float
     error: str = ""
+
+
+def canary_checks(scores: np.ndarray, rows: int, probabilistic: bool) -> tuple[bool, bool]:
+    """``(finite, in_range)`` of a canary's scores, each judged on its own.
+
+    finite: one score per row and none NaN or infinite. in_range: no score below 0 or above 1
+    when scores are probabilities (NaN is not counted here: ``finite`` reports it), always true
+    for ranking scores.
+    """
+    finite = bool(scores.size == rows and np.all(np.isfinite(scores)))
+    outside = (scores < 0) | (scores > 1)
+    in_range = not probabilistic or not bool(np.any(outside))
+    return finite, in_range
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """``matchmaking promote`` and ``matchmaking rollback``: move Production only through the gate.
 
-Per city, under a registry lock (see ``registry_lock``): pick the candidate (default: the newest
-version), find the holdout, replay candidate and current Production on the same holdout rows
-with the same seed, score a canary request, time single-booking calls, apply the gate, log a
-``promote`` run with a markdown report, then either move alias + stage (pass) or tag the
-candidate with the reason (fail). Fleet mode runs the cities one after the other; a failing city
-never stops the others.
+Per city, under the promotion lock (``registry.lock``; ``fence`` checks it again right before
+Production moves): pick the candidate (default: the newest version), find the holdout, replay
+candidate and current Production on the same holdout rows with the same seed, score a canary
+request, time single-booking calls, apply the gate, log a ``promote`` run with a markdown
+report, then either move alias + stage (pass) or tag the candidate with the reason (fail).
+Fleet mode runs the cities one after the other; a failing city never stops the others.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ import json
 import logging
 import math
 import os
-import random
 import time
-import uuid
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -48,9 +44,11 @@ from matchmaking.registry.gate import (
     Canary,
     GateResult,
     GateThresholds,
+    canary_checks,
     check,
     load_thresholds,
 )
+from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
 from matchmaking.registry.production import (
     PRODUCTION_ALIAS,
     PRODUCTION_STAGE,
@@ -62,7 +60,8 @@ from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 
-LOCK_TAG = "promotion.lock"
+FENCE_TAG = "promotion.generation"  # registered model: highest lock generation that moved it
+GENERATION_TAG = "production.lock_generation"  # version: the generation that moved it
 PREVIOUS_TAG = "production.previous"
 PROMOTED_AT_TAG = "production.promoted_at"
 REPORT_ARTIFACT = "promotion_report.md"
@@ -188,98 +187,59 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
             return sorted(cities)
 
 
-@contextmanager
-def registry_lock(
-    client: MlflowClient,
-    name: str,
-    lease_s: float = 900.0,
-    wait_s: float = 300.0,
-    settle_s: float = 0.5,
-) -> Iterator[str]:
-    """Hold the promotion lock of one registered model (a tag with an owner and a lease).
+def _lock(settings: Settings, name: str) -> PromotionLock:
+    return PromotionLock(settings.promotion_locks_dir, name, lease_s=settings.promotion_lease_s)
 
-    MLflow has no compare-and-set, so acquiring is write-then-verify: write our token when the
-    tag is free or its lease expired, wait ``settle_s`` and re-read; only the writer whose token
-    is still there proceeds (the others see a foreign token and wait). Works against any
-    tracking server; its limits are in docs/promotion.md.
+
+def fence(client: MlflowClient, name: str, lock: PromotionLock, lease: Lease) -> Lease:
+    """The last check before Production moves; returns the renewed lease.
+
+    Renews the lease (``LeaseLostError`` if it expired or a later generation took over), then
+    compares its generation with the registered model's tag ``promotion.generation``, the
+    highest generation that has moved Production so far: a higher one means a later holder has
+    acted already, so this one must not. Records our generation there before the move.
     """
-    token = f"{uuid.uuid4().hex}@{os.uname().nodename}:{os.getpid()}"
-    deadline = time.monotonic() + wait_s
-    while True:
-        held = _read_lock(client, name)
-        if held is None or held[1] < time.time():
-            value = f"{token};{time.time() + lease_s:.0f}"
-            try:
-                client.set_registered_model_tag(name, LOCK_TAG, value)
-            except MlflowException as exc:
-                # Two first writers of the tag at once: the SQL store's insert of the second
-                # fails on the tag's primary key, and the tag now holds the other's token.
-                if _read_lock(client, name) is None:
-                    raise
-                logger.info("%s: lost the promotion lock race (%s), waiting", name, exc.error_code)
-            else:
-                time.sleep(settle_s)
-                if client.get_registered_model(name).tags.get(LOCK_TAG) == value:
-                    break
-                logger.info("%s: lost the promotion lock race, waiting", name)
-        elif time.monotonic() > deadline:
-            raise TrackingError(
-                f"{name} is locked by another promotion ({held[0]}) until "
-                f"{datetime.fromtimestamp(held[1], UTC).isoformat()}; retry later, or delete the "
-                f"registered-model tag {LOCK_TAG!r} if that process is gone"
-            )
-        time.sleep(random.uniform(0.2, 0.6))
+    renewed = lock.renew(lease)
+    recorded = client.get_registered_model(name).tags.get(FENCE_TAG, "0")
     try:
-        yield token
-    finally:
-        if (_read_lock(client, name) or ("",))[0] == token:
-            client.delete_registered_model_tag(name, LOCK_TAG)
-
-
-def _read_lock(client: MlflowClient, name: str) -> tuple[str, float] | None:
-    raw = client.get_registered_model(name).tags.get(LOCK_TAG)
-    if not raw:
-        return None
-    owner, _, expires = raw.rpartition(";")
-    try:
-        return owner, float(expires)
+        highest = int(recorded)
     except ValueError:
-        return raw, 0.0  # unreadable: treat as expired
-
-
-def _still_locked(client: MlflowClient, name: str, token: str) -> None:
-    held = _read_lock(client, name)
-    if held is None or held[0] != token:
         raise TrackingError(
-            f"{name}: the promotion lock was taken over (lease expired?); nothing was moved, "
-            "rerun the promotion"
+            f"{name}: registered-model tag {FENCE_TAG}={recorded!r} is not a number; delete it "
+            "(it is rewritten by the next promotion)"
+        ) from None
+    if highest > renewed.generation:
+        raise LeaseLostError(
+            f"{name}: promotion lock generation {highest} has moved Production already, ours is "
+            f"{renewed.generation}; nothing was moved by this process. If the lock folder "
+            f"{storage.join(lock.root, name)} was deleted, delete the tag {FENCE_TAG} as well"
         )
+    client.set_registered_model_tag(name, FENCE_TAG, str(renewed.generation))
+    return renewed
+
+
+def _consistent(client: MlflowClient, name: str) -> bool:
+    try:
+        verify_consistent(client, name)
+    except TrackingError as exc:
+        logger.warning("%s", exc)
+        return False
+    return True
 
 
 def verify_consistent(client: MlflowClient, name: str) -> str:
     """Check alias ``production`` and stage Production name the same single version.
 
-    Repairs the stage once from the alias (the alias is what serving reads) if they disagree.
+    A check only: under the promotion lock nothing else moves them, so a mismatch means a
+    half-done move or a writer that bypassed the lock, and is reported, not papered over.
     Returns the Production version.
     """
-    for attempt in range(2):
-        alias = client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version
-        staged = sorted(
-            str(mv.version)
-            for mv in _versions(client, name)
-            if mv.current_stage == PRODUCTION_STAGE
-        )
-        if staged == [str(alias)]:
-            return str(alias)
-        if attempt == 0:
-            logger.warning(
-                "%s: alias -> v%s but stage Production -> %s; repairing", name, alias, staged
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                client.transition_model_version_stage(
-                    name, str(alias), PRODUCTION_STAGE, archive_existing_versions=True
-                )
+    alias = client.get_model_version_by_alias(name, PRODUCTION_ALIAS).version
+    staged = sorted(
+        str(mv.version) for mv in _versions(client, name) if mv.current_stage == PRODUCTION_STAGE
+    )
+    if staged == [str(alias)]:
+        return str(alias)
     raise TrackingError(
         f"{name}: alias production -> v{alias} but stage Production -> {staged}; fix with "
         f"`matchmaking rollback --city <city> --to {alias}`"
@@ -393,8 +353,7 @@ def _canary(
     features = rows[list(FEATURE_NAMES)].astype("float64")
     canary = features.iloc[: bounds[min(thresholds.canary_bookings, len(bounds)) - 1][1]]
     scores = np.asarray(booster.predict(canary), dtype=np.float64)  # type: ignore[attr-defined]
-    finite = bool(scores.size == len(canary) and np.all(np.isfinite(scores)))
-    in_range = finite and (not probabilistic or bool(np.all((scores >= 0) & (scores <= 1))))
+    finite, in_range = canary_checks(scores, len(canary), probabilistic)
     x = features.to_numpy()
     timings = []
     for lo, hi in bounds[: thresholds.latency_bookings]:
@@ -572,9 +531,11 @@ def promote_city(
     except MlflowException as exc:
         raise ModelNotFoundError(f"{city}: no registered model {name}; train one first") from exc
     if dry_run:
-        return _gate_city(client, settings, city, name, version, True, holdout, actor, gate, "")
-    with registry_lock(client, name) as token:
-        return _gate_city(client, settings, city, name, version, False, holdout, actor, gate, token)
+        return _gate_city(client, settings, city, name, version, True, holdout, actor, gate, None)
+    lock = _lock(settings, name)
+    with lock.hold() as lease:
+        guard = (lock, lease)
+        return _gate_city(client, settings, city, name, version, False, holdout, actor, gate, guard)
 
 
 def _gate_city(
@@ -587,8 +548,9 @@ def _gate_city(
     holdout: Location | None,
     actor: str,
     gate: GateThresholds,
-    token: str,
+    guard: tuple[PromotionLock, Lease] | None,
 ) -> CityOutcome:
+    """The gate and the move; ``guard`` is the promotion lock we hold (None for a dry run)."""
     cand_mv = _get_version(client, name, version) if version else newest_version(client, name)
     prod_mv = current_production(client, name)
     prev = str(prod_mv.version) if prod_mv else None
@@ -645,8 +607,11 @@ def _gate_city(
         )
         outcome.status = "refused"
         return outcome
+    if guard is None:
+        raise TrackingError(f"{name}: Production is only moved under the promotion lock")
+    lease = fence(client, name, *guard)
     tags[PREVIOUS_TAG] = prev or ""
-    _still_locked(client, name, token)
+    tags[GENERATION_TAG] = str(lease.generation)
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
     set_production(
@@ -712,7 +677,8 @@ def rollback_city(
         client.get_registered_model(name)
     except MlflowException as exc:
         raise ModelNotFoundError(f"{city}: no registered model {name}") from exc
-    with registry_lock(client, name) as token:
+    lock = _lock(settings, name)
+    with lock.hold() as lease:
         current = current_production(client, name)
         if current is None:
             raise ModelNotFoundError(f"{name} has no Production version to roll back from")
@@ -724,9 +690,19 @@ def rollback_city(
             )
         _get_version(client, name, target)
         if target == cur:
-            return CityOutcome(city, "rollback", "unchanged", cur, cur, "already in Production")
-        _still_locked(client, name, token)
-        tags = {PREVIOUS_TAG: cur, "production.rollback_from": cur, **_ci_tags()}
+            if _consistent(client, name):
+                return CityOutcome(city, "rollback", "unchanged", cur, cur, "already in Production")
+            fence(client, name, lock, lease)  # stages out of step with the alias: set them again
+            set_production(client, name, cur, "stage repaired from the alias", actor)
+            verify_consistent(client, name)
+            return CityOutcome(city, "rollback", "repaired", cur, cur, "stage Production repaired")
+        lease = fence(client, name, lock, lease)
+        tags = {
+            PREVIOUS_TAG: cur,
+            "production.rollback_from": cur,
+            GENERATION_TAG: str(lease.generation),
+            **_ci_tags(),
+        }
         for key, value in tags.items():
             client.set_model_version_tag(name, target, key, value)
         set_production(client, name, target, f"rollback from v{cur}", actor)
