@@ -14,9 +14,11 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from conftest import Registered, serve_settings
-from live import BANDUNG, SURABAYA, ServerThread, TcpProxy, metric, rank_body, wait_for
+from assignment_oracle import brute_force_best
+from conftest import KNOWN_DRIVERS, Registered, serve_settings
+from live import BANDUNG, JAKARTA, SURABAYA, ServerThread, TcpProxy, metric, rank_body, wait_for
 
+from matchmaking.evaluation.matching import greedy_assignment, total_score
 from matchmaking.features.core import build_matrix
 from matchmaking.features.online import (
     DriverTable,
@@ -270,6 +272,143 @@ def test_match_maximises_total_predicted_acceptance(
     ids = [d["driver_id"] for d in drivers]
     total = sum(scores[i, ids.index(d)] for i, d in enumerate(assigned))
     assert total == pytest.approx(best, abs=1e-9)
+
+
+def match_instance(
+    seed: int, n_b: int, n_d: int, centre: tuple[float, float] = JAKARTA, spread: float = 0.03
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``n_b`` bookings and a pool of ``n_d`` drivers scattered within ``spread`` degrees."""
+    rng = np.random.default_rng(seed)
+    lat, lng = centre
+
+    def near() -> dict[str, float]:
+        return {
+            "lat": lat + float(rng.uniform(-spread, spread)),
+            "lng": lng + float(rng.uniform(-spread, spread)),
+        }
+
+    bookings = [
+        {
+            "booking_id": f"m-{seed}-{i}",
+            "pickup": near(),
+            "dropoff": near(),
+            "requested_at": "2026-11-27T08:15:00+07:00",
+        }
+        for i in range(n_b)
+    ]
+    drivers = [
+        {
+            "driver_id": KNOWN_DRIVERS[j],
+            "location": near(),
+            "rating": round(float(rng.uniform(3.5, 5.0)), 2),
+            "home": near(),
+        }
+        for j in range(n_d)
+    ]
+    return bookings, drivers
+
+
+def match_scores(
+    reg: Registered,
+    version: str,
+    bookings: list[dict[str, Any]],
+    drivers: list[dict[str, Any]],
+    city: str = "jakarta",
+) -> np.ndarray:
+    """The score matrix the service should see: each booking against the whole pool."""
+    by_driver = [
+        expected_scores(reg, city, version, {"booking": {**b, "city": city}, "candidates": drivers})
+        for b in bookings
+    ]
+    return np.array([[row[d["driver_id"]] for d in drivers] for row in by_driver])
+
+
+def post_match(
+    c: httpx.Client, bookings: list[dict[str, Any]], drivers: list[dict[str, Any]]
+) -> tuple[dict[str, Any], float]:
+    """The /v1/match answer, and the total of its assignment recomputed from its scores."""
+    r = c.post("/v1/match", json={"city": "jakarta", "bookings": bookings, "drivers": drivers})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [a["booking_id"] for a in out["assignments"]] == [b["booking_id"] for b in bookings]
+    assigned = [a["driver_id"] for a in out["assignments"] if a["driver_id"] is not None]
+    assert len(assigned) == len(set(assigned)), "a driver was assigned twice"
+    assert len(assigned) == min(len(bookings), len(drivers)), "every pair adds to the total"
+    total = sum(a["score"] for a in out["assignments"] if a["driver_id"] is not None)
+    assert out["total_score"] == pytest.approx(total, abs=1e-9)
+    return out, total
+
+
+def test_match_is_optimal_where_greedy_is_not(live: ServerThread, registered: Registered) -> None:
+    """Instances on which dispatching bookings one by one (greedy) loses acceptance: the
+    endpoint's total is the brute-force optimum and beats greedy. Fails with /v1/match greedy.
+
+    The first instance is built as the classic trap (booking 0 takes, by a hair, the driver
+    booking 1 needs); the others are the first random pools where greedy and optimal differ.
+    """
+    version = registered.versions["jakarta"][0]
+    lat, lng = JAKARTA
+    km = 1 / 111.0  # degrees of latitude per km
+    trap = (
+        [
+            {
+                "booking_id": f"trap-{i}",
+                "pickup": {"lat": lat + dy * km, "lng": lng},
+                "dropoff": {"lat": lat - 0.05, "lng": lng + 0.04},
+                "requested_at": "2026-11-27T08:15:00+07:00",
+            }
+            for i, dy in enumerate((0.0, 2.0))
+        ],
+        [
+            {
+                "driver_id": f"new-{name}",  # unknown drivers: the same history for both
+                "location": {"lat": lat + dy * km, "lng": lng},
+                "rating": 4.8,
+                "home": {"lat": lat, "lng": lng},
+            }
+            # A: 0.6 km from booking 0, 1.4 km from booking 1; B: 0.8 km and 2.8 km.
+            for name, dy in (("a", 0.6), ("b", -0.8))
+        ],
+    )
+    instances = [trap]
+    for seed in range(200):
+        if len(instances) == 8:
+            break
+        bookings, drivers = match_instance(seed, 3, 4)
+        scores = match_scores(registered, version, bookings, drivers)
+        if total_score(scores, greedy_assignment(scores)) < brute_force_best(scores) - 0.01:
+            instances.append((bookings, drivers))
+    assert len(instances) == 8, "too few random pools where greedy and optimal differ"
+    with httpx.Client(base_url=live.url) as c:
+        for bookings, drivers in instances:
+            scores = match_scores(registered, version, bookings, drivers)
+            best = brute_force_best(scores)
+            greedy = total_score(scores, greedy_assignment(scores))
+            assert greedy < best - 0.01, "the instance must tell greedy from optimal"
+            out, total = post_match(c, bookings, drivers)
+            assert total == pytest.approx(best, abs=1e-9), bookings[0]["booking_id"]
+            assert total > greedy + 0.01
+            ids = [d["driver_id"] for d in drivers]
+            chosen = [ids.index(a["driver_id"]) for a in out["assignments"]]
+            assert sum(scores[i, j] for i, j in enumerate(chosen)) == pytest.approx(best, abs=1e-9)
+
+
+def test_match_equals_brute_force_on_random_pools(
+    live: ServerThread, registered: Registered
+) -> None:
+    """Random pool sizes, more bookings than drivers included (someone goes unassigned)."""
+    version = registered.versions["jakarta"][0]
+    rng = np.random.default_rng(3)
+    with httpx.Client(base_url=live.url) as c:
+        for seed in range(12):
+            n_b, n_d = (int(v) for v in rng.integers(1, 6, 2))
+            bookings, drivers = match_instance(100 + seed, n_b, n_d, spread=0.05)
+            scores = match_scores(registered, version, bookings, drivers)
+            out, total = post_match(c, bookings, drivers)
+            assert total == pytest.approx(brute_force_best(scores), abs=1e-9), (n_b, n_d)
+            unassigned = [a for a in out["assignments"] if a["driver_id"] is None]
+            assert len(unassigned) == max(0, n_b - n_d)
+            assert all(a["score"] is None for a in unassigned)
 
 
 def test_match_rejects_duplicates_and_oversized_pools(live: ServerThread) -> None:
