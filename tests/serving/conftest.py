@@ -56,6 +56,14 @@ def registered(tracking_server, tmp_path_factory: pytest.TempPathFactory) -> Reg
     return reg
 
 
+@pytest.fixture
+def own_registry(tracking_server, tmp_path: Path) -> Registered:  # type: ignore[no-untyped-def]
+    """An empty registry space of the test's own (a fresh model-name prefix), for tests that
+    register, promote or roll back: the module's ``registered`` and ``live`` stay as every
+    other test of the module expects them, whatever order the tests run in."""
+    return Registered(uri=tracking_server.uri, prefix=f"own{uuid.uuid4().hex[:8]}", tmp=tmp_path)
+
+
 def serve_settings(reg: Registered, **overrides: object) -> ServeSettings:
     """Service settings pointing at the test registry (fast polling)."""
     values: dict[str, object] = {

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -153,6 +154,93 @@ def rank_body(
             for i in range(n)
         ],
     }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of a load client: when it started, how long it took, what came back."""
+
+    started: float  # time.monotonic()
+    seconds: float
+    version: str | None  # the model version that answered; None when the request failed
+    error: str | None = None
+
+
+class Load:
+    """Closed-loop clients, each posting ``body`` to ``path`` in its own thread until stopped.
+
+    Every request is recorded; anything but a 200 with a version is a failure, transport errors
+    (refused or reset connections, timeouts) and unreadable answers included.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        body: dict[str, Any],
+        clients: int = 2,
+        path: str = "/v1/rank",
+        timeout: float = 30.0,
+    ) -> None:
+        self.url, self.body, self.path, self.timeout = url, body, path, timeout
+        self.answers: list[list[Answer]] = [[] for _ in range(clients)]
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(k,), daemon=True) for k in range(clients)
+        ]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for k, t in enumerate(self._threads):
+            t.join(timeout=60)
+            if t.is_alive():
+                self.answers[k].append(Answer(time.monotonic(), 0.0, None, "client hung"))
+
+    def _client(self, k: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=self.timeout) as c:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                version: str | None = None
+                error: str | None = None
+                try:
+                    r = c.post(self.path, json=self.body)
+                    if r.status_code == 200:
+                        version = str(r.json()["version"])
+                    else:
+                        error = f"{r.status_code} {r.text[:200]}"
+                except Exception as exc:  # a failure like any other, never lost with the thread
+                    error = f"{type(exc).__name__}: {exc}"
+                self.answers[k].append(Answer(started, time.monotonic() - started, version, error))
+                if error is not None:
+                    time.sleep(0.05)  # no busy loop against a dead server
+
+    def errors(self) -> list[str]:
+        return [a.error for answers in self.answers for a in answers if a.error is not None]
+
+    def latest(self) -> list[str | None]:
+        """Each client's last answered version (None before its first answer)."""
+        return [answers[-1].version if answers else None for answers in self.answers]
+
+    def count(self) -> int:
+        return sum(len(answers) for answers in self.answers)
+
+    def seconds(self, since: float, until: float) -> list[float]:
+        """Latencies of the requests started within ``[since, until)``."""
+        return [
+            a.seconds for answers in self.answers for a in answers if since <= a.started < until
+        ]
+
+    def wait_until_all_answer(self, version: str, timeout: float) -> None:
+        """Until every client's last answer came from ``version``."""
+        wait_for(lambda: self.latest() == [version] * len(self.answers), timeout, f"v{version}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
+from assignment_oracle import brute_force_best
 
 from matchmaking.evaluation.matching import (
     UNASSIGNED,
@@ -14,21 +13,6 @@ from matchmaking.evaluation.matching import (
     match_replay,
     total_score,
 )
-
-
-def brute_force_best(scores: np.ndarray) -> float:
-    """The best total over every partial assignment (each driver at most once)."""
-    n_b, n_d = scores.shape
-    best = 0.0
-    options = [[UNASSIGNED, *range(n_d)]] * n_b
-    for combo in itertools.product(*options):
-        used = [j for j in combo if j != UNASSIGNED]
-        if len(used) != len(set(used)):
-            continue
-        if any(j != UNASSIGNED and not np.isfinite(scores[i, j]) for i, j in enumerate(combo)):
-            continue
-        best = max(best, sum(scores[i, j] for i, j in enumerate(combo) if j != UNASSIGNED))
-    return best
 
 
 def test_batch_beats_greedy_on_the_classic_case() -> None:
@@ -54,6 +38,44 @@ def test_batch_is_optimal_with_missing_pairs_and_more_bookings_than_drivers() ->
         assert all(np.isfinite(scores[i, j]) for i, j in enumerate(batch) if j != UNASSIGNED)
         assert total_score(scores, batch) == pytest.approx(brute_force_best(scores))
         assert total_score(scores, batch) >= total_score(scores, greedy_assignment(scores)) - 1e-12
+
+
+def trap(n_b: int, n_d: int, seed: int) -> np.ndarray:
+    """A random low-score background with the classic trap hidden in it: an earlier booking
+    takes, by a hair, the driver a later booking needs badly. Greedy falls in; optimal not."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0.0, 0.05, (n_b, n_d))
+    early, late = sorted(rng.choice(n_b, 2, replace=False).tolist())
+    wanted, spare = rng.choice(n_d, 2, replace=False).tolist()
+    scores[early, wanted], scores[early, spare] = 0.9, 0.8
+    scores[late, wanted], scores[late, spare] = 0.85, 0.1
+    return scores
+
+
+@pytest.mark.parametrize(("n_b", "n_d"), [(2, 2), (2, 4), (3, 3), (4, 3), (4, 5), (5, 5)])
+def test_batch_is_optimal_where_greedy_is_not(n_b: int, n_d: int) -> None:
+    """Fails when batch_assignment is greedy (or any order-dependent heuristic)."""
+    for seed in range(5):
+        scores = trap(n_b, n_d, seed)
+        best = brute_force_best(scores)
+        greedy = total_score(scores, greedy_assignment(scores))
+        assert greedy < best - 0.4, "the construction must defeat greedy"
+        assert total_score(scores, batch_assignment(scores)) == pytest.approx(best, abs=1e-12)
+
+
+def test_batch_equals_brute_force_on_random_instances_where_greedy_often_loses() -> None:
+    rng = np.random.default_rng(7)
+    greedy_lost = 0
+    for _ in range(200):
+        n_b, n_d = (int(v) for v in rng.integers(1, 6, 2))
+        scores = rng.random((n_b, n_d))
+        batch = batch_assignment(scores)
+        used = batch[batch != UNASSIGNED]
+        assert len(used) == len(set(used.tolist())) == min(n_b, n_d)  # every pair adds
+        best = brute_force_best(scores)
+        assert total_score(scores, batch) == pytest.approx(best, abs=1e-12)
+        greedy_lost += total_score(scores, greedy_assignment(scores)) < best - 1e-9
+    assert greedy_lost >= 40, f"only {greedy_lost} of 200 instances tell greedy from optimal"
 
 
 def test_total_not_cardinality_is_maximised() -> None:
