@@ -1,5 +1,5 @@
 """The wire contract at its edges, against a real uvicorn server: which content types are
-accepted, which ids are refused.
+accepted, which ids are refused, and that docs/serving.md shows what the service answers.
 
 ``POST /v1/rank`` is served by a pure ASGI hot path in front of FastAPI; every case runs
 through both (``served``: the app as built, and the same app with the hot path removed).
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +20,13 @@ import pytest
 from conftest import Registered, serve_settings
 from live import ServerThread, rank_body
 
+from matchmaking.features.geo import EARTH_RADIUS_KM
+from matchmaking.world.cities import get_city
 from serving.app import HotPath, create_app
 
 pytestmark = pytest.mark.integration
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 
 
 @pytest.fixture(scope="module", params=["hot-path", "fastapi-route"])
@@ -206,3 +212,93 @@ def test_the_schema_publishes_the_id_rule(served: ServerThread) -> None:
     # ECMA-262 semantics (JSON Schema): Python's re reads the \\u escapes the same way.
     assert re.fullmatch(pattern, "d-1")
     assert not any(re.fullmatch(pattern, f"d{c}") for c in CONTROL)
+
+
+# ---- the documented samples are real answers ------------------------------------------------
+
+
+def _doc_blocks() -> list[tuple[str, str]]:
+    """(language, text) of each fenced block of docs/serving.md."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+
+
+def documented_rank_exchange() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The curl request of the /v1/rank section and the answer shown under it."""
+    blocks = _doc_blocks()
+    i = next(i for i, (lang, text) in enumerate(blocks) if "curl" in text and "/v1/rank" in text)
+    request = json.loads(re.search(r"-d '(.*)'", blocks[i][1], flags=re.S).group(1))  # type: ignore[union-attr]
+    assert blocks[i + 1][0] == "json", "the sample answer must follow the curl request"
+    return request, json.loads(blocks[i + 1][1])
+
+
+def documented_error() -> dict[str, Any]:
+    text = next(t for lang, t in _doc_blocks() if lang == "json" and '"invalid_request"' in t)
+    return dict(json.loads(text.replace('"5f0c..."', '"5f0c"')))
+
+
+def _keys(value: Any) -> Any:
+    """The shape of a JSON value: keys in order, and the types of the leaves."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(v) for v in value]
+    return (
+        "number"
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        else type(value).__name__
+    )
+
+
+def test_the_documented_rank_answer_is_what_the_service_answers(
+    served: ServerThread, registered: Registered
+) -> None:
+    """docs/serving.md's curl request, sent as written: its sample answer has the real answer's
+    keys, order and types, and the values that do not depend on the model version are the
+    real ones (ids, the given and the estimated ETAs, ranks). Scores, the version and the
+    order follow the model, so only their kind is checked."""
+    request, sample = documented_rank_exchange()
+    with httpx.Client(base_url=served.url) as c:
+        r = c.post("/v1/rank", json=request)
+    assert r.status_code == 200, r.text
+    real = r.json()
+    hint = f"real answer, to paste into {DOC.name}:\n{json.dumps(real)}"
+    assert _keys(sample) == _keys(real), hint
+    for key in ("booking_id", "city", "score_kind", "fallback"):
+        assert sample[key] == real[key], hint
+    assert sample["model"] == real["model"].replace(registered.prefix, "matchmaking", 1), hint
+    assert [c["rank"] for c in sample["candidates"]] == list(
+        range(1, len(request["candidates"]) + 1)
+    )
+    real_eta = {c["driver_id"]: c["eta_seconds"] for c in real["candidates"]}
+    sample_eta = {c["driver_id"]: c["eta_seconds"] for c in sample["candidates"]}
+    assert sample_eta.keys() == real_eta.keys(), hint
+    for driver, eta in sample_eta.items():
+        assert eta == round(real_eta[driver], 1), hint
+    for c in sample["candidates"]:
+        assert 0.0 < c["score"] < 1.0
+    scores = [c["score"] for c in sample["candidates"]]
+    assert scores == sorted(scores, reverse=True), "the sample must be best first"
+
+
+def test_the_documented_error_is_what_the_service_answers(served: ServerThread) -> None:
+    """The /v1/rank error sample (a duplicate driver, a home out of the city): same shape,
+    same messages as a real answer to such a body."""
+    sample = documented_error()
+    body = rank_body(n=5)
+    wanted = {tuple(d["loc"]): d for d in sample["error"]["details"]}
+    duplicate = re.search(r"'(.*)'", wanted[("candidates", 2, "driver_id")]["msg"]).group(1)  # type: ignore[union-attr]
+    assert duplicate in [c["driver_id"] for c in body["candidates"][:2]]
+    body = _set(body, ["candidates", 2, "driver_id"], duplicate)
+    km = float(re.search(r"is ([\d.]+) km", wanted[("candidates", 4, "home")]["msg"]).group(1))  # type: ignore[union-attr]
+    centre = get_city("jakarta")
+    # Due north of the centre: the great-circle distance is the latitude difference.
+    lat = centre.lat + math.degrees(km / EARTH_RADIUS_KM)
+    body["candidates"][4]["home"] = {"lat": lat, "lng": centre.lng}
+    with httpx.Client(base_url=served.url) as c:
+        r = c.post("/v1/rank", json=body)
+    real = r.json()
+    assert r.status_code == 422
+    assert _keys(sample) == _keys(real), json.dumps(real)
+    assert sample["error"]["code"] == real["error"]["code"]
+    assert sample["error"]["message"] == real["error"]["message"]
+    assert sample["error"]["details"] == real["error"]["details"], json.dumps(real)
