@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -167,36 +168,56 @@ def test_process_is_silent_with_no_progress_or_off_a_terminal(
 TRAIN_ARGS = ["--set", "objectives=binary", "--set", "valid_days=1", "--set", "num_boost_round=30"]
 
 
-@pytest.mark.slow
-def test_train_forced_on_shows_steps_and_rounds_even_in_a_pipe(
-    env: dict[str, str], processed: dict[str, Any]
-) -> None:
+@pytest.fixture(scope="module")
+def trained(env: dict[str, str], processed: dict[str, Any]) -> dict[str, Any]:
+    """``train`` forced on (``--progress``) with stderr a pipe."""
     args = ["train", "--city", "jakarta", "--features", processed["features"], *TRAIN_ARGS]
-    code, out, err = run_cli(env, [*args, "--no-reuse-existing", "--progress"], False)
+    code, out, err = run_cli(env, [*args, "--progress"], False)
     assert code == 0, err
+    uri = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("model_uri"))
+    return {"args": args, "stdout": out, "stderr": err, "model_uri": uri}
+
+
+@pytest.mark.slow
+def test_train_forced_on_shows_steps_and_rounds_even_in_a_pipe(trained: dict[str, Any]) -> None:
+    out, err = trained["stdout"], trained["stderr"]
     assert out.startswith("model: matchmaking-jakarta v"), "the result stays on stdout"
     positions = [err.find(f"train jakarta: {step}") for step in TRAIN_STEPS]
     assert all(p >= 0 for p in positions), err
     assert positions == sorted(positions)
     assert "round" in err.split("train jakarta: fitting binary", 1)[1], "a bar of rounds"
     assert "train jakarta: registered matchmaking-jakarta v" in err
-    # The choice also travels through the environment (what pipeline/demo set for the steps).
-    code, _, err = run_cli(
-        {**env, "MATCHMAKING_PROGRESS": "0"}, [*args, "--no-reuse-existing"], True
-    )
+
+
+@pytest.mark.slow
+def test_the_choice_reaches_step_processes_through_the_environment(
+    env: dict[str, str], trained: dict[str, Any]
+) -> None:
+    """What pipeline and demo set for their steps: off, even on a terminal."""
+    args = [*trained["args"], "--no-reuse-existing"]
+    code, _, err = run_cli({**env, "MATCHMAKING_PROGRESS": "0"}, args, True)
     assert code == 0, err
     assert "train jakarta:" not in err
     assert "round/s" not in err and "Downloading artifacts" not in err, "MLflow's bars are off too"
 
 
-def test_evaluate_says_where_the_plots_and_report_went() -> None:
-    from matchmaking.evaluation.evaluate import EvaluationResult, artifact_lines
-
-    result = EvaluationResult("jakarta", "models:/m/1", "r1", None, {}, "file:///x/artifacts")  # type: ignore[arg-type]
-    assert artifact_lines(result) == [
-        "plots: file:///x/artifacts/plots/ (feature importance, calibration, policy comparison)",
-        "report: file:///x/artifacts/summary.txt (as a table: summary.json)",
-    ]
+@pytest.mark.slow
+def test_evaluate_shows_its_steps_and_where_the_plots_and_report_went(
+    env: dict[str, str], processed: dict[str, Any], trained: dict[str, Any]
+) -> None:
+    args = ["evaluate", "--city", "jakarta", "--model-uri", trained["model_uri"]]
+    code, out, err = run_cli(env, [*args, "--features", processed["features"]], True)
+    assert code == 0, err
+    for step in ("reading the holdout", "loading models:/", "replaying", "logging metrics", "done"):
+        assert f"evaluate jakarta: {step}" in err, err
+    lines = dict(
+        line.split(": ", 1) for line in out.splitlines() if line.startswith(("plots", "report"))
+    )
+    plots = Path(urlsplit(lines["plots"].split(" ", 1)[0]).path)
+    report = Path(urlsplit(lines["report"].split(" ", 1)[0]).path)
+    assert {p.name for p in plots.iterdir()} >= {"feature_importance.png", "policy_comparison.png"}
+    assert "auc" in report.read_text()
+    assert (report.parent / "summary.json").is_file()
 
 
 # ---- the demo prints each evaluation table once -------------------------------------------
