@@ -118,7 +118,7 @@ def require_json(content_type: str | None) -> None:
         if key.strip().lower() == "charset":
             ok = ok and value.strip().strip('"').lower() in ("utf-8", "utf8")
     if not ok:
-        given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        given = f"Content-Type {content_type[:100]!r}" if content_type else "no Content-Type"
         raise ServiceError(
             415,
             "unsupported_media_type",
