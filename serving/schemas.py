@@ -219,7 +219,10 @@ def decode_rank(body: bytes) -> RankRequest:
         req = _rank_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BodyError(_details(exc)) from None
-    ids: list[tuple[list[str | int], str]] = [(["booking", "booking_id"], req.booking.booking_id)]
+    ids: list[tuple[list[str | int], str]] = [
+        (["booking", "booking_id"], req.booking.booking_id),
+        (["booking", "city"], req.booking.city),  # its pattern's $ lets a trailing newline by
+    ]
     ids += [(["candidates", i, "driver_id"], c.driver_id) for i, c in enumerate(req.candidates)]
     _check(ids, [(["booking", "requested_at"], req.booking.requested_at)])
     return req
@@ -231,9 +234,8 @@ def decode_match(body: bytes) -> MatchRequest:
         req = _match_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BodyError(_details(exc)) from None
-    ids: list[tuple[list[str | int], str]] = [
-        (["bookings", i, "booking_id"], b.booking_id) for i, b in enumerate(req.bookings)
-    ]
+    ids: list[tuple[list[str | int], str]] = [(["city"], req.city)]
+    ids += [(["bookings", i, "booking_id"], b.booking_id) for i, b in enumerate(req.bookings)]
     ids += [(["drivers", i, "driver_id"], d.driver_id) for i, d in enumerate(req.drivers)]
     _check(
         ids, [(["bookings", i, "requested_at"], b.requested_at) for i, b in enumerate(req.bookings)]

@@ -181,6 +181,22 @@ def test_a_control_character_in_an_id_is_422_naming_the_field(
     _control_detail(_assert_error_shape(r, 422, "invalid_request"), loc, char)
 
 
+@pytest.mark.parametrize(
+    ("path", "loc"), [("/v1/rank", ["booking", "city"]), ("/v1/match", ["city"])]
+)
+def test_a_city_with_a_trailing_newline_is_422_not_an_unknown_city(
+    served: ServerThread, path: str, loc: list[Any]
+) -> None:
+    """The city's schema pattern ends in $, which lets 'jakarta\\n' through a Python regex."""
+    base = rank_body() if path == "/v1/rank" else match_body()
+    with httpx.Client(base_url=served.url) as c:
+        r = c.post(path, json=_set(base, loc, "jakarta\n"))
+    error = _assert_error_shape(r, 422, "invalid_request")
+    assert error["details"][0]["loc"] == loc
+    assert error["details"][0]["type"] == "control_character"
+    assert "U+000A at position 7" in error["details"][0]["msg"]
+
+
 def test_every_id_with_a_control_character_is_named(served: ServerThread) -> None:
     body = _set(rank_body(), ["booking", "booking_id"], "b\x00")
     body = _set(body, ["candidates", 3, "driver_id"], "d\x7f")
