@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 Latitude = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0, description="Degrees.")]
 Longitude = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0, description="Degrees.")]
 # Control characters (Unicode category Cc: C0, DEL, C1) are refused in ids: they end up in logs,
-# dispatch records and downstream systems. Checked after decoding (``_check_ids``) because
+# dispatch records and downstream systems. Checked after decoding (``_bad_ids``) because
 # msgspec's ``pattern`` is a Python ``re.search``, whose ``$`` lets a trailing newline through;
 # the pattern is published in the schema for clients.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
