@@ -1,10 +1,11 @@
 """The scoring service: ``create_app(settings)`` builds the FastAPI app.
 
 The lifespan opens the model store, preloads the hot cities and starts the registry poller.
-The request path of ``POST /v1/rank``: read the body (size-limited), decode it once into the
-typed request (msgspec, ``schemas.decode_rank``), check what the schema cannot (configured limits,
-duplicate drivers, coordinates inside the city), take the city's model reference, build the
-feature matrix with the shared feature code, predict single-threaded, write JSON with msgspec.
+The request path of ``POST /v1/rank``: read the body (JSON only, size-limited), decode it once
+into the typed request (msgspec, ``schemas.decode_rank``), check what the schema cannot
+(configured limits, duplicate drivers, coordinates inside the city), take the city's model
+reference, build the feature matrix with the shared feature code, predict single-threaded,
+write JSON with msgspec.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from serving.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 ETA_COLUMN = FEATURE_NAMES.index("eta_min")
+JSON_MEDIA_TYPE = "application/json"
 _json = msgspec.json.Encoder()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -67,6 +69,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "Missing or wrong bearer token (when auth is enabled)."),
         (404, "Unknown city, or the city has no Production model."),
         (413, "Body larger than the configured limit."),
+        (415, "Content-Type is not application/json."),
         (422, "Invalid body: field-level reasons in error.details."),
         (503, "The registry is unreachable and the city's model is not loaded."),
     )
@@ -96,6 +99,37 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ServiceError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def require_json(content_type: str | None) -> None:
+    """Refuse (415) a body not declared as JSON.
+
+    Accepted: ``application/json`` in any letter case, with or without parameters; a
+    ``charset`` parameter must say UTF-8 (RFC 8259: JSON is UTF-8). Refused: everything else,
+    a missing Content-Type, and ``+json`` suffix types (``application/merge-patch+json``,
+    ``application/problem+json``...), whose meaning is not this API's.
+    """
+    if content_type == JSON_MEDIA_TYPE:  # the common case, without parsing
+        return
+    media, *params = (content_type or "").split(";")
+    ok = media.strip().lower() == JSON_MEDIA_TYPE
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            ok = ok and value.strip().strip('"').lower() in ("utf-8", "utf8")
+    if not ok:
+        given = f"Content-Type {content_type[:100]!r}" if content_type else "no Content-Type"
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            f"{given} is not accepted; send the body as JSON with 'Content-Type: application/json'",
+        )
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The body of a JSON request: 415 unless declared as JSON, 413 above ``limit`` bytes."""
+    require_json(request.headers.get("content-type"))
+    return await read_body(request, limit)
 
 
 def _detail(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
@@ -441,7 +475,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def rank(request: Request) -> Response:
         """Rank a booking's candidate drivers, best first."""
         started = time.perf_counter()
-        req = decode_rank(await read_body(request, settings.max_body_bytes))
+        req = decode_rank(await read_json_body(request, settings.max_body_bytes))
         b = req.booking
         cands = req.candidates
         city = get_city(b.city)
@@ -534,7 +568,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         from matchmaking.evaluation.matching import UNASSIGNED, batch_assignment
 
         started = time.perf_counter()
-        req = decode_match(await read_body(request, settings.max_body_bytes))
+        req = decode_match(await read_json_body(request, settings.max_body_bytes))
         city = get_city(req.city)
         details = check_count(len(req.bookings), settings.max_bookings, "bookings")
         details += check_count(len(req.drivers), settings.max_candidates, "drivers")

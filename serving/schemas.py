@@ -8,6 +8,7 @@ and documented by the pydantic models below.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,20 @@ from pydantic import BaseModel, Field
 
 Latitude = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0, description="Degrees.")]
 Longitude = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0, description="Degrees.")]
-Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Control characters (Unicode category Cc: C0, DEL, C1) are refused in ids: they end up in logs,
+# dispatch records and downstream systems. Checked after decoding (``_bad_ids``) because
+# msgspec's ``pattern`` is a Python ``re.search``, whose ``$`` lets a trailing newline through;
+# the pattern is published in the schema for clients.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+Identifier = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        description="1-128 characters, no control characters (U+0000-U+001F, U+007F-U+009F).",
+        extra_json_schema={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"},
+    ),
+]
 CityId = Annotated[
     str,
     msgspec.Meta(
@@ -160,8 +174,32 @@ def _details(exc: msgspec.DecodeError) -> list[dict[str, Any]]:
     return [{"loc": loc, "msg": msg, "type": "invalid"}]
 
 
-def _check_years(times: list[tuple[list[str | int], datetime]]) -> None:
-    bad = [
+def _bad_ids(ids: list[tuple[list[str | int], str]]) -> list[dict[str, Any]]:
+    """Field errors for the ids holding a control character."""
+    if not CONTROL_CHARACTERS.search("".join(v for _, v in ids)):  # one scan in the common case
+        return []
+    out = []
+    for loc, value in ids:
+        found = CONTROL_CHARACTERS.search(value)
+        if found:
+            out.append(
+                {
+                    "loc": loc,
+                    "msg": f"contains the control character U+{ord(found.group()):04X} at "
+                    f"position {found.start()}; ids must not contain control characters "
+                    "(U+0000-U+001F, U+007F-U+009F)",
+                    "type": "control_character",
+                }
+            )
+    return out
+
+
+def _check(
+    ids: list[tuple[list[str | int], str]], times: list[tuple[list[str | int], datetime]]
+) -> None:
+    """What the decoder cannot check: control characters in ids, the range of years."""
+    bad = _bad_ids(ids)
+    bad += [
         {"loc": loc, "msg": f"year must be within {FIRST_YEAR}-{LAST_YEAR}", "type": "invalid"}
         for loc, t in times
         if not FIRST_YEAR <= t.year <= LAST_YEAR
@@ -174,13 +212,19 @@ def decode_rank(body: bytes) -> RankRequest:
     """The typed ranking request.
 
     Raises:
-        BodyError: malformed JSON, wrong types, out-of-range values, missing or unknown fields.
+        BodyError: malformed JSON, wrong types, out-of-range values, missing or unknown fields,
+            control characters in an id.
     """
     try:
         req = _rank_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BodyError(_details(exc)) from None
-    _check_years([(["booking", "requested_at"], req.booking.requested_at)])
+    ids: list[tuple[list[str | int], str]] = [
+        (["booking", "booking_id"], req.booking.booking_id),
+        (["booking", "city"], req.booking.city),  # its pattern's $ lets a trailing newline by
+    ]
+    ids += [(["candidates", i, "driver_id"], c.driver_id) for i, c in enumerate(req.candidates)]
+    _check(ids, [(["booking", "requested_at"], req.booking.requested_at)])
     return req
 
 
@@ -190,8 +234,11 @@ def decode_match(body: bytes) -> MatchRequest:
         req = _match_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BodyError(_details(exc)) from None
-    _check_years(
-        [(["bookings", i, "requested_at"], b.requested_at) for i, b in enumerate(req.bookings)]
+    ids: list[tuple[list[str | int], str]] = [(["city"], req.city)]
+    ids += [(["bookings", i, "booking_id"], b.booking_id) for i, b in enumerate(req.bookings)]
+    ids += [(["drivers", i, "driver_id"], d.driver_id) for i, d in enumerate(req.drivers)]
+    _check(
+        ids, [(["bookings", i, "requested_at"], b.requested_at) for i, b in enumerate(req.bookings)]
     )
     return req
 

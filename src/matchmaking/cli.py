@@ -12,6 +12,7 @@ import typer
 
 from matchmaking.config import Settings
 from matchmaking.errors import MatchmakingError
+from matchmaking.progress import PROGRESS_ENV_VAR, command_progress, export_choice, progress_wanted
 from matchmaking.registry.commands import promote_command, rollback_command
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,15 @@ app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
 world_app = typer.Typer(help="The synthetic ride-hailing world (stands in for production data).")
 app.add_typer(world_app, name="world")
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        envvar=PROGRESS_ENV_VAR,
+        show_default=False,
+        help="Show progress on stderr (default: only when stderr is a terminal).",
+    ),
+]
 
 
 def _setup_logging(level: str) -> None:
@@ -64,7 +74,7 @@ def world_generate(
     bookings_per_day: Annotated[
         int | None, typer.Option(min=1, help="Override: bookings per city-day (ignores --scale).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = None,
 ) -> None:
     """Generate drivers, bookings, candidates, dispatch logs and the hidden ground truth."""
     from matchmaking.world.generate import generate_world
@@ -82,7 +92,7 @@ def world_generate(
         out=out or settings.lake_dir,
         scale=scale,
         bookings_per_day=bookings_per_day,
-        progress=progress,
+        progress=progress_wanted(progress),
     )
     typer.echo(summary.to_table())
 
@@ -117,14 +127,16 @@ def process(
     max_bad_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fail when more raw rows than this are bad.")
     ] = 0.05,
+    progress: ProgressOption = None,
 ) -> None:
     """Validate raw partitions, quarantine bad rows, publish a versioned feature dataset."""
     from matchmaking.processing.step import process as run_process
     from matchmaking.world.cities import get_city
 
     get_city(city)
+    shown = command_progress(progress, f"process {city}")
     result = run_process(
-        Settings(), city, _date(start, "--start"), _date(end, "--end"), max_bad_share
+        Settings(), city, _date(start, "--start"), _date(end, "--end"), max_bad_share, shown
     )
     typer.echo(
         f"features: {result.dataset_dir}\ndigest: {result.digest}\nrows: {result.rows} "
@@ -151,13 +163,15 @@ def train(
     reuse_existing: Annotated[
         bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
     ] = True,
+    progress: ProgressOption = None,
 ) -> None:
     """Fit binary and LambdaRank LightGBM models, keep the better, register a version."""
     from matchmaking.training.params import load_params, parse_overrides
     from matchmaking.training.train import train as run_train
 
     p = load_params(params, parse_overrides(set_ or []))
-    result = run_train(Settings(), city, features, p, process_run_id or None, reuse_existing)
+    shown = command_progress(progress, f"train {city}")
+    result = run_train(Settings(), city, features, p, process_run_id or None, reuse_existing, shown)
     typer.echo(
         f"model: {result.model_name} v{result.version} ({result.objective})"
         f"{' [reused]' if result.reused else ''}\nrun_id: {result.run_id}\n"
@@ -175,14 +189,18 @@ def evaluate(
         str, typer.Option(help="Holdout feature dataset (a later window): a dir or a URI.")
     ],
     seed: Annotated[int, typer.Option(help="Seed of the replay's outcome draws.")] = 7,
+    progress: ProgressOption = None,
 ) -> None:
     """Offline metrics and a dispatch replay against the oracle and two baselines."""
+    from matchmaking.evaluation.evaluate import artifact_lines, format_summary
     from matchmaking.evaluation.evaluate import evaluate as run_evaluate
-    from matchmaking.evaluation.evaluate import format_summary
 
-    result = run_evaluate(Settings(), city, model_uri, features, seed)
+    shown = command_progress(progress, f"evaluate {city}")
+    result = run_evaluate(Settings(), city, model_uri, features, seed, progress=shown)
     typer.echo(format_summary([result]))
     typer.echo(f"run_id: {result.run_id}")
+    for line in artifact_lines(result):
+        typer.echo(line)
 
 
 @app.command()
@@ -195,12 +213,14 @@ def pipeline(
         list[str] | None,
         typer.Option("--set", help="Override a training parameter: KEY=VALUE (repeatable)."),
     ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Chain process -> train -> evaluate as MLflow Projects runs (the `main` entry point)."""
     from matchmaking.pipeline import run_chain
     from matchmaking.world.cities import get_city
 
     get_city(city)
+    export_choice(progress)  # the steps run as processes of their own
     overrides = {}
     for item in set_ or []:
         key, _, value = item.partition("=")
@@ -226,11 +246,13 @@ def serve(
 def demo(
     days: Annotated[int, typer.Option(min=7, help="Days in the training window.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    progress: ProgressOption = None,
 ) -> None:
     """Run the main job end to end on the embedded defaults (SQLite, local files)."""
     from matchmaking.demo import run_demo
 
-    run_demo(Settings(), days=days, seed=seed)
+    export_choice(progress)  # the steps run as processes of their own
+    run_demo(Settings(), days=days, seed=seed, progress=progress_wanted(progress))
 
 
 def _fail(message: str, code: int) -> None:

@@ -4,12 +4,21 @@ World -> ``matchmaking_data`` (process each city's training and holdout windows)
 ``matchmaking_train`` (train, evaluate) run in-process with ``dag.test()``: Airflow metadata
 in SQLite under ``data/airflow``, MLflow in a SQLite store under ``data/``. The first version
 of each city then goes straight to Production; the demo shows the registry and the evaluation.
+
+The steps run as processes of their own (MLflow Projects): what they print on stdout (each
+city's evaluation table, dataset and model lines) goes to ``data/airflow/steps.log``, so the
+demo prints every table once, all cities together; their progress (stderr) stays on screen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -30,8 +39,32 @@ TRAIN_DAYS = 28
 HOLDOUT_DAYS = 7
 
 
-def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[EvaluationResult]:
-    """Run the demo and print what happened; returns the evaluation of each city."""
+@contextlib.contextmanager
+def stdout_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 1 (this process's and its children's stdout) to ``path``
+    (written afresh)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with path.open("wb") as log:
+            os.dup2(log.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
+def run_demo(
+    settings: Settings, days: int = 28, seed: int = 42, progress: bool = False
+) -> list[EvaluationResult]:
+    """Run the demo and print what happened; returns the evaluation of each city.
+
+    ``progress``: show the world generator's bar (the steps decide for themselves, from
+    ``MATCHMAKING_PROGRESS`` or their stderr).
+    """
     from matchmaking.world.generate import generate_world
 
     start = date(2026, 8, 1)
@@ -47,7 +80,7 @@ def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[Evaluat
         out=settings.lake_dir,
         scale=0.002,
         bookings_per_day=None,
-        progress=True,
+        progress=progress,
     )
     echo(summary.to_table())
 
@@ -74,7 +107,10 @@ def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[Evaluat
         f"\n== Airflow (dag.test, metadata in {airflow_home}): matchmaking_data for {day}, "
         "then matchmaking_train on its features asset"
     )
-    outcome = run_day(day)
+    steps_log = airflow_home / "steps.log"
+    echo(f"   output of the steps: {steps_log}")
+    with stdout_to(steps_log):
+        outcome = run_day(day)
     for city, published in outcome.event["cities"].items():
         echo(
             f"   {city}: train {'..'.join(published['window'])}, holdout "
@@ -88,7 +124,7 @@ def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[Evalua
     from mlflow.tracking import MlflowClient
 
     from matchmaking import tracking
-    from matchmaking.evaluation.evaluate import format_summary
+    from matchmaking.evaluation.evaluate import artifact_lines, format_summary
     from matchmaking.registry.production import current_production, set_production
 
     uri = tracking.configure(settings)
@@ -113,6 +149,8 @@ def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[Evalua
     results = [_evaluation(client, str(item["evaluate_run_id"])) for item in evaluated]
     echo("\n== evaluation on the holdout (replay: one offer per booking, same draws per policy)")
     echo(format_summary(results))
+    for r in results:
+        echo(f"   {r.city}: " + "\n   ".join([f"evaluate run {r.run_id}", *artifact_lines(r)]))
     echo(f"\nMLflow store: {uri}\nbrowse it: .venv/bin/mlflow ui --backend-store-uri {uri}")
     echo("serve the Production models: make serve")
     return results
@@ -143,4 +181,5 @@ def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
         run_id=run_id,
         table=table,
         matching=matching,
+        artifact_uri=run.info.artifact_uri,
     )

@@ -19,6 +19,7 @@ from matchmaking.evaluation.matching import match_replay
 from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
 from matchmaking.evaluation.replay import draw_outcomes, replay
 from matchmaking.processing.step import read_dataset
+from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES
 from matchmaking.storage import Location
 from matchmaking.world import lake
@@ -48,6 +49,7 @@ class EvaluationResult:
     run_id: str | None
     table: pd.DataFrame  # one row per policy, SUMMARY_COLUMNS
     matching: dict[str, float]  # greedy vs batch matching with the model's scores
+    artifact_uri: str | None = None  # the run's artifacts: plots/*.png, summary.txt, summary.json
 
     def metric(self, policy: str, name: str) -> float:
         return float(self.table.loc[policy, name])
@@ -119,13 +121,19 @@ def evaluate(
     features_dir: Location,
     seed: int = 7,
     log_run: bool = True,
+    progress: Progress = SILENT,
 ) -> EvaluationResult:
     """Score the holdout with the model, compare with oracle and baselines, log plots."""
     tracking.configure(settings)
+    progress.step(f"reading the holdout {features_dir} and its ground truth")
     rows, manifest = holdout_frame(settings, city, features_dir)
+    progress.step(f"loading {model_uri}")
     booster = load_booster(model_uri)
     model_scores = booster.predict(rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))  # type: ignore[attr-defined]
     probabilistic = bool(np.all((model_scores >= 0) & (model_scores <= 1)))
+    progress.step(
+        f"replaying {rows['booking_id'].nunique():,} bookings under {len(POLICIES)} policies"
+    )
     table = compare(rows, np.asarray(model_scores, dtype=np.float64), probabilistic, seed)
     table = table[[*SUMMARY_COLUMNS, "bookings"]]
     matching = match_replay(
@@ -136,10 +144,13 @@ def evaluate(
         rows["p_accept"].to_numpy(dtype=np.float64),
     )
     run_id = None
+    artifact_uri: str | None = None
     if log_run:
+        progress.step("logging metrics, plots and the report to MLflow")
         tracking.use_experiment(settings, city)
         with mlflow.start_run(run_name=f"evaluate-{city}") as run:
             run_id = run.info.run_id
+            artifact_uri = run.info.artifact_uri
             mlflow.set_tags(
                 tracking.reproducibility_tags(
                     step="evaluate", city=city, model_uri=model_uri, data_digest=manifest["digest"]
@@ -186,9 +197,26 @@ def evaluate(
                     "plots/calibration.png",
                 )
             mlflow.log_figure(plot_policies(table), "plots/policy_comparison.png")
+    progress.done()
     return EvaluationResult(
-        city=city, model_uri=model_uri, run_id=run_id, table=table, matching=matching
+        city=city,
+        model_uri=model_uri,
+        run_id=run_id,
+        table=table,
+        matching=matching,
+        artifact_uri=artifact_uri,
     )
+
+
+def artifact_lines(result: EvaluationResult) -> list[str]:
+    """Where the evaluate run put its plots and report (nothing when no run was logged)."""
+    if result.artifact_uri is None:
+        return []
+    base = result.artifact_uri.rstrip("/")
+    return [
+        f"plots: {base}/plots/ (feature importance, calibration, policy comparison)",
+        f"report: {base}/summary.txt (as a table: summary.json)",
+    ]
 
 
 def format_summary(results: list[EvaluationResult]) -> str:

@@ -31,6 +31,7 @@ from matchmaking.errors import DataQualityError, InputError, StorageError
 from matchmaking.features.batch import build_features, driver_snapshot, offer_log
 from matchmaking.processing.inputs import require_raw
 from matchmaking.processing.validate import validate
+from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES, RAW_TABLES
 from matchmaking.storage import Location
 from matchmaking.world import lake
@@ -112,17 +113,25 @@ def _window(start: date, end: date) -> None:
 
 
 def build_dataset(
-    settings: Settings, city: str, start: date, end: date, max_bad_share: float
+    settings: Settings,
+    city: str,
+    start: date,
+    end: date,
+    max_bad_share: float,
+    progress: Progress = SILENT,
 ) -> ProcessResult:
     """Read, validate, featurise and publish one city's window (no MLflow side effects)."""
     _window(start, end)
     info = get_city(city)
     root = settings.lake_dir
     read_from = require_raw(root, city, start, end)  # the window, its history, their schema
+    days = (end - read_from).days + 1
+    progress.step(f"reading {days} daily partitions ({read_from}..{end}) and the driver roster")
     bookings = lake.read_partitions(root, city, "bookings", read_from, end).to_pandas()
     candidates = lake.read_partitions(root, city, "candidates", read_from, end).to_pandas()
     drivers = lake.read_drivers(root, city).to_pandas()
 
+    progress.step(f"validating {len(bookings):,} bookings and {len(candidates):,} candidates")
     checked = validate(bookings, candidates, drivers, centre=(info.lat, info.lng))
     logger.info(
         "%s: %d of %d raw rows quarantined (%.2f%%)",
@@ -131,6 +140,7 @@ def build_dataset(
         checked.total_rows,
         100 * checked.bad_share,
     )
+    progress.step("building features and the driver table")
     offers = offer_log(checked.candidates, info.tz)
     # History comes from every clean offer read; features only for the window's rows.
     lo = pd.Timestamp(start.isoformat(), tz=info.tz)
@@ -149,6 +159,7 @@ def build_dataset(
     rows = rows.loc[in_window].reset_index(drop=True)
     snapshot = driver_snapshot(checked.drivers, offers, np.datetime64(end + timedelta(days=1)))
 
+    progress.step(f"writing {len(rows):,} feature rows")
     parent = storage.join(
         settings.features_dir, f"city={city}", f"{start.isoformat()}_{end.isoformat()}"
     )
@@ -198,9 +209,15 @@ def build_dataset(
 
 
 def process(
-    settings: Settings, city: str, start: date, end: date, max_bad_share: float = 0.05
+    settings: Settings,
+    city: str,
+    start: date,
+    end: date,
+    max_bad_share: float = 0.05,
+    progress: Progress = SILENT,
 ) -> ProcessResult:
     """The data step as an MLflow run: lineage of raw inputs, row and quarantine counts."""
+    progress.step(f"opening the MLflow run of {start}..{end}")
     tracking.configure(settings)
     tracking.use_experiment(settings, city)
     with mlflow.start_run(run_name=f"process-{city}-{start}_{end}") as run:
@@ -210,10 +227,11 @@ def process(
         )
         raw_uri = storage.as_uri(storage.join(settings.raw_dir, f"city={city}"))
         try:
-            result = build_dataset(settings, city, start, end, max_bad_share)
+            result = build_dataset(settings, city, start, end, max_bad_share, progress)
         except DataQualityError as exc:
             mlflow.set_tag("failure", str(exc)[:5000])
             raise
+        progress.step("logging lineage and counts to MLflow")
         mlflow.log_input(
             tracking.lineage_dataset(
                 raw_uri,
@@ -247,6 +265,7 @@ def process(
             json.loads(storage.read_bytes(storage.join(result.dataset_dir, MANIFEST_FILE))),
             MANIFEST_FILE,
         )
+    progress.done()
     return ProcessResult(**{**result.__dict__, "run_id": run.info.run_id})
 
 

@@ -24,6 +24,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
 from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
 from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
@@ -84,7 +85,11 @@ def _group_sizes(rows: pd.DataFrame) -> npt.NDArray[np.int64]:
 
 
 def fit(
-    objective: Objective, train: pd.DataFrame, valid: pd.DataFrame, params: TrainParams
+    objective: Objective,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    params: TrainParams,
+    progress: Progress = SILENT,
 ) -> Fitted:
     """Fit one objective with early stopping on the validation window."""
     y_train, y_valid = train[LABEL_COLUMN].to_numpy(), valid[LABEL_COLUMN].to_numpy()
@@ -95,6 +100,7 @@ def fit(
         dtrain.set_group(_group_sizes(train))
         dvalid.set_group(_group_sizes(valid))
     started = time.perf_counter()
+    rounds = progress.rounds(f"fitting {objective}", params.num_boost_round)
     booster = lgb.train(
         params.lgb_params(objective),
         dtrain,
@@ -102,9 +108,11 @@ def fit(
         valid_sets=[dvalid],
         valid_names=["valid"],
         callbacks=[
-            lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False)
+            lgb.early_stopping(params.early_stopping_rounds, first_metric_only=True, verbose=False),
+            rounds,
         ],
     )
+    rounds.close()
     seconds = time.perf_counter() - started
     scores = np.asarray(booster.predict(matrix(valid), num_iteration=booster.best_iteration))
     return Fitted(objective, booster, auc(y_valid, scores), int(booster.best_iteration), seconds)
@@ -153,12 +161,14 @@ def train(
     params: TrainParams,
     process_run_id: str | None = None,
     reuse_existing: bool = True,
+    progress: Progress = SILENT,
 ) -> TrainResult:
     """Fit each configured objective, keep the best, log it and register a new version.
 
     ``features_dir`` is the dataset ``process`` published: a path or a URI (``s3://...``).
     """
     features_dir = storage.location(features_dir)
+    progress.step(f"reading features {features_dir}")
     rows, manifest = read_dataset(features_dir)
     if manifest.get("city") != city:
         raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
@@ -170,6 +180,7 @@ def train(
     code = tracking.git_commit()
     p_hash = params_hash(params)
     if reuse_existing:
+        progress.step(f"looking for a version of {name} trained on the same data, code, params")
         existing = find_existing_version(client, name, data_digest, code, p_hash)
         if existing is not None:
             mv = client.get_model_version(name, existing)
@@ -193,11 +204,13 @@ def train(
                 )
             objective = mv.tags.get("objective", "")
             uri = f"models:/{name}/{existing}"
+            progress.done(f"reusing {name} v{existing}")
             return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
 
     data = labelled(rows)
     train_rows, valid_rows = split_by_day(data, params.valid_days)
     features_uri = storage.as_uri(features_dir)
+    progress.step(f"logging {len(train_rows):,} training and {len(valid_rows):,} validation rows")
     with mlflow.start_run(run_name=f"train-{city}") as run:
         mlflow.set_tags(
             tracking.reproducibility_tags(
@@ -221,7 +234,7 @@ def train(
             )
             mlflow.log_input(ds, context=context)
 
-        fits = [fit(obj, train_rows, valid_rows, params) for obj in params.objectives]
+        fits = [fit(obj, train_rows, valid_rows, params, progress) for obj in params.objectives]
         chosen, reason = select(fits, params.selection_tolerance)
         metrics: dict[str, float] = {
             "train_rows": float(len(train_rows)),
@@ -252,6 +265,7 @@ def train(
         )
         mlflow.log_dict(importance, "feature_importance.json")
 
+        progress.step(f"logging the {chosen.objective} model ({reason})")
         booster = _trimmed(chosen.booster)
         example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
         signature = infer_signature(example, booster.predict(example.to_numpy()))
@@ -268,6 +282,7 @@ def train(
                 extra_files=[str(driver_table)],
                 pip_requirements=_pip_requirements(),
             )
+        progress.step(f"registering a version of {name}")
         version = register(
             client,
             name,
@@ -291,6 +306,7 @@ def train(
             ),
         )
         mlflow.set_tag("registered_version", version)
+    progress.done(f"registered {name} v{version}")
     return TrainResult(
         city, run.info.run_id, name, version, f"models:/{name}/{version}", chosen.objective, metrics
     )
