@@ -215,11 +215,11 @@ def pipeline(
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(help="Interface to bind [default: $MATCHMAKING_SERVE_HOST or 127.0.0.1]."),
+        typer.Option(help="Interface to bind (default: $MATCHMAKING_SERVE_HOST, else 127.0.0.1)."),
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(min=0, max=65535, help="Port [default: $MATCHMAKING_SERVE_PORT or 8000]."),
+        typer.Option(min=0, max=65535, help="Port (default: $MATCHMAKING_SERVE_PORT, else 8000)."),
     ] = None,
 ) -> None:
     """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match).

@@ -39,32 +39,51 @@ def _wait_healthy(proc: subprocess.Popen[str], url: str, timeout_s: float = 120.
     pytest.fail(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def test_serve_binds_the_host_and_port_of_the_environment(tmp_path: Path) -> None:
-    port = _free_port()
+def _serve(args: list[str], env_port: int, cwd: Path) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "MATCHMAKING_SERVE_HOST": "127.0.0.1",
-        "MATCHMAKING_SERVE_PORT": str(port),
+        "MATCHMAKING_SERVE_PORT": str(env_port),
         "MATCHMAKING_SERVE_COMPILE_FORESTS": "false",
     }
     env.pop("MATCHMAKING_SERVE_HOT_CITIES", None)
-    proc = subprocess.Popen(
-        [str(MATCHMAKING), "serve"],
+    return subprocess.Popen(
+        [str(MATCHMAKING), "serve", *args],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
+def test_serve_binds_the_host_and_port_of_the_environment(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _serve([], port, tmp_path)
     try:
         _wait_healthy(proc, f"http://127.0.0.1:{port}/healthz")
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        _stop(proc)
+
+
+def test_the_port_option_overrides_the_environment(tmp_path: Path) -> None:
+    env_port, option_port = _free_port(), _free_port()
+    proc = _serve(["--port", str(option_port)], env_port, tmp_path)
+    try:
+        _wait_healthy(proc, f"http://127.0.0.1:{option_port}/healthz")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{env_port}/healthz", timeout=2.0)
+    finally:
+        _stop(proc)
 
 
 def test_invalid_port_setting_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
