@@ -36,7 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 serve: $(STAMP)
-	# The demo cities are loaded before the first request.
+	# The demo cities are loaded before the first request. Every setting is the environment's,
+	# as for `matchmaking serve` and the image: MATCHMAKING_SERVE_PORT=9000 make serve
 	MATCHMAKING_SERVE_HOT_CITIES=$${MATCHMAKING_SERVE_HOT_CITIES-jakarta,bangkok,ho-chi-minh-city} $(BIN)/matchmaking serve
 
 # Re-resolve the pins from pyproject.toml in a scratch venv.

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
+from pydantic import ValidationError
+
+from matchmaking.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # One request = one small single-threaded predict; native thread pools only add contention.
@@ -26,11 +30,13 @@ def limit_loaded_pools() -> None:
     threadpool_limits(limits=1)
 
 
-def run(host: str, port: int, log_level: str = "info") -> None:
+def run(host: str | None = None, port: int | None = None, log_level: str | None = None) -> None:
     """Serve the app with uvicorn, one worker, until interrupted.
 
-    Settings (``MATCHMAKING_SERVE_*``) are read from the environment; ``host``, ``port`` and
-    ``log_level`` come from the caller (the CLI passes its options).
+    The one settings path of every way of starting the service (``matchmaking serve``,
+    ``make serve``, ``python -m serving.main``, the image): ``ServeSettings`` from the
+    environment (``MATCHMAKING_SERVE_HOST``, ``_PORT``, ``_LOG_LEVEL``, ...); ``host``,
+    ``port`` and ``log_level`` override them only when given (the CLI's options).
     """
     limit_native_threads()
     import uvicorn
@@ -40,15 +46,21 @@ def run(host: str, port: int, log_level: str = "info") -> None:
     from serving.settings import ServeSettings
 
     limit_loaded_pools()
-    configure_logging(log_level)
-    settings = ServeSettings()
+    try:
+        settings = ServeSettings()
+    except ValidationError as exc:
+        raise ConfigError(f"MATCHMAKING_SERVE_* settings are invalid:\n{exc}") from exc
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    level = (log_level or settings.log_level).lower()
+    configure_logging(level)
     app = create_app(settings)
     logger.info("listening on http://%s:%d", host, port)
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level=log_level.lower(),
+        log_level=level,
         access_log=False,  # the app writes its own structured access log
         log_config=None,  # keep the JSON logging configured above
         workers=1,
@@ -56,11 +68,8 @@ def run(host: str, port: int, log_level: str = "info") -> None:
 
 
 def main() -> None:
-    """``python -m serving.main``: host and port from ``MATCHMAKING_SERVE_HOST/PORT``."""
-    from serving.settings import ServeSettings
-
-    settings = ServeSettings()
-    run(settings.host, settings.port, settings.log_level)
+    """``python -m serving.main``: everything from ``MATCHMAKING_SERVE_*``."""
+    run()
 
 
 if __name__ == "__main__":

@@ -233,13 +233,22 @@ def pipeline(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to bind (default: $MATCHMAKING_SERVE_HOST, else 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Port (default: $MATCHMAKING_SERVE_PORT, else 8000)."),
+    ] = None,
 ) -> None:
-    """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match)."""
+    """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match).
+
+    Every other setting comes from MATCHMAKING_SERVE_* (docs/serving.md).
+    """
     from serving.main import run
 
-    run(host=host, port=port, log_level=Settings().log_level.lower())
+    run(host=host, port=port)
 
 
 @app.command()

@@ -6,11 +6,13 @@ Settings come from the environment (prefix ``MATCHMAKING_``) and are built at th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matchmaking import storage
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MATCHMAKING_", extra="ignore")
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, validate_default=True)
     lake_uri: str | None = None
     tracking_uri: str | None = None
     experiment_prefix: str = "matchmaking"
@@ -41,11 +43,19 @@ class Settings(BaseSettings):
     promotion_locks_uri: str | None = None
     promotion_lease_s: float = Field(default=900.0, gt=0)
 
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Relative to the working directory of the process building the settings, once:
+        what is logged and handed to other processes is absolute."""
+        return value.absolute()
+
     @property
     def lake_dir(self) -> Location:
-        """``MATCHMAKING_LAKE_URI`` (a ``Path`` when local), else ``<data_dir>/lake``."""
+        """``MATCHMAKING_LAKE_URI`` (an absolute ``Path`` when local), else ``<data_dir>/lake``."""
         if self.lake_uri:
-            return storage.location(self.lake_uri)
+            lake = storage.location(self.lake_uri)
+            return lake if storage.is_remote(lake) else storage.local_path(lake).absolute()
         return self.data_dir / "lake"
 
     @property
@@ -73,15 +83,61 @@ class Settings(BaseSettings):
         return self.data_dir / "mlartifacts"
 
     def resolved_tracking_uri(self) -> str:
-        """The tracking URI in force: explicit setting, then MLFLOW_TRACKING_URI, then SQLite."""
-        import os
+        """The tracking URI in force: explicit setting, then MLFLOW_TRACKING_URI, then SQLite.
 
-        if self.tracking_uri:
-            return self.tracking_uri
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        if env:
-            return env
-        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+        A relative SQLite path is made absolute here, so that the step processes, which
+        MLflow Projects starts in another directory, open the same file.
+        """
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+        return absolute_sqlite_uri(uri)
+
+    def step_environment(self) -> dict[str, str]:
+        """The locations a step process needs, absolute (resolved against this process's
+        working directory, once): ``MATCHMAKING_DATA_DIR`` and a local ``MATCHMAKING_LAKE_URI``.
+        """
+        env = {"MATCHMAKING_DATA_DIR": str(self.data_dir)}
+        if self.lake_uri:
+            env["MATCHMAKING_LAKE_URI"] = str(self.lake_dir)
+        return env
+
+
+def absolute_sqlite_uri(uri: str) -> str:
+    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``; other URIs unchanged."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + "/") or uri == prefix + ":memory:":
+        return uri
+    return f"{prefix}{Path(uri.removeprefix(prefix)).resolve()}"
+
+
+def refuse_mlflow_default_store(uri: str) -> None:
+    """Refuse, in a step started by ``mlflow run`` without ``MLFLOW_TRACKING_URI``, MLflow's
+    built-in default store (``./mlflow.db`` at the repository root) instead of silently
+    filling a second store next to the project's ``data/mlflow.db``.
+
+    ``mlflow run`` creates the run before any project code runs, in
+    ``sqlite:///<its working directory>/mlflow.db`` (MLflow 3), and MLflow has no project-level
+    setting for it: the run can only be pointed at the project's store by the environment.
+    Steps run from the repository root (``mlproject/step.sh``), so that file is
+    ``./mlflow.db`` here.
+
+    Raises:
+        ConfigError: the run lives in that default store.
+    """
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        return
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    if Path(unquote(uri.removeprefix(prefix))).resolve() != Path("mlflow.db").resolve():
+        return
+    raise ConfigError(
+        f"`mlflow run` started this run in MLflow's built-in default store {uri} because "
+        "MLFLOW_TRACKING_URI is not set; the project's store is data/mlflow.db. Run "
+        "`export MLFLOW_TRACKING_URI=sqlite:///$PWD/data/mlflow.db` (or your tracking server) "
+        "from the repository root and rerun; ./mlflow.db can be deleted"
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,12 +1,18 @@
 """The chained pipeline: process (train window) -> process (holdout) -> train -> evaluate.
 
 ``run_chain`` drives the MLflow Projects in ``mlproject/`` (each step its own run, passing run
-ids and dataset URIs along), exactly as ``mlflow run mlproject -e main`` does.
+ids and dataset URIs along), exactly as ``mlflow run mlproject -e main`` does. Locations are
+resolved once, here, against the working directory the pipeline was started from, and reach
+the steps as absolute paths; the steps run with this process's interpreter.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -21,6 +27,8 @@ from matchmaking.errors import InputError, TrackingError
 logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "mlproject"
+# Read by mlproject/step.sh: the interpreter that runs the step's `python -m matchmaking`.
+PYTHON_ENV_VAR = "MATCHMAKING_PYTHON"
 
 
 @dataclass(frozen=True)
@@ -53,19 +61,39 @@ def run_project(
         mlflow.exceptions.ExecutionException: the step failed (its run is marked FAILED).
     """
     logger.info("mlflow run %s -e %s %s", PROJECT_DIR, entry_point, params)
-    submitted = mlflow.projects.run(
-        str(PROJECT_DIR),
-        entry_point=entry_point,
-        parameters={k: str(v) for k, v in params.items()},
-        env_manager="local",
-        experiment_id=experiment_id,
-        experiment_name=experiment_name,
-        run_name=run_name,
-        synchronous=True,
-    )
+    with exported({PYTHON_ENV_VAR: sys.executable}):  # not whatever `python` PATH finds
+        submitted = mlflow.projects.run(
+            str(PROJECT_DIR),
+            entry_point=entry_point,
+            parameters={k: str(v) for k, v in params.items()},
+            env_manager="local",
+            experiment_id=experiment_id,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            synchronous=True,
+        )
     run_id = str(submitted.run_id)
     logger.info("%s finished: run %s", entry_point, run_id)
     return run_id
+
+
+@contextmanager
+def exported(updates: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the step processes started inside; restore them after.
+
+    MLflow Projects hands its children a copy of ``os.environ`` (there is no ``env=``), and
+    ``dag.test()`` runs every task in one process, hence the restore.
+    """
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_tags(run_id: str, *keys: str) -> dict[str, str]:
@@ -90,6 +118,18 @@ def run_chain(
     train_overrides: dict[str, str],
 ) -> dict[str, str]:
     """Run every step as its own MLflow Projects run; returns the ids and URIs that flowed."""
+    with exported(settings.step_environment()):
+        return _chain(settings, city, end, train_days, holdout_days, train_overrides)
+
+
+def _chain(
+    settings: Settings,
+    city: str,
+    end: date,
+    train_days: int,
+    holdout_days: int,
+    train_overrides: dict[str, str],
+) -> dict[str, str]:
     tracking.configure(settings)
     w = windows(end, train_days, holdout_days)
     exp = tracking.experiment_name(settings, city)

@@ -14,7 +14,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
-from matchmaking.config import Settings
+from matchmaking.config import Settings, refuse_mlflow_default_store
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ TRACKED_PACKAGES = (
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured tracking (and registry) store; returns the URI."""
     uri = settings.resolved_tracking_uri()
+    refuse_mlflow_default_store(uri)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
