@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from matchmaking.config import Settings
-from matchmaking.errors import MatchmakingError
+from matchmaking.errors import ConfigError, InputError, MatchmakingError, cli_lines, field_problems
 from matchmaking.registry.commands import promote_command, rollback_command
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,9 @@ app = typer.Typer(
 )
 app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
-world_app = typer.Typer(help="The synthetic ride-hailing world (stands in for production data).")
+world_app = typer.Typer(
+    help="The synthetic ride-hailing world (stands in for production data).", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 
 
@@ -70,13 +73,9 @@ def world_generate(
     from matchmaking.world.generate import generate_world
 
     settings = Settings()
-    try:
-        start_date = date.fromisoformat(start)
-    except ValueError:
-        _fail(f"--start {start!r} is not a date; use YYYY-MM-DD, for example 2026-10-01", 2)
     summary = generate_world(
         cities=_cities(cities),
-        start=start_date,
+        start=_date(start, "--start"),
         days=days,
         seed=seed,
         out=out or settings.lake_dir,
@@ -103,9 +102,8 @@ def _date(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date; use YYYY-MM-DD, for example 2026-10-01",
-            param_hint=option,
+        raise InputError(
+            f"{option} {value!r} is not a date; use YYYY-MM-DD, for example 2026-10-01"
         ) from None
 
 
@@ -198,9 +196,11 @@ def pipeline(
 ) -> None:
     """Chain process -> train -> evaluate as MLflow Projects runs (the `main` entry point)."""
     from matchmaking.pipeline import run_chain
+    from matchmaking.training.params import load_params, parse_overrides
     from matchmaking.world.cities import get_city
 
     get_city(city)
+    load_params(None, parse_overrides(set_ or []))  # refuse a bad --set before any step runs
     overrides = {}
     for item in set_ or []:
         key, _, value = item.partition("=")
@@ -233,20 +233,43 @@ def demo(
     run_demo(Settings(), days=days, seed=seed)
 
 
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def run(args: list[str] | None = None) -> int:
+    """Run one command; returns its exit code.
+
+    Every failure of every command ends here and is printed the same way, as ``error: ...``
+    lines on stderr with the documented exit code: usage errors of Typer/Click (2), the
+    package's errors (their ``exit_code``).
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a MATCHMAKING_ environment variable
+        lines = [f"MATCHMAKING_{key.upper()}: {problem}" for key, problem in field_problems(exc)]
+        return _report("\n".join(lines), ConfigError.exit_code)
+    _setup_logging(settings.log_level)
+    try:
+        result = app(args=args, standalone_mode=False)
+    except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text
+            typer.echo(exc.format_message(), err=True)
+            return exc.exit_code
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        return _report(f"{exc.format_message()}{where}", exc.exit_code)
+    except typer.Abort:
+        return _report("aborted", 1)
+    except MatchmakingError as exc:
+        return _report(str(exc), exc.exit_code)
+    return result if isinstance(result, int) else 0
+
+
+def _report(message: str, code: int) -> int:
+    typer.echo(cli_lines(message), err=True)
+    return code
 
 
 def main() -> None:
-    """Console-script entry: configure logging once, map package errors to exit codes."""
-    settings = Settings()
-    _setup_logging(settings.log_level)
-    try:
-        app()
-    except MatchmakingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    """Console-script entry: configure logging once, map every failure to its exit code."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matchmaking import storage
-from matchmaking.errors import ConfigError
+from matchmaking.errors import ConfigError, field_problems
 from matchmaking.storage import Location
 
 DEFAULT_DATA_DIR = Path("data")
@@ -95,4 +95,5 @@ def load_yaml_model(path: Path, model: type[M], overrides: dict[str, object] | N
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"config file {path} is invalid:\n{exc}") from exc
+        lines = [f"config file {path}: {key}: {problem}" for key, problem in field_problems(exc)]
+        raise ConfigError("\n".join(lines)) from None
