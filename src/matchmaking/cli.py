@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from datetime import date
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -37,6 +40,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # urllib3 logs every retry against an unreachable tracking server; the CLI reports the
+    # outage once, as an error line (see tracking.tracking_error).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _cities(value: str) -> list[str]:
@@ -233,20 +239,33 @@ def demo(
     run_demo(Settings(), days=days, seed=seed)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler. A BaseException, so that no ``except Exception`` keeps
+    the command going; it unwinds every ``with mlflow.start_run()``, which marks the run FAILED.
+    """
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def run(args: list[str] | None = None) -> int:
     """Run one command; returns its exit code.
 
     Every failure of every command ends here and is printed the same way, as ``error: ...``
     lines on stderr with the documented exit code: usage errors of Typer/Click (2), the
-    package's errors (their ``exit_code``).
+    package's errors (their ``exit_code``), MLflow failures nobody handled (5) and SIGTERM
+    (143, the run marked FAILED).
     """
     try:
         settings = Settings()
     except ValidationError as exc:  # a MATCHMAKING_ environment variable
         lines = [f"MATCHMAKING_{key.upper()}: {problem}" for key, problem in field_problems(exc)]
         return _report("\n".join(lines), ConfigError.exit_code)
-    _setup_logging(settings.log_level)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        _setup_logging(settings.log_level)
+        os.environ.update(settings.mlflow_http_environment(os.environ))
         result = app(args=args, standalone_mode=False)
     except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
         if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text
@@ -259,7 +278,31 @@ def run(args: list[str] | None = None) -> int:
         return _report("aborted", 1)
     except MatchmakingError as exc:
         return _report(str(exc), exc.exit_code)
+    except Exception as exc:
+        error = _tracking_failure(exc, settings)
+        if error is None:
+            raise  # a bug: keep the traceback
+        return _report(str(error), error.exit_code)
+    except Terminated as exc:
+        return _report(
+            f"stopped by {exc}; an MLflow run it had open is marked FAILED",
+            128 + signal.SIGTERM,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else 0
+
+
+def _tracking_failure(exc: Exception, settings: Settings) -> MatchmakingError | None:
+    """The package error for an MLflow failure nothing handled (``None`` for anything else)."""
+    mlflow = sys.modules.get("mlflow")  # not imported: the failure cannot be MLflow's
+    if mlflow is None:
+        return None
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    from matchmaking import tracking
+
+    return tracking.tracking_error(exc, settings)
 
 
 def _report(message: str, code: int) -> int:

@@ -6,11 +6,12 @@ Settings come from the environment (prefix ``MATCHMAKING_``) and are built at th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matchmaking import storage
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
     lake_uri: str | None = None
     tracking_uri: str | None = None
+    # How long a command waits for an unreachable tracking server before it exits with code 5
+    # (mapped onto MLflow's MLFLOW_HTTP_REQUEST_* variables: ``mlflow_http_environment``).
+    tracking_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    tracking_timeout: Annotated[int, Field(ge=1)] = 30
     experiment_prefix: str = "matchmaking"
     model_name_prefix: str = "matchmaking"
     log_level: str = "INFO"
@@ -72,6 +77,31 @@ class Settings(BaseSettings):
         if env:
             return env
         return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    def mlflow_http_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """MLflow's HTTP client variables that bound how long a command waits for an
+        unreachable tracking server (MLflow's defaults retry for minutes).
+
+        ``tracking_retries`` and ``tracking_timeout`` become ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
+        and ``MLFLOW_HTTP_REQUEST_TIMEOUT``; an MLflow variable already in ``environ`` wins
+        unless the ``MATCHMAKING_`` setting was given as well. The backoff between retries is
+        1 s, 2 s, 4 s, ... (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``..._BACKOFF_JITTER``).
+        The CLI puts these in its environment, so the MLflow Projects steps it starts get them.
+        """
+        out = {}
+        for var, field in (
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "tracking_retries"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "tracking_timeout"),
+        ):
+            if field in self.model_fields_set or var not in environ:
+                out[var] = str(getattr(self, field))
+        for var, value in (
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5"),
+        ):
+            if var not in environ:
+                out[var] = value
+        return out
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -95,6 +95,13 @@ def test_usage_errors_read_like_every_other_error(args: list[str], expected: str
     assert res.stderr.strip() == lines[0]  # no usage banner, nothing else around it
 
 
+def test_bad_setting_in_the_environment_exits_2_naming_the_variable() -> None:
+    res = cli("world", "cities", env={"MATCHMAKING_TRACKING_RETRIES": "many"})
+    assert res.returncode == 2, res.stderr
+    lines = error_lines(res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: MATCHMAKING_TRACKING_RETRIES:")
+
+
 def test_help_still_works() -> None:
     res = cli("--help")
     assert res.returncode == 0 and "process" in res.stdout
