@@ -173,7 +173,11 @@ def train(
 def evaluate(
     city: Annotated[str, typer.Option(help="City id.")],
     model_uri: Annotated[
-        str, typer.Option(help="models:/matchmaking-<city>/<version> or runs:/...")
+        str,
+        typer.Option(
+            help="models:/matchmaking-<city>/<version>, models:/<name>@<alias> or runs:/...; "
+            "a model of --city (its city tag)."
+        ),
     ],
     features: Annotated[
         str, typer.Option(help="Holdout feature dataset (a later window): a dir or a URI.")
