@@ -302,6 +302,8 @@ def _tracking_failure(exc: Exception, settings: Settings) -> MatchmakingError | 
     mlflow = sys.modules.get("mlflow")  # not imported: the failure cannot be MLflow's
     if mlflow is None:
         return None
+    if isinstance(exc, mlflow.exceptions.ExecutionException):  # an MLflow Projects step
+        return MatchmakingError(f"{exc}; the step's own error is printed above")
     if not isinstance(exc, mlflow.exceptions.MlflowException):
         return None
     from matchmaking import tracking

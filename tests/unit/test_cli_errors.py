@@ -107,3 +107,19 @@ def test_help_still_works() -> None:
     assert res.returncode == 0 and "process" in res.stdout
     res = cli("train", "--help")
     assert res.returncode == 0 and "--set" in res.stdout
+
+
+def test_a_failed_pipeline_step_ends_in_one_line_not_a_traceback(tmp_path: Path) -> None:
+    venv_bin = str(Path(sys.executable).parent)  # the steps call `matchmaking`
+    res = cli(
+        *("pipeline", "--city", "jakarta", "--end", "2026-10-02"),
+        env={
+            "MATCHMAKING_DATA_DIR": str(tmp_path / "empty"),
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+    )
+    assert res.returncode != 0, res.stderr
+    lines = error_lines(res.stderr)
+    assert lines and "printed above" in lines[-1], res.stderr
+    assert len(lines) == 2, res.stderr  # the step's own error, then the chain's
+    assert res.stderr.rstrip().endswith(lines[-1])
