@@ -243,14 +243,21 @@ def demo(
     run_demo(Settings(), days=days, seed=seed)
 
 
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler. A BaseException, so that no ``except Exception`` keeps
-    the command going; it unwinds every ``with mlflow.start_run()``, which marks the run FAILED.
-    """
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler. A KeyboardInterrupt, so SIGTERM stops what Ctrl-C stops:
+    no ``except Exception`` keeps the command going, every ``with mlflow.start_run()`` it
+    unwinds marks its run FAILED, and ``mlflow.projects.run`` cancels the step it is running
+    (SIGTERM to the step, which does the same)."""
+
+
+#: Signals received, for the report: Typer turns a KeyboardInterrupt into exit 130 silently.
+_received: list[str] = []
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise Terminated(name)
 
 
 def run(args: list[str] | None = None) -> int:
@@ -271,6 +278,8 @@ def run(args: list[str] | None = None) -> int:
         _setup_logging(settings.log_level)
         os.environ.update(settings.mlflow_http_environment(os.environ))
         result = app(args=args, standalone_mode=False)
+        if _received:  # Typer caught the Terminated and returned 130
+            raise Terminated(_received[-1])
     except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
         if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text
             typer.echo(exc.format_message(), err=True)
