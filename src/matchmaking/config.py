@@ -84,8 +84,8 @@ class Settings(BaseSettings):
 
         ``tracking_retries`` and ``tracking_timeout`` become ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
         and ``MLFLOW_HTTP_REQUEST_TIMEOUT``; an MLflow variable already in ``environ`` wins
-        unless the ``MATCHMAKING_`` setting was given as well. The backoff between retries is
-        1 s, 2 s, 4 s, ... (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``..._BACKOFF_JITTER``).
+        unless the ``MATCHMAKING_`` setting was given as well. Between retries urllib3 waits
+        0 s, 2 s, 4 s, ... (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` 1, ``..._BACKOFF_JITTER`` 0.5).
         The CLI puts these in its environment, so the MLflow Projects steps it starts get them.
         """
         out = {}
