@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from datetime import date
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from matchmaking.config import Settings
-from matchmaking.errors import MatchmakingError
+from matchmaking.errors import ConfigError, InputError, MatchmakingError, cli_lines, field_problems
 from matchmaking.progress import PROGRESS_ENV_VAR, command_progress, export_choice, progress_wanted
 from matchmaking.registry.commands import promote_command, rollback_command
 
@@ -25,7 +29,9 @@ app = typer.Typer(
 )
 app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
-world_app = typer.Typer(help="The synthetic ride-hailing world (stands in for production data).")
+world_app = typer.Typer(
+    help="The synthetic ride-hailing world (stands in for production data).", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 ProgressOption = Annotated[
     bool | None,
@@ -44,6 +50,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # urllib3 logs every retry against an unreachable tracking server; the CLI reports the
+    # outage once, as an error line (see tracking.tracking_error).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _cities(value: str) -> list[str]:
@@ -80,13 +89,9 @@ def world_generate(
     from matchmaking.world.generate import generate_world
 
     settings = Settings()
-    try:
-        start_date = date.fromisoformat(start)
-    except ValueError:
-        _fail(f"--start {start!r} is not a date; use YYYY-MM-DD, for example 2026-10-01", 2)
     summary = generate_world(
         cities=_cities(cities),
-        start=start_date,
+        start=_date(start, "--start"),
         days=days,
         seed=seed,
         out=out or settings.lake_dir,
@@ -113,9 +118,8 @@ def _date(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a date; use YYYY-MM-DD, for example 2026-10-01",
-            param_hint=option,
+        raise InputError(
+            f"{option} {value!r} is not a date; use YYYY-MM-DD, for example 2026-10-01"
         ) from None
 
 
@@ -183,7 +187,11 @@ def train(
 def evaluate(
     city: Annotated[str, typer.Option(help="City id.")],
     model_uri: Annotated[
-        str, typer.Option(help="models:/matchmaking-<city>/<version> or runs:/...")
+        str,
+        typer.Option(
+            help="models:/matchmaking-<city>/<version>, models:/<name>@<alias> or runs:/...; "
+            "a model of --city (its city tag)."
+        ),
     ],
     features: Annotated[
         str, typer.Option(help="Holdout feature dataset (a later window): a dir or a URI.")
@@ -217,9 +225,11 @@ def pipeline(
 ) -> None:
     """Chain process -> train -> evaluate as MLflow Projects runs (the `main` entry point)."""
     from matchmaking.pipeline import run_chain
+    from matchmaking.training.params import load_params, parse_overrides
     from matchmaking.world.cities import get_city
 
     get_city(city)
+    load_params(None, parse_overrides(set_ or []))  # refuse a bad --set before any step runs
     export_choice(progress)  # the steps run as processes of their own
     overrides = {}
     for item in set_ or []:
@@ -264,20 +274,91 @@ def demo(
     run_demo(Settings(), days=days, seed=seed, progress=progress_wanted(progress))
 
 
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler. A KeyboardInterrupt, so SIGTERM stops what Ctrl-C stops:
+    no ``except Exception`` keeps the command going, every ``with mlflow.start_run()`` it
+    unwinds marks its run FAILED, and ``mlflow.projects.run`` cancels the step it is running
+    (SIGTERM to the step, which does the same)."""
+
+
+#: Signals received, for the report: Typer turns a KeyboardInterrupt into exit 130 silently.
+_received: list[str] = []
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise Terminated(name)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run one command; returns its exit code.
+
+    Every failure of every command ends here and is printed the same way, as ``error: ...``
+    lines on stderr with the documented exit code: usage errors of Typer/Click (2), the
+    package's errors (their ``exit_code``), MLflow failures nobody handled (5) and SIGTERM
+    (143, the run marked FAILED).
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a MATCHMAKING_ environment variable
+        lines = [f"MATCHMAKING_{key.upper()}: {problem}" for key, problem in field_problems(exc)]
+        return _report("\n".join(lines), ConfigError.exit_code)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _setup_logging(settings.log_level)
+        os.environ.update(settings.mlflow_http_environment(os.environ))
+        result = app(args=args, standalone_mode=False)
+        if _received:  # Typer caught the Terminated and returned 130
+            raise Terminated(_received[-1])
+    except typer.TyperException as exc:  # Typer's (vendored Click's) usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help text
+            typer.echo(exc.format_message(), err=True)
+            return exc.exit_code
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        return _report(f"{exc.format_message()}{where}", exc.exit_code)
+    except typer.Abort:
+        return _report("aborted", 1)
+    except MatchmakingError as exc:
+        return _report(str(exc), exc.exit_code)
+    except Exception as exc:
+        error = _tracking_failure(exc, settings)
+        if error is None:
+            raise  # a bug: keep the traceback
+        return _report(str(error), error.exit_code)
+    except Terminated as exc:
+        return _report(
+            f"stopped by {exc}; an MLflow run it had open is marked FAILED",
+            128 + signal.SIGTERM,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return result if isinstance(result, int) else 0
+
+
+def _tracking_failure(exc: Exception, settings: Settings) -> MatchmakingError | None:
+    """The package error for an MLflow failure nothing handled (``None`` for anything else)."""
+    mlflow = sys.modules.get("mlflow")  # not imported: the failure cannot be MLflow's
+    if mlflow is None:
+        return None
+    if isinstance(exc, mlflow.exceptions.ExecutionException):  # an MLflow Projects step
+        return MatchmakingError(f"{exc}; the step's own error is printed above")
+    if not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    from matchmaking import tracking
+
+    return tracking.tracking_error(exc, settings)
+
+
+def _report(message: str, code: int) -> int:
+    typer.echo(cli_lines(message), err=True)
+    return code
 
 
 def main() -> None:
-    """Console-script entry: configure logging once, map package errors to exit codes."""
-    settings = Settings()
-    _setup_logging(settings.log_level)
-    try:
-        app()
-    except MatchmakingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    """Console-script entry: configure logging once, map every failure to its exit code."""
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Settings come from the environment (prefix ``MATCHMAKING_``) and are built at th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 from urllib.parse import unquote
 
 import yaml
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matchmaking import storage
-from matchmaking.errors import ConfigError
+from matchmaking.errors import ConfigError, field_problems
 from matchmaking.storage import Location
 
 DEFAULT_DATA_DIR = Path("data")
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, validate_default=True)
     lake_uri: str | None = None
     tracking_uri: str | None = None
+    # How long a command waits for an unreachable tracking server before it exits with code 5
+    # (mapped onto MLflow's MLFLOW_HTTP_REQUEST_* variables: ``mlflow_http_environment``).
+    tracking_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    tracking_timeout: Annotated[int, Field(ge=1)] = 30
     experiment_prefix: str = "matchmaking"
     model_name_prefix: str = "matchmaking"
     log_level: str = "INFO"
@@ -102,6 +107,31 @@ class Settings(BaseSettings):
             env["MATCHMAKING_LAKE_URI"] = str(self.lake_dir)
         return env
 
+    def mlflow_http_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """MLflow's HTTP client variables that bound how long a command waits for an
+        unreachable tracking server (MLflow's defaults retry for minutes).
+
+        ``tracking_retries`` and ``tracking_timeout`` become ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
+        and ``MLFLOW_HTTP_REQUEST_TIMEOUT``; an MLflow variable already in ``environ`` wins
+        unless the ``MATCHMAKING_`` setting was given as well. Between retries urllib3 waits
+        0 s, 2 s, 4 s, ... (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` 1, ``..._BACKOFF_JITTER`` 0.5).
+        The CLI puts these in its environment, so the MLflow Projects steps it starts get them.
+        """
+        out = {}
+        for var, field in (
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "tracking_retries"),
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "tracking_timeout"),
+        ):
+            if field in self.model_fields_set or var not in environ:
+                out[var] = str(getattr(self, field))
+        for var, value in (
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5"),
+        ):
+            if var not in environ:
+                out[var] = value
+        return out
+
 
 def absolute_sqlite_uri(uri: str) -> str:
     """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db``; other URIs unchanged."""
@@ -161,4 +191,5 @@ def load_yaml_model(path: Path, model: type[M], overrides: dict[str, object] | N
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"config file {path} is invalid:\n{exc}") from exc
+        lines = [f"config file {path}: {key}: {problem}" for key, problem in field_problems(exc)]
+        raise ConfigError("\n".join(lines)) from None

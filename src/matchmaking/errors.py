@@ -6,6 +6,11 @@ Every message says what is wrong and what to do about it. The CLI maps these to 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MatchmakingError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -57,3 +62,31 @@ class GateFailedError(MatchmakingError):
     """A candidate model failed the promotion gate; Production was left untouched."""
 
     exit_code = 7
+
+
+def field_problems(exc: ValidationError, known: str = "") -> list[tuple[str, str]]:
+    """``(field, what is wrong)`` for each field a pydantic validation rejected.
+
+    The messages are pydantic's without its input echo and documentation link: "must be a
+    valid number", "must be greater than or equal to 1", "unknown parameter; the parameters
+    are: <known>". Used to report one line per field in the CLI's error style.
+    """
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        name = loc[0] if loc else "?"
+        if err["type"] == "extra_forbidden":
+            problem = "unknown parameter" + (f"; the parameters are: {known}" if known else "")
+        else:
+            problem = str(err["msg"])
+            if problem.startswith("Input should"):
+                problem = "must" + problem.removeprefix("Input should")
+            if len(loc) > 1:
+                problem = f"item {'.'.join(loc[1:])} {problem}"
+        problems.append((name, problem))
+    return problems
+
+
+def cli_lines(message: str) -> str:
+    """The command line's error style: every line of ``message`` as ``error: <line>``."""
+    return "\n".join(f"error: {line}" for line in message.splitlines() or [""])

@@ -36,6 +36,15 @@ def test_impossible_start_date_exits_2(tmp_path: Path) -> None:
     res = _generate(tmp_path, "--start", "2026-02-30", "--out", str(tmp_path / "lake"))
     assert res.returncode == 2
     assert "2026-02-30" in res.stderr and "YYYY-MM-DD" in res.stderr
+    assert res.stderr.startswith("error: --start ")  # the CLI's one error style, no usage box
+
+
+def test_bad_option_value_is_an_error_line_not_a_box(tmp_path: Path) -> None:
+    res = _generate(tmp_path, "--days", "0", "--out", str(tmp_path / "lake"))
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and "--days" in res.stderr, res.stderr
+    assert "╭" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "lake").exists()
 
 
 def test_start_out_of_range_exits_2(tmp_path: Path) -> None:

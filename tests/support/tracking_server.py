@@ -323,6 +323,27 @@ class TrackingServer:
             finally:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL to its process group), as a crash would.
+
+        The backend store and the artifacts stay: ``restart()`` serves the same runs again.
+        """
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start the server again on the same backend store, on the same port when it is free
+        (else another: read ``uri`` again), and wait for ``/health``."""
+        self.kill()
+        self.startup_seconds = None
+        self._spawn(port=self.port)
+        self.wait_until_ready()
+
     # -- helpers -----------------------------------------------------------------------------
 
     def log_tail(self, max_lines: int = 60) -> str:
@@ -349,8 +370,8 @@ class TrackingServer:
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2.
         self.backend_uri = urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
 
-    def _spawn(self) -> None:
-        self.port = _free_port()
+    def _spawn(self, port: int | None = None) -> None:
+        self.port = port or _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable,

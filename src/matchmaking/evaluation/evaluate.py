@@ -13,7 +13,7 @@ import pandas as pd
 
 from matchmaking import storage, tracking
 from matchmaking.config import Settings
-from matchmaking.errors import InputError
+from matchmaking.errors import InputError, ModelNotFoundError
 from matchmaking.evaluation import metrics as m
 from matchmaking.evaluation.matching import match_replay
 from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
@@ -56,8 +56,75 @@ class EvaluationResult:
 
 
 def load_booster(model_uri: str) -> object:
-    """The LightGBM booster behind a registry or run URI."""
-    return mlflow.lightgbm.load_model(model_uri)
+    """The LightGBM booster behind a registry or run URI.
+
+    Raises:
+        ModelNotFoundError: nothing loadable is there (no such version, run or artifact).
+    """
+    try:
+        return mlflow.lightgbm.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        if tracking.unreachable(exc):
+            raise
+        raise ModelNotFoundError(f"no model at {model_uri!r}: {_first_line(exc)}; {_HOW}") from None
+
+
+_HOW = (
+    "pass models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/model, as "
+    "printed by `matchmaking train` (model_uri: ...)"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def model_tags(model_uri: str) -> dict[str, str]:
+    """Tags of the registered version (``models:/<name>/<version>``, ``models:/<name>@<alias>``)
+    or run (``runs:/``) behind a URI; empty for other locations (a path, a logged-model id).
+
+    Raises:
+        ModelNotFoundError: the registered model, version, alias or run does not exist.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if model_uri.startswith("models:/"):
+            ref = model_uri.removeprefix("models:/").strip("/")
+            name, at, alias = ref.partition("@")
+            if at:
+                return dict(client.get_model_version_by_alias(name, alias).tags)
+            name, _, version = ref.partition("/")
+            if version.isdigit():
+                return dict(client.get_model_version(name, version).tags)
+            # models:/m-<id> (a logged model) or a stage: no version tags to read
+        elif model_uri.startswith("runs:/"):
+            run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+            return dict(client.get_run(run_id).data.tags)
+    except mlflow.exceptions.MlflowException as exc:
+        if tracking.unreachable(exc):
+            raise
+        raise ModelNotFoundError(f"no model at {model_uri!r}: {_first_line(exc)}; {_HOW}") from None
+    return {}
+
+
+def check_model_city(model_uri: str, city: str) -> None:
+    """Refuse a model trained for another city than the one evaluated.
+
+    Raises:
+        InputError: the model's ``city`` tag names another city.
+        ModelNotFoundError: see ``model_tags``.
+    """
+    model_city = model_tags(model_uri).get("city")
+    if model_city is None:
+        logger.warning("%s has no city tag: cannot check it was trained for %s", model_uri, city)
+    elif model_city != city:
+        raise InputError(
+            f"{model_uri} is a model of {model_city!r} (its city tag), not {city!r}; evaluate "
+            f"it with --city {model_city} on a {model_city} holdout, or pass a {city} model"
+        )
 
 
 def holdout_frame(
@@ -123,8 +190,14 @@ def evaluate(
     log_run: bool = True,
     progress: Progress = SILENT,
 ) -> EvaluationResult:
-    """Score the holdout with the model, compare with oracle and baselines, log plots."""
+    """Score the holdout with the model, compare with oracle and baselines, log plots.
+
+    Raises:
+        InputError: the model or the holdout belongs to another city.
+        ModelNotFoundError: nothing loadable at ``model_uri``.
+    """
     tracking.configure(settings)
+    check_model_city(model_uri, city)
     progress.step(f"reading the holdout {features_dir} and its ground truth")
     rows, manifest = holdout_frame(settings, city, features_dir)
     progress.step(f"loading {model_uri}")

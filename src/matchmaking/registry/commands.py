@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from matchmaking.config import Settings
-from matchmaking.errors import InputError, MatchmakingError
+from matchmaking.errors import InputError, MatchmakingError, cli_lines
 from matchmaking.registry import promote as p
 from matchmaking.registry.gate import load_thresholds
 
@@ -81,7 +81,7 @@ def promote_command(
             thresholds=load_thresholds(gate_config),
         )
     except MatchmakingError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc
     _finish(outcomes)
 
@@ -101,6 +101,6 @@ def rollback_command(
     try:
         outcomes = p.rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
     except MatchmakingError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc
     _finish(outcomes)

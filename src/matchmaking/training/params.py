@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matchmaking.config import load_yaml_model
+from matchmaking.errors import ConfigError, field_problems
 from matchmaking.schema import FEATURES
 
 DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
@@ -65,8 +66,6 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     """``["learning_rate=0.1", "objectives=binary"]`` -> typed-later overrides dict."""
     import yaml
 
-    from matchmaking.errors import ConfigError
-
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -84,4 +83,29 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 def load_params(
     path: Path | None = None, overrides: dict[str, object] | None = None
 ) -> TrainParams:
-    return load_yaml_model(path or DEFAULT_PARAMS_FILE, TrainParams, overrides)
+    """The parameters of ``path`` (default: the packaged train.yaml) with ``overrides`` on top.
+
+    Raises:
+        ConfigError: the file is invalid, or an override names an unknown parameter or has a
+            value out of range; one line per offending ``--set KEY=VALUE``.
+    """
+    base = load_yaml_model(path or DEFAULT_PARAMS_FILE, TrainParams)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not given:
+        return base
+    try:
+        return TrainParams.model_validate({**base.model_dump(), **given})
+    except ValidationError as exc:
+        known = ", ".join(TrainParams.model_fields)
+        lines = [
+            f"--set {key}={_shown(given.get(key))}: {problem}"
+            for key, problem in field_problems(exc, known)
+        ]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _shown(value: object) -> str:
+    """An override value as the user typed it (``objectives`` comes back as a list)."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
