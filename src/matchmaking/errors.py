@@ -41,7 +41,8 @@ class StorageError(MatchmakingError):
 
 
 class DataQualityError(MatchmakingError):
-    """Too many raw rows failed validation; nothing was published."""
+    """The raw data failed its checks (too many bad rows, a partition missing or mistyping a
+    column, an unreadable file); nothing was published."""
 
     exit_code = 4
 
