@@ -17,21 +17,19 @@ from mlflow.tracking import MlflowClient
 from matchmaking import storage
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
-from matchmaking.registry.gate import load_thresholds
-from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
-from matchmaking.registry.production import PRODUCTION_ALIAS, current_production
-from matchmaking.registry.promote import (
+from matchmaking.registry.conventions import (
     FENCE_TAG,
     GENERATION_TAG,
+    PRODUCTION_ALIAS,
     REPORT_ARTIFACT,
-    CityOutcome,
-    exit_code,
-    fence,
-    format_summary,
-    promote,
-    rollback,
-    verify_consistent,
 )
+from matchmaking.registry.fence import fence
+from matchmaking.registry.fleet import CityOutcome, exit_code, format_summary
+from matchmaking.registry.gate import load_thresholds
+from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
+from matchmaking.registry.production import current_production, verify_consistent
+from matchmaking.registry.promote import promote
+from matchmaking.registry.rollback import rollback
 
 from .conftest import Trained, register_copy, settings_for
 
