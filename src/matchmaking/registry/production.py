@@ -150,8 +150,8 @@ def verify_consistent(client: MlflowClient, name: str) -> str:
     if staged == [str(alias)]:
         return str(alias)
     raise TrackingError(
-        f"{name}: alias production -> v{alias} but stage Production -> {staged}; fix with "
-        f"`matchmaking rollback --city <city> --to {alias}`"
+        f"{name}: alias {PRODUCTION_ALIAS} -> v{alias} but stage {PRODUCTION_STAGE} -> "
+        f"{staged}; fix with `matchmaking rollback --city <city> --to {alias}`"
     )
 
 

@@ -147,8 +147,7 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
     if ctx.dry_run:
         outcome.status = "would promote" if result.passed else "would refuse"
         return outcome
-    run_id = log_run(ctx, city, verdict, report)
-    outcome.run_id = run_id
+    outcome.run_id = run_id = log_run(ctx, city, verdict, report)
     tags = {
         GATE_RESULT_TAG: GATE_PASSED if result.passed else GATE_FAILED,
         GATE_REASON_TAG: result.reason[:5000],
@@ -160,36 +159,47 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
         **ci_tags(),
     }
     if not result.passed:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, candidate.version, key, value)
-        logger.warning(
-            "%s v%s refused; Production stays %s (report: run %s)",
-            name,
-            candidate.version,
-            f"v{prev}" if prev else "empty",
-            run_id,
-        )
-        outcome.status = "refused"
-        return outcome
+        return _refuse(ctx, name, outcome, tags)
+    return _move(ctx, name, outcome, tags)
+
+
+def _refuse(
+    ctx: PromotionContext, name: str, outcome: CityOutcome, tags: dict[str, str]
+) -> CityOutcome:
+    """Record the refusal on the candidate; Production is not touched."""
+    for key, value in tags.items():
+        ctx.client.set_model_version_tag(name, outcome.version or "", key, value)
+    logger.warning(
+        "%s v%s refused; Production stays %s (report: run %s)",
+        name,
+        outcome.version,
+        f"v{outcome.previous}" if outcome.previous else "empty",
+        outcome.run_id,
+    )
+    outcome.status = "refused"
+    return outcome
+
+
+def _move(
+    ctx: PromotionContext, name: str, outcome: CityOutcome, tags: dict[str, str]
+) -> CityOutcome:
+    """Past the fence, tag the candidate and move alias and stage to it, then verify."""
     if ctx.guard is None:
         raise TrackingError(f"{name}: Production is only moved under the promotion lock")
-    lease = fence(client, name, ctx.guard.lock, ctx.guard.lease)
-    tags[PREVIOUS_TAG] = prev or ""
-    tags[GENERATION_TAG] = str(lease.generation)
+    version = outcome.version or ""
+    lease = fence(ctx.client, name, ctx.guard.lock, ctx.guard.lease)
+    tags = {**tags, PREVIOUS_TAG: outcome.previous or "", GENERATION_TAG: str(lease.generation)}
     for key, value in tags.items():
-        client.set_model_version_tag(name, candidate.version, key, value)
+        ctx.client.set_model_version_tag(name, version, key, value)
+    pipeline = os.environ.get("CI_PIPELINE_ID")
     set_production(
-        client,
+        ctx.client,
         name,
-        candidate.version,
-        f"passed the promotion gate (run {run_id})"
-        + (
-            f", CI pipeline {os.environ['CI_PIPELINE_ID']}"
-            if os.environ.get("CI_PIPELINE_ID")
-            else ""
-        ),
+        version,
+        f"passed the promotion gate (run {outcome.run_id})"
+        + (f", CI pipeline {pipeline}" if pipeline else ""),
         ctx.actor,
     )
-    verify_consistent(client, name)
+    verify_consistent(ctx.client, name)
     outcome.status = "promoted"
     return outcome

@@ -35,6 +35,7 @@ from matchmaking.registry.conventions import (
     MODEL_ARTIFACT,
     OBJECTIVE_TAG,
     PARAMS_HASH_TAG,
+    PRODUCTION_ALIAS,
     SCORE_KIND_TAG,
     SCORE_PROBABILITY,
     SCORE_RANK,
@@ -370,7 +371,7 @@ def register(
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(
-            name, description="Driver acceptance model; Production = alias `production`."
+            name, description=f"Driver acceptance model; Production = alias `{PRODUCTION_ALIAS}`."
         )
     mv = client.create_model_version(
         name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
