@@ -1,8 +1,9 @@
 """Finding a city's Production version in the registry and loading it for fast scoring.
 
 A version is served by its raw LightGBM booster (no pyfunc, no pandas) plus the driver table
-published with it (``extra_files/driver_table.parquet``). Production is the alias
-``production``; where a model has no such alias, the latest version in stage ``Production``.
+published with it (``conventions.DRIVER_TABLE_ARTIFACT``). Which version is in Production is
+``registry.production.resolve_production``'s answer, the one resolver promotion uses too: the
+alias ``production``, else the latest version in stage ``Production``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +20,6 @@ import lightgbm as lgb
 import numpy as np
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INVALID_PARAMETER_VALUE,
-    RESOURCE_DOES_NOT_EXIST,
-    ErrorCode,
-)
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import ModelNotFoundError, TrackingError
@@ -35,17 +30,17 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
+from matchmaking.registry.conventions import (
+    DEFAULT_SCORE_KIND,
+    DRIVER_TABLE_ARTIFACT,
+    DRIVER_TABLE_NAME,
+    SCORE_KIND_TAG,
+)
+from matchmaking.registry.production import resolve_production as resolve
 from matchmaking.schema import FEATURE_NAMES
 from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
-
-PRODUCTION_ALIAS = "production"
-PRODUCTION_STAGE = "Production"
-DRIVER_TABLE_FILE = "driver_table.parquet"
-_NOT_FOUND = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
-# A tracking server answers a missing alias of an existing model with INVALID_PARAMETER_VALUE.
-_NO_ALIAS = (_NOT_FOUND, ErrorCode.Name(INVALID_PARAMETER_VALUE))
 
 
 @dataclass(frozen=True)
@@ -105,49 +100,21 @@ class LoadedModel:
         self.predict(np.zeros((8, len(FEATURE_NAMES))))
 
 
-def is_not_found(exc: MlflowException) -> bool:
-    """Whether the registry said "no such model / alias" (as opposed to failing)."""
-    return exc.error_code == _NOT_FOUND
-
-
 def resolve_production(client: MlflowClient, name: str) -> VersionRef:
-    """The version to serve: alias ``production``, else the latest in stage Production.
+    """The version to serve (``registry.production.resolve_production``).
 
     Raises:
         ModelNotFoundError: the model does not exist or has no Production version.
         TrackingError: the registry failed or could not be reached.
     """
-    try:
-        try:
-            mv = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
-            source = f"alias:{PRODUCTION_ALIAS}"
-        except MlflowException as exc:
-            if exc.error_code not in _NO_ALIAS:
-                raise
-            with warnings.catch_warnings():  # stages are deprecated; still the documented fallback
-                warnings.simplefilter("ignore", FutureWarning)
-                latest = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
-            if not latest:
-                raise ModelNotFoundError(
-                    f"registered model {name!r} has no '@{PRODUCTION_ALIAS}' alias and no version "
-                    f"in stage {PRODUCTION_STAGE}; promote a version first"
-                ) from None
-            mv = latest[0]
-            source = f"stage:{PRODUCTION_STAGE}"
-    except MlflowException as exc:
-        if is_not_found(exc):
-            raise ModelNotFoundError(
-                f"no registered model {name!r}: train and promote one for this city first"
-            ) from None
-        raise TrackingError(f"registry error while resolving {name}: {exc.message}") from exc
-    except OSError as exc:  # connection refused, timeouts surfaced by requests
-        raise TrackingError(f"registry unreachable while resolving {name}: {exc}") from exc
+    found = resolve(client, name)
+    mv = found.version
     return VersionRef(
         name=name,
         version=str(mv.version),
         run_id=mv.run_id,
-        source=source,
-        score_kind=(mv.tags or {}).get("score_kind", "probability"),
+        source=found.source,
+        score_kind=(mv.tags or {}).get(SCORE_KIND_TAG, DEFAULT_SCORE_KIND),
     )
 
 
@@ -237,7 +204,7 @@ def load_version(
                 f"{ref.name} v{ref.version} expects features {names}, the service builds "
                 f"{FEATURE_NAMES}; retrain it with this version of the feature contract"
             )
-        table_path = local / "extra_files" / DRIVER_TABLE_FILE
+        table_path = local / DRIVER_TABLE_ARTIFACT
         if table_path.exists():
             drivers = DriverTable.from_parquet(table_path)
         else:
@@ -245,7 +212,7 @@ def load_version(
                 "%s v%s has no %s: every driver gets new-driver defaults",
                 ref.name,
                 ref.version,
-                DRIVER_TABLE_FILE,
+                DRIVER_TABLE_NAME,
             )
             drivers = DriverTable.empty()
     finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingError
+from matchmaking.registry import conventions
 from matchmaking.world.cities import City, get_city
 from serving.metrics import Metrics
 from serving.models import LoadedModel, VersionRef, load_version, resolve_production
@@ -81,7 +82,7 @@ class ModelStore:
         return min(self.settings.poll_interval_s, 30.0)
 
     def model_name(self, city: str) -> str:
-        return f"{self.prefix}-{city}"
+        return conventions.model_name(self.prefix, city)
 
     # -- loading (worker threads) ----------------------------------------------------------
 

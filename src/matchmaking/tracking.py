@@ -19,6 +19,7 @@ from mlflow.data.meta_dataset import MetaDataset
 
 from matchmaking.config import Settings, refuse_mlflow_default_store
 from matchmaking.errors import MatchmakingError, TrackingError
+from matchmaking.registry import conventions
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def experiment_name(settings: Settings, city: str) -> str:
 
 
 def model_name(settings: Settings, city: str) -> str:
-    """The registered model of a city: ``matchmaking-<city>``."""
-    return f"{settings.model_name_prefix}-{city}"
+    """The registered model of a city: ``<prefix>-<city>`` (``registry.conventions``)."""
+    return conventions.model_name(settings.model_name_prefix, city)
 
 
 def use_experiment(settings: Settings, city: str) -> str:

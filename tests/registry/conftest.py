@@ -23,6 +23,7 @@ from support.tracking_server import TrackingServer
 
 from matchmaking.config import Settings
 from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, build_dataset
+from matchmaking.registry.conventions import FEATURES_URI_TAG, model_name
 from matchmaking.schema import LABEL_COLUMN
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import TrainResult, register, train
@@ -120,10 +121,10 @@ def register_copy(
     mv = client.get_model_version(source.model_name, source.version)
     tags = dict(mv.tags)
     if features_dir is not None:
-        tags["features_uri"] = features_dir.resolve().as_uri()
+        tags[FEATURES_URI_TAG] = features_dir.resolve().as_uri()
     return register(
         client,
-        f"{settings.model_name_prefix}-{city}",
+        model_name(settings.model_name_prefix, city),
         mv.source,
         mv.model_id or mv.source.removeprefix("models:/"),
         str(mv.run_id),

@@ -17,21 +17,19 @@ from mlflow.tracking import MlflowClient
 from matchmaking import storage
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
-from matchmaking.registry.gate import load_thresholds
-from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
-from matchmaking.registry.production import PRODUCTION_ALIAS, current_production
-from matchmaking.registry.promote import (
+from matchmaking.registry.conventions import (
     FENCE_TAG,
     GENERATION_TAG,
+    PRODUCTION_ALIAS,
     REPORT_ARTIFACT,
-    CityOutcome,
-    exit_code,
-    fence,
-    format_summary,
-    promote,
-    rollback,
-    verify_consistent,
 )
+from matchmaking.registry.fence import fence
+from matchmaking.registry.fleet import CityOutcome, exit_code, format_summary
+from matchmaking.registry.gate import load_thresholds
+from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
+from matchmaking.registry.production import current_production, verify_consistent
+from matchmaking.registry.promote import promote
+from matchmaking.registry.rollback import rollback
 
 from .conftest import Trained, register_copy, settings_for
 
@@ -110,7 +108,7 @@ def test_worse_refused_better_promoted_then_rollback(trained: Trained) -> None:
 def test_dry_run_changes_nothing(trained: Trained) -> None:
     settings = settings_for(trained)
     v1 = register_copy(settings, "jakarta", trained.weak)
-    promote(settings, ["jakarta"])
+    promote(settings, ["jakarta"], thresholds=RELAXED)
     v2 = register_copy(settings, "jakarta", trained.good)
     before = _tags(settings, v2)
     client = _client(settings)
@@ -118,7 +116,7 @@ def test_dry_run_changes_nothing(trained: Trained) -> None:
     assert exp is not None
     runs_before = len(client.search_runs([exp.experiment_id]))
 
-    [outcome] = promote(settings, ["jakarta"], dry_run=True)
+    [outcome] = promote(settings, ["jakarta"], dry_run=True, thresholds=RELAXED)
     assert outcome.status == "would promote" and outcome.exit_code == 0
     assert outcome.version == v2 and outcome.previous == v1
     assert _state(settings) == (v1, [v1])
@@ -290,7 +288,8 @@ def test_fleet_one_failing_city_does_not_stop_the_others(trained: Trained) -> No
 def test_rollback_without_history_fails_cleanly(trained: Trained) -> None:
     settings = settings_for(trained)
     register_copy(settings, "jakarta", trained.good)
-    promote(settings, ["jakarta"])
+    [first] = promote(settings, ["jakarta"], thresholds=RELAXED)
+    assert first.status == "promoted", first
     [outcome] = rollback(settings, ["jakarta"])
     assert outcome.status == "error" and outcome.exit_code == 6
     assert "--to" in outcome.detail

@@ -20,6 +20,7 @@ from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot
 from matchmaking.evaluation.replay import draw_outcomes, replay
 from matchmaking.processing.step import read_dataset
 from matchmaking.progress import SILENT, Progress
+from matchmaking.registry.conventions import CITY_TAG
 from matchmaking.schema import FEATURE_NAMES
 from matchmaking.storage import Location
 from matchmaking.world import lake
@@ -117,7 +118,7 @@ def check_model_city(model_uri: str, city: str) -> None:
         InputError: the model's ``city`` tag names another city.
         ModelNotFoundError: see ``model_tags``.
     """
-    model_city = model_tags(model_uri).get("city")
+    model_city = model_tags(model_uri).get(CITY_TAG)
     if model_city is None:
         logger.warning("%s has no city tag: cannot check it was trained for %s", model_uri, city)
     elif model_city != city:

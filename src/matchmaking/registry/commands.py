@@ -1,6 +1,6 @@
 """Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
 
-They parse options, call ``promote.promote`` / ``promote.rollback``, print the fleet summary and
+They parse options, call ``promote.promote`` / ``rollback.rollback``, print the fleet summary and
 exit with the highest failure code (7 = a gate refused a candidate).
 """
 
@@ -14,8 +14,10 @@ import typer
 
 from matchmaking.config import Settings
 from matchmaking.errors import InputError, MatchmakingError, cli_lines
-from matchmaking.registry import promote as p
+from matchmaking.registry.fleet import CityOutcome, exit_code, format_summary
 from matchmaking.registry.gate import load_thresholds
+from matchmaking.registry.promote import promote
+from matchmaking.registry.rollback import rollback
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,9 @@ def _targets(city: list[str] | None, all_cities: bool) -> list[str] | None:
     return None if all_cities else cities
 
 
-def _finish(outcomes: list[p.CityOutcome]) -> None:
-    typer.echo(p.format_summary(outcomes))
-    code = p.exit_code(outcomes)
+def _finish(outcomes: list[CityOutcome]) -> None:
+    typer.echo(format_summary(outcomes))
+    code = exit_code(outcomes)
     if code:
         raise typer.Exit(code)
 
@@ -71,7 +73,7 @@ def promote_command(
 ) -> None:
     """Move Production to a candidate version only if it passes the promotion gate."""
     try:
-        outcomes = p.promote(
+        outcomes = promote(
             Settings(),
             _targets(city, all_cities),
             version=version,
@@ -99,7 +101,7 @@ def rollback_command(
 ) -> None:
     """Put the previous (or the given) version back in Production, without the gate."""
     try:
-        outcomes = p.rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
+        outcomes = rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
     except MatchmakingError as exc:
         typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc

@@ -1,7 +1,7 @@
 """The promotion gate: thresholds (``config/gate.yaml``) and the pure check.
 
 The gate only compares numbers; measuring them (holdout replay, canary, latency) is
-``matchmaking.registry.promote``'s job.
+``matchmaking.registry.measure``'s job.
 """
 
 from __future__ import annotations

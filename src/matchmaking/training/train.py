@@ -25,13 +25,28 @@ from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
 from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
 from matchmaking.progress import SILENT, Progress
+from matchmaking.registry.conventions import (
+    CITY_TAG,
+    DATA_DIGEST_TAG,
+    DRIVER_TABLE_NAME,
+    FEATURE_IMPORTANCE_ARTIFACT,
+    FEATURES_URI_TAG,
+    GIT_COMMIT_TAG,
+    MODEL_ARTIFACT,
+    OBJECTIVE_TAG,
+    PARAMS_HASH_TAG,
+    PRODUCTION_ALIAS,
+    SCORE_KIND_TAG,
+    SCORE_PROBABILITY,
+    SCORE_RANK,
+    SEED_TAG,
+    VALID_AUC_TAG,
+)
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
 from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
 
 logger = logging.getLogger(__name__)
-
-MODEL_ARTIFACT = "model"
 
 
 @dataclass
@@ -144,12 +159,12 @@ def find_existing_version(
     """A version trained on the same data, code and parameters (makes reruns idempotent)."""
     try:
         versions = client.search_model_versions(
-            f"name='{name}' and tag.data_digest='{data_digest}'"
+            f"name='{name}' and tag.{DATA_DIGEST_TAG}='{data_digest}'"
         )
     except mlflow.exceptions.MlflowException:
         return None
     for mv in versions:
-        if mv.tags.get("git_commit") == (code or "") and mv.tags.get("params_hash") == p_hash:
+        if mv.tags.get(GIT_COMMIT_TAG) == (code or "") and mv.tags.get(PARAMS_HASH_TAG) == p_hash:
             return str(mv.version)
     return None
 
@@ -202,7 +217,7 @@ def train(
                         reused_from_run=mv.run_id,
                     )
                 )
-            objective = mv.tags.get("objective", "")
+            objective = mv.tags.get(OBJECTIVE_TAG, "")
             uri = f"models:/{name}/{existing}"
             progress.done(f"reusing {name} v{existing}")
             return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
@@ -263,17 +278,18 @@ def train(
                 strict=True,
             )
         )
-        mlflow.log_dict(importance, "feature_importance.json")
+        mlflow.log_dict(importance, FEATURE_IMPORTANCE_ARTIFACT)
 
         progress.step(f"logging the {chosen.objective} model ({reason})")
         booster = _trimmed(chosen.booster)
         example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
         signature = infer_signature(example, booster.predict(example.to_numpy()))
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
-            # MLflow copies extra files from local paths: a remote table is fetched here.
+            # MLflow copies extra files from local paths, each under its own name, to
+            # ``conventions.DRIVER_TABLE_ARTIFACT``: a remote table is fetched here.
             driver_table = storage.join(features_dir, DRIVER_TABLE_FILE)
-            if not isinstance(driver_table, Path):
-                driver_table = storage.download(driver_table, Path(tmp) / DRIVER_TABLE_FILE)
+            if not isinstance(driver_table, Path) or driver_table.name != DRIVER_TABLE_NAME:
+                driver_table = storage.download(driver_table, Path(tmp) / DRIVER_TABLE_NAME)
             info = mlflow.lightgbm.log_model(
                 booster,
                 name=MODEL_ARTIFACT,
@@ -290,15 +306,15 @@ def train(
             info.model_id,
             run.info.run_id,
             {
-                "city": city,
-                "objective": chosen.objective,
-                "score_kind": "probability" if chosen.objective == "binary" else "rank_score",
-                "data_digest": data_digest,
-                "features_uri": features_uri,
-                "git_commit": code or "",
-                "params_hash": p_hash,
-                "seed": str(params.seed),
-                "valid_auc": f"{chosen.valid_auc:.5f}",
+                CITY_TAG: city,
+                OBJECTIVE_TAG: chosen.objective,
+                SCORE_KIND_TAG: SCORE_PROBABILITY if chosen.objective == "binary" else SCORE_RANK,
+                DATA_DIGEST_TAG: data_digest,
+                FEATURES_URI_TAG: features_uri,
+                GIT_COMMIT_TAG: code or "",
+                PARAMS_HASH_TAG: p_hash,
+                SEED_TAG: str(params.seed),
+                VALID_AUC_TAG: f"{chosen.valid_auc:.5f}",
             },
             description=(
                 f"{chosen.objective} acceptance model for {city}, trained on features "
@@ -355,7 +371,7 @@ def register(
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(
-            name, description="Driver acceptance model; Production = alias `production`."
+            name, description=f"Driver acceptance model; Production = alias `{PRODUCTION_ALIAS}`."
         )
     mv = client.create_model_version(
         name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
@@ -381,6 +397,6 @@ def _wait_ready(client: MlflowClient, name: str, version: str, timeout: float = 
 
 def load_feature_importance(run_id: str) -> dict[str, float]:
     path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="feature_importance.json"
+        run_id=run_id, artifact_path=FEATURE_IMPORTANCE_ARTIFACT
     )
     return dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,124 @@
+"""The registry's conventions, defined once: model names, Production, tag names, artifact paths.
+
+Training writes them, promotion and rollback read and write them, serving and evaluation read
+them; all of them import this module, so a name cannot drift between writer and reader. The
+values are a contract with what is already in the registry (and with anyone reading it, the
+MLflow UI included): change a value only with a migration of the tags already written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+# -- model names ------------------------------------------------------------------------------
+#
+# One registered model per city: ``<prefix>-<city>`` (``Settings.model_name_prefix``, default
+# ``matchmaking``). City ids contain hyphens themselves (``ho-chi-minh-city``), so a name is
+# parsed back by its exact prefix and a city id the catalogue knows, never by splitting.
+
+
+def model_name(prefix: str, city: str) -> str:
+    """The registered model of ``city``: ``<prefix>-<city>``."""
+    return f"{prefix}-{city}"
+
+
+def city_of_model(name: str, prefix: str, cities: Container[str]) -> str | None:
+    """The city whose model ``name`` is, or None when ``name`` is not ``<prefix>-<city>``.
+
+    ``cities`` are the known city ids (the catalogue). A name with more parts than
+    ``<prefix>-<city>`` (``matchmaking-cancellation-jakarta``, a model of another prefix that
+    begins with this one) leaves a rest that is no city id, and is not any city's model.
+    """
+    head = f"{prefix}-"
+    if not name.startswith(head):
+        return None
+    city = name[len(head) :]
+    return city if city in cities else None
+
+
+# -- Production -------------------------------------------------------------------------------
+
+#: The registered-model alias naming the version in Production (what serving loads).
+PRODUCTION_ALIAS = "production"
+#: The legacy stage kept in step with the alias, for tools that still read stages.
+PRODUCTION_STAGE = "Production"
+
+# -- tags on a model version, written by training ---------------------------------------------
+
+CITY_TAG = "city"
+OBJECTIVE_TAG = "objective"
+SCORE_KIND_TAG = "score_kind"
+DATA_DIGEST_TAG = "data_digest"
+#: URI of the feature dataset the version was trained on (its manifest gives the window).
+FEATURES_URI_TAG = "features_uri"
+GIT_COMMIT_TAG = "git_commit"
+PARAMS_HASH_TAG = "params_hash"
+SEED_TAG = "seed"
+VALID_AUC_TAG = "valid_auc"
+
+#: ``score_kind`` values: calibrated probabilities in [0, 1], or ranking scores (lambdarank).
+SCORE_PROBABILITY = "probability"
+SCORE_RANK = "rank_score"
+#: What a version without the tag is taken to score (versions trained before the tag existed).
+DEFAULT_SCORE_KIND = SCORE_PROBABILITY
+
+# -- tags on a model version, written by the promotion gate -----------------------------------
+
+GATE_TAG_PREFIX = "gate."
+GATE_RESULT_TAG = "gate.result"
+GATE_REASON_TAG = "gate.reason"
+GATE_RUN_ID_TAG = "gate.run_id"
+GATE_HOLDOUT_DIGEST_TAG = "gate.holdout_digest"
+#: The Production version the candidate was compared with ("" when there was none).
+GATE_COMPARED_WITH_TAG = "gate.compared_with"
+GATE_CHECKED_AT_TAG = "gate.checked_at"
+#: ``gate.result`` values.
+GATE_PASSED = "passed"
+GATE_FAILED = "failed"
+
+
+def gate_metric_tag(metric: str) -> str:
+    """The tag holding one gate metric of the candidate: ``gate.<metric>``."""
+    return f"{GATE_TAG_PREFIX}{metric}"
+
+
+# -- tags on a model version, written when Production moves (promotion, rollback) -------------
+
+PROMOTED_AT_TAG = "production.promoted_at"
+PROMOTED_REASON_TAG = "production.reason"
+PROMOTED_BY_TAG = "production.by"
+#: The version that held Production before this one moved in ("" when none did).
+PREVIOUS_TAG = "production.previous"
+#: On a rollback target: the version rolled back from.
+ROLLBACK_FROM_TAG = "production.rollback_from"
+#: The promotion-lock generation that moved this version into Production.
+GENERATION_TAG = "production.lock_generation"
+
+# -- tags on the registered model -------------------------------------------------------------
+
+#: The highest promotion-lock generation that has moved Production (the fence reads it).
+FENCE_TAG = "promotion.generation"
+
+# -- CI ids, on promote runs and on the versions they move ------------------------------------
+
+#: Environment variable (GitLab CI) -> tag.
+CI_TAGS = {
+    "CI_PIPELINE_ID": "ci.pipeline_id",
+    "CI_PIPELINE_URL": "ci.pipeline_url",
+    "CI_JOB_ID": "ci.job_id",
+    "CI_COMMIT_SHA": "ci.commit_sha",
+}
+
+# -- artifact paths ---------------------------------------------------------------------------
+
+#: Name of the logged model of a training run (``log_model(name=...)``).
+MODEL_ARTIFACT = "model"
+#: Folder, inside a version's model directory, of the files logged with ``extra_files``: MLflow
+#: stores each under its own file name.
+EXTRA_FILES_DIR = "extra_files"
+#: The driver feature table a version is served with (file name, and path inside the version).
+DRIVER_TABLE_NAME = "driver_table.parquet"
+DRIVER_TABLE_ARTIFACT = f"{EXTRA_FILES_DIR}/{DRIVER_TABLE_NAME}"
+#: Artifacts of runs: the training run's gain importance, the promote run's gate report.
+FEATURE_IMPORTANCE_ARTIFACT = "feature_importance.json"
+REPORT_ARTIFACT = "promotion_report.md"

@@ -1,0 +1,110 @@
+"""Fleet mode: which cities have a model, running an action on each, and the summary.
+
+A city's failure is recorded in its outcome and never stops the next city; the command exits
+with the highest failure code among the cities.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from matchmaking.config import Settings
+from matchmaking.errors import MatchmakingError
+from matchmaking.registry.conventions import city_of_model
+from matchmaking.world.cities import CITIES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CityOutcome:
+    """What happened to one city; ``exit_code`` 0 means it went as asked."""
+
+    city: str
+    action: str
+    status: str
+    version: str | None = None
+    previous: str | None = None
+    detail: str = ""
+    exit_code: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def exit_code(outcomes: list[CityOutcome]) -> int:
+    """0 when every city succeeded, else the highest exit code among the failures."""
+    return max((o.exit_code for o in outcomes), default=0)
+
+
+def format_summary(outcomes: list[CityOutcome]) -> str:
+    """The fleet summary table the commands print."""
+    header = ("city", "action", "status", "version", "previous", "auc", "acceptance", "detail")
+    rows = [
+        (
+            o.city,
+            o.action,
+            o.status,
+            o.version or "-",
+            o.previous or "-",
+            f"{o.metrics['auc']:.4f}" if "auc" in o.metrics else "-",
+            f"{o.metrics['acceptance']:.4f}" if "acceptance" in o.metrics else "-",
+            o.detail,
+        )
+        for o in outcomes
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, str(r[-1])]).rstrip())
+    failed = sum(1 for o in outcomes if o.exit_code)
+    lines.append(f"{len(outcomes)} city(ies), {failed} failed")
+    return "\n".join(lines)
+
+
+def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
+    """Every catalogue city that has a registered model ``<prefix>-<city>``.
+
+    Names are parsed strictly (``conventions.city_of_model``): a model whose name only begins
+    with the prefix (``<prefix>-cancellation-jakarta``, or another prefix ``<prefix>-v2``) is no
+    city's model and is left out, never read as a city called ``cancellation-jakarta``.
+    """
+    prefix = settings.model_name_prefix
+    cities: list[str] = []
+    token: str | None = None
+    while True:
+        page = client.search_registered_models(
+            filter_string=f"name LIKE '{prefix}-%'", max_results=200, page_token=token
+        )
+        for rm in page:
+            city = city_of_model(rm.name, prefix, CITIES)
+            if city is None:
+                logger.debug("%s is not a model <%s>-<city>: left out", rm.name, prefix)
+            else:
+                cities.append(city)
+        token = page.token
+        if not token:
+            return sorted(cities)
+
+
+def for_each_city(
+    cities: list[str], action: str, run: Callable[[str], CityOutcome]
+) -> list[CityOutcome]:
+    """Fleet mode: ``run`` each city in turn; a city's failure is recorded, never fatal."""
+    outcomes = []
+    for city in cities:
+        try:
+            outcome = run(city)
+        except MatchmakingError as exc:
+            logger.error("%s: %s", city, exc)
+            outcome = CityOutcome(city, action, "error", detail=str(exc), exit_code=exc.exit_code)
+        except MlflowException as exc:
+            logger.error("%s: tracking server error: %s", city, exc)
+            outcome = CityOutcome(city, action, "error", detail=str(exc), exit_code=5)
+        outcomes.append(outcome)
+    return outcomes

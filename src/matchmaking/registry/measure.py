@@ -1,0 +1,69 @@
+"""Measuring a version for the gate: replay metrics on the holdout, a canary request and
+single-booking scoring latency."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from matchmaking.evaluation.evaluate import compare
+from matchmaking.registry.conventions import DEFAULT_SCORE_KIND, SCORE_KIND_TAG, SCORE_PROBABILITY
+from matchmaking.registry.gate import GATE_METRICS, Canary, GateThresholds, canary_checks
+from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Measured:
+    """What measuring one version on the holdout showed."""
+
+    version: str
+    metrics: dict[str, float]
+    canary: Canary
+
+
+def measure(
+    name: str, mv: ModelVersion, rows: pd.DataFrame, thresholds: GateThresholds
+) -> Measured:
+    """Replay metrics on the holdout, a canary request and single-booking latency."""
+    uri = f"models:/{name}/{mv.version}"
+    try:
+        booster = mlflow.lightgbm.load_model(uri)
+    except (MlflowException, OSError, ValueError) as exc:
+        canary = Canary(False, False, False, math.inf, f"{uri} does not load: {exc}")
+        nan = float("nan")
+        return Measured(str(mv.version), dict.fromkeys(GATE_METRICS, nan), canary)
+    x = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    scores = np.asarray(booster.predict(x), dtype=np.float64)
+    probabilistic = mv.tags.get(SCORE_KIND_TAG, DEFAULT_SCORE_KIND) == SCORE_PROBABILITY
+    table = compare(rows, scores, probabilistic, thresholds.replay_seed)
+    metrics = {k: float(table.loc["model", k]) for k in GATE_METRICS}
+    return Measured(str(mv.version), metrics, _canary(booster, rows, probabilistic, thresholds))
+
+
+def _canary(
+    booster: object, rows: pd.DataFrame, probabilistic: bool, thresholds: GateThresholds
+) -> Canary:
+    groups = pd.factorize(rows[GROUP_COLUMN])[0]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    bounds = list(zip(starts, np.r_[starts[1:], len(groups)], strict=True))
+    features = rows[list(FEATURE_NAMES)].astype("float64")
+    canary = features.iloc[: bounds[min(thresholds.canary_bookings, len(bounds)) - 1][1]]
+    scores = np.asarray(booster.predict(canary), dtype=np.float64)  # type: ignore[attr-defined]
+    finite, in_range = canary_checks(scores, len(canary), probabilistic)
+    x = features.to_numpy()
+    timings = []
+    for lo, hi in bounds[: thresholds.latency_bookings]:
+        started = time.perf_counter()
+        booster.predict(x[lo:hi])  # type: ignore[attr-defined]
+        timings.append((time.perf_counter() - started) * 1000)
+    return Canary(True, finite, in_range, float(np.percentile(timings, 99)))
