@@ -80,7 +80,14 @@ def run_demo(settings: Settings, days: int = 28, seed: int = 42) -> list[Evaluat
             f"   {city}: train {'..'.join(published['window'])}, holdout "
             f"{'..'.join(published['holdout_window'])} -> {published['features_uri']}"
         )
-    return _show(settings, outcome.evaluated)
+    results = _show(settings, outcome.evaluated)
+    from matchmaking.reporting.report import build_report
+
+    built = build_report(settings)
+    echo(
+        f"\n== fleet report: {built.path}\n   (logged as run {built.run_id}: {built.artifact_uri})"
+    )
+    return results
 
 
 def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[EvaluationResult]:
