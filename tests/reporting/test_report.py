@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import STEPS
 from matchmaking.reporting.drift import METRIC_PREFIX, load_drift_config
-from matchmaking.reporting.model import PROMOTED, REFUSED, ROLLBACK, CityReport
+from matchmaking.reporting.model import (
+    PROMOTED,
+    REFUSED,
+    ROLLBACK,
+    CityReport,
+    load_report_config,
+)
 from matchmaking.reporting.report import REPORT_FILE
 from tests.reporting.conftest import CITIES, Fleet
 
@@ -138,16 +147,33 @@ def test_evaluate_logs_drift_of_every_compared_feature(fleet: Fleet) -> None:
         assert all(d.scored for d in c.drift)
 
 
-def test_the_registry_is_read_in_a_bounded_number_of_calls(fleet: Fleet) -> None:
-    assert fleet.report is not None
-    calls = fleet.report.report.calls
+def test_the_registry_is_read_in_a_bounded_number_of_calls(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client call the build makes is counted, not only the ones it reports itself."""
+    made: Counter[str] = Counter()
+
+    class Counting(MlflowClient):
+        def __getattribute__(self, name: str) -> Any:
+            attr = super().__getattribute__(name)
+            if callable(attr) and not name.startswith("_"):
+                made[name] += 1
+            return attr
+
+    monkeypatch.setattr(report_module, "MlflowClient", Counting)
+    built = report_module.build(
+        fleet.settings, None, None, load_drift_config(), load_report_config()
+    )
     # one page each: models, experiments, versions; one search per step + unfinished runs
-    assert calls == {
+    expected = {
         "search_registered_models": 1,
         "search_experiments": 1,
         "search_model_versions": 1,
         "search_runs": len(STEPS) + 1,
     }
+    assert dict(made) == expected
+    assert built.calls == expected
+    assert fleet.report is not None and fleet.report.report.calls == expected
 
 
 def test_the_report_is_logged_as_an_artifact_of_a_report_run(fleet: Fleet, tmp_path: Path) -> None:
