@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
@@ -25,6 +26,7 @@ from matchmaking.registry.promote import CityOutcome, promote, rollback
 from matchmaking.reporting.report import ReportResult, build_report
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import train
+from matchmaking.world import lake
 from matchmaking.world.generate import generate_world
 
 CITIES = ("jakarta", "bangkok")
@@ -36,6 +38,21 @@ PIPELINE_DAYS = (
     ((date(2026, 8, 5), date(2026, 8, 12)), (date(2026, 8, 13), date(2026, 8, 14))),
 )
 LAST_HOLDOUT = (date(2026, 8, 15), date(2026, 8, 16))
+
+
+BAD_ETA_DAY = date(2026, 8, 14)  # a few raw rows with a negative ETA: quarantined as bad_eta
+
+
+def corrupt_etas(settings: Settings, city: str, day: date, rows: int) -> None:
+    """Rewrite the first ``rows`` candidate ETAs of a raw partition as -1 s."""
+    bookings = lake.read_partitions(settings.lake_dir, city, "bookings", day, day)
+    candidates = lake.read_partitions(settings.lake_dir, city, "candidates", day, day)
+    eta = candidates.column("eta_seconds").to_numpy().copy()
+    eta[:rows] = -1.0
+    index = candidates.schema.get_field_index("eta_seconds")
+    candidates = candidates.set_column(index, candidates.schema.field(index), pa.array(eta))
+    tables = {"bookings": bookings, "candidates": candidates}
+    lake.write_partition(settings.lake_dir, "raw", city, day, tables)
 
 
 @dataclass
@@ -63,6 +80,7 @@ def fleet(tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("report-fleet")
     settings = fleet_settings(root, tracking_server.uri)
     generate_world(list(CITIES), START, DAYS, 11, settings.lake_dir, 0.002, 300, progress=False)
+    corrupt_etas(settings, "jakarta", BAD_ETA_DAY, rows=40)
     base = TrainParams(objectives=["binary"], valid_days=1, num_boost_round=150)
     out = Fleet(settings)
     for day, (train_window, holdout_window) in enumerate(PIPELINE_DAYS):

@@ -95,6 +95,7 @@ def test_every_city_version_and_promotion_is_in_the_report(fleet: Fleet) -> None
 def test_numbers_equal_the_logged_metrics(fleet: Fleet) -> None:
     client = _client(fleet)
     html = _html(fleet)
+    quarantined: set[str] = set()
     for city in CITIES:
         c = _city(fleet, city)
         section = _section(html, city)
@@ -126,9 +127,17 @@ def test_numbers_equal_the_logged_metrics(fleet: Fleet) -> None:
             row = _row(table[: table.index("</table>")], f"{h.start}..{h.day}")
             assert f">{int(logged['rows'])}<" in row
             assert f">{logged['offered_rows'] / logged['rows']:.4f}<" in row
-            for key, value in logged.items():
-                if key.startswith("quarantine."):
-                    assert h.quarantine[key.removeprefix("quarantine.")] == value
+            reasons = {
+                k.removeprefix("quarantine."): v
+                for k, v in logged.items()
+                if k.startswith("quarantine.")
+            }
+            assert h.quarantine == reasons
+            for reason, value in reasons.items():
+                assert f"quarantined: {reason}" in table
+                assert f">{int(value)}<" in row
+            quarantined |= {reason for reason, v in reasons.items() if v}
+    assert "candidates.bad_eta" in quarantined, "the corrupted ETAs should show as quarantined rows"
 
 
 def test_evaluate_logs_drift_of_every_compared_feature(fleet: Fleet) -> None:
