@@ -138,7 +138,7 @@ def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
         policy, _, metric = key.partition(".")
         if policy == "matching":
             matching[metric] = value
-        elif metric:
+        elif metric and policy != "drift":  # drift.* are the holdout's PSI, not a policy
             rows.setdefault(policy, {})[metric] = value
     order = sorted(rows, key=lambda p: (p != "model", p != "oracle", p))
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
+from matchmaking.registry.production import PRODUCTION_ALIAS
 from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ def collect(client: MlflowClient, settings: Settings, cities: list[str] | None) 
             continue
         models.add(city)
         aliases = rm.aliases or {}
-        if "production" in aliases:
-            production[city] = str(aliases["production"])
+        if PRODUCTION_ALIAS in aliases:
+            production[city] = str(aliases[PRODUCTION_ALIAS])
 
     exp_prefix = f"{settings.experiment_prefix}-"
     experiment_ids: dict[str, str] = {}

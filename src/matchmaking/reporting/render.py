@@ -4,7 +4,7 @@ vanilla JavaScript to sort the fleet table. No server, no network, no external a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from html import escape
 
@@ -19,6 +19,7 @@ from matchmaking.reporting.model import (
     Event,
     FleetReport,
     display_name,
+    window_of,
 )
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -62,6 +63,13 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
+def _colour(label: str, index: int) -> str:
+    """A version keeps its colour in every chart and the legend (``v3`` -> the third colour)."""
+    number = label.removeprefix("v")
+    slot = int(number) - 1 if label.startswith("v") and number.isdigit() else index
+    return PALETTE[slot % len(PALETTE)]
+
+
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
@@ -92,7 +100,7 @@ def line_chart(
     title: str,
     series: dict[str, list[tuple[date, float]]],
     span: tuple[date, date],
-    events: list[Event] = (),  # type: ignore[assignment]
+    events: Sequence[Event] = (),
     hline: float | None = None,
     dashed: Iterable[str] = (),
     width: int = 620,
@@ -149,7 +157,7 @@ def line_chart(
         )
     dashed = set(dashed)
     for i, (label, pts) in enumerate(series.items()):
-        colour = "#888" if label in dashed else PALETTE[i % len(PALETTE)]
+        colour = "#888" if label in dashed else _colour(label, i)
         finite = [(d, v) for d, v in sorted(pts) if math.isfinite(v)]
         if not finite:
             continue
@@ -172,7 +180,7 @@ def _legend(labels: Iterable[str], dashed: Iterable[str] = ()) -> str:
     dashed = set(dashed)
     spans = []
     for i, label in enumerate(labels):
-        colour = "#888" if label in dashed else PALETTE[i % len(PALETTE)]
+        colour = "#888" if label in dashed else _colour(label, i)
         spans.append(f'<span style="color:{colour}">&#9632; {_e(label)}</span>')
     events = "".join(
         f'<span style="color:{c}">&#9474; {k}</span>' for k, c in EVENT_COLOURS.items()
@@ -254,6 +262,11 @@ def _span(report: FleetReport, c: CityReport) -> tuple[date, date] | None:
     return (min(days), max(days)) if days else report.days
 
 
+def _label_order(label: str) -> tuple[int, str]:
+    number = label.removeprefix("v")
+    return (int(number) if number.isdigit() else 10**9, label)
+
+
 def _metric_series(c: CityReport, metric: str) -> dict[str, list[tuple[date, float]]]:
     series: dict[str, list[tuple[date, float]]] = {}
     for ev in c.evaluations:
@@ -282,7 +295,8 @@ def city_section(report: FleetReport, c: CityReport) -> str:
             acc["nearest ETA"] = base
         out.append(
             _legend(
-                [*sorted(set(auc) | set(acc) - {"nearest ETA"}), "nearest ETA"], ["nearest ETA"]
+                [*sorted(set(auc) | set(acc) - {"nearest ETA"}, key=_label_order), "nearest ETA"],
+                ["nearest ETA"],
             )
         )
         out.append(line_chart("AUC on logged labels (offered rows)", auc, span, c.events))
@@ -394,8 +408,6 @@ def _versions(c: CityReport) -> str:
 
 
 def _window_text(uri: str | None) -> str:
-    from matchmaking.reporting.model import window_of
-
     w = window_of(uri)
     return f"{w[0]}..{w[1]}" if w else "-"
 
