@@ -247,9 +247,7 @@ def main(report: Path = REPORT, cities: int = 79) -> None:
         collected = collect(client, settings, None)
         collect_s = time.perf_counter() - t
         t = time.perf_counter()
-        drift = {
-            c: report_module.city_drift(settings, collected, c, drift_cfg, None) for c in chosen
-        }
+        drift = report_module.measure_drift(settings, collected, drift_cfg, None)
         drift_s = time.perf_counter() - t
         t = time.perf_counter()
         built = fleet(collected, drift, drift_cfg, report_cfg)

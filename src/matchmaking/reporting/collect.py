@@ -4,14 +4,17 @@ Paged searches only, never a call per city or per version: the registered models
 (``name LIKE '<prefix>-%'``), every version of them in one ``search_model_versions``, the
 cities' experiments, and ``search_runs`` over up to ``EXPERIMENTS_PER_SEARCH`` experiments at
 once, one search per step (``tags.step = 'process'`` ...) plus one for runs that did not finish.
+The run searches are independent and run side by side (``PARALLEL_SEARCHES`` threads).
 ``Collected.calls`` counts the calls made, per API.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,10 +30,12 @@ from matchmaking.world.cities import CITIES
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_COUNT_LOCK = threading.Lock()
 
 STEPS = ("process", "evaluate", "promote")
 EXPERIMENTS_PER_SEARCH = 100
 RUNS_PAGE = 1000
+PARALLEL_SEARCHES = 4
 VERSIONS_PAGE = 10_000
 MODELS_PAGE = 1000
 
@@ -89,7 +94,8 @@ def _pages(fetch: Callable[[str | None], Any], calls: Counter[str], api: str) ->
                 f"the tracking server refused {api} ({exc}); check MLFLOW_TRACKING_URI and that "
                 "the server is up"
             ) from exc
-        calls[api] += 1
+        with _COUNT_LOCK:
+            calls[api] += 1
         yield from page
         token = page.token
         if not token:
@@ -189,20 +195,30 @@ def collect(client: MlflowClient, settings: Settings, cities: list[str] | None) 
     runs: dict[str, list[RunRecord]] = {c: [] for c in wanted}
     unfinished: dict[str, list[RunRecord]] = {c: [] for c in wanted}
     ids = sorted(by_experiment)
-    for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH):
-        chunk = ids[i : i + EXPERIMENTS_PER_SEARCH]
-        searches = [(f"tags.step = '{s}'", runs) for s in STEPS]
-        searches.append(("attributes.status != 'FINISHED'", unfinished))
-        for filter_string, into in searches:
+    searches = [
+        (f, ids[i : i + EXPERIMENTS_PER_SEARCH], into)
+        for i in range(0, len(ids), EXPERIMENTS_PER_SEARCH)
+        for f, into in [
+            *((f"tags.step = '{s}'", runs) for s in STEPS),
+            ("attributes.status != 'FINISHED'", unfinished),
+        ]
+    ]
 
-            def fetch(token: str | None, f: str = filter_string, c: list[str] = chunk) -> Any:
-                return client.search_runs(
-                    c, filter_string=f, max_results=RUNS_PAGE, page_token=token
-                )
+    def search(filter_string: str, chunk: list[str]) -> list[Any]:
+        def fetch(token: str | None) -> Any:
+            return client.search_runs(
+                chunk, filter_string=filter_string, max_results=RUNS_PAGE, page_token=token
+            )
 
-            for r in _pages(fetch, calls, "search_runs"):
-                city = by_experiment[r.info.experiment_id]
-                into[city].append(_run(r, city))
+        return list(_pages(fetch, calls, "search_runs"))
+
+    # The searches are independent: run them side by side (each one's pages stay in order).
+    with ThreadPoolExecutor(PARALLEL_SEARCHES) as pool:
+        found = list(pool.map(lambda s: search(s[0], s[1]), searches))
+    for (_, _, into), records in zip(searches, found, strict=True):
+        for r in records:
+            city = by_experiment[r.info.experiment_id]
+            into[city].append(_run(r, city))
     for table in (runs, unfinished):
         for city in table:
             table[city].sort(key=lambda r: (r.start_time, r.run_id))
