@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from datetime import date
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,17 @@ def test_the_report_is_logged_as_an_artifact_of_a_report_run(fleet: Fleet, tmp_p
     )
     assert Path(got).read_bytes() == fleet.report.path.read_bytes()
     assert re.search(r"<table[^>]*id=\"fleet\"", Path(got).read_text())
+
+
+def test_cities_and_since_narrow_the_report(fleet: Fleet) -> None:
+    since = date(2026, 8, 14)
+    built = report_module.build(
+        fleet.settings, ["jakarta"], since, load_drift_config(), load_report_config()
+    )
+    assert [c.city for c in built.cities] == ["jakarta"]
+    c = built.cities[0]
+    assert c.versions and c.evaluations
+    assert all(e.day >= since for e in c.evaluations)
+    assert all(h.day >= since for h in c.health) and all(d.day >= since for d in c.drift)
+    assert all(e.day is not None and e.day >= since for e in c.events)
+    assert built.calls["search_model_versions"] == 1  # name IN (...) instead of LIKE

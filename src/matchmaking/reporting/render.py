@@ -38,6 +38,7 @@ tr.look td:first-child{border-left:4px solid #d62728}
 .alert{background:#fde0dd;font-weight:bold}.warn{background:#fff3cd}.muted{color:#777}
 .note{background:#eef5ff;border:1px solid #cfe0ff;padding:.5rem .8rem;max-width:60rem}
 .sim{color:#8c564b}svg{background:#fff;border:1px solid #eee;margin:.3rem .6rem .3rem 0}
+.wide{overflow-x:auto;max-width:100%}
 .legend span{display:inline-block;margin-right:1rem;font-size:.8rem}
 """
 
@@ -90,7 +91,8 @@ def _td(text: str, sort: object = None, cls: str = "") -> str:
 def _table(headers: Iterable[str], rows: Iterable[str], cls: str = "", tid: str = "") -> str:
     head = "".join(f"<th>{h}</th>" for h in headers)
     attrs = (f' class="{cls}"' if cls else "") + (f' id="{tid}"' if tid else "")
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="wide">{table}</div>'
 
 
 # -- charts -----------------------------------------------------------------------------------
@@ -137,9 +139,9 @@ def line_chart(
             f'<text x="{left - 4}" y="{y(value) + 4:.1f}" font-size="10" text-anchor="end">'
             f"{value:.3g}</text>"
         )
-    for day in (span[0], span[1]):
+    for day, anchor in ((span[0], "start"), (span[1], "end")):
         parts.append(
-            f'<text x="{x(day):.1f}" y="{height - 8}" font-size="10" text-anchor="middle">'
+            f'<text x="{x(day):.1f}" y="{height - 8}" font-size="10" text-anchor="{anchor}">'
             f"{day.isoformat()}</text>"
         )
     if hline is not None:
