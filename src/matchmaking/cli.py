@@ -262,6 +262,44 @@ def serve(
 
 
 @app.command()
+def report(
+    cities: Annotated[
+        str | None, typer.Option(help="Comma-separated city ids (default: every city found).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="First data day shown, YYYY-MM-DD (default: all).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for index.html (default: <data dir>/report).")
+    ] = None,
+    drift_config: Annotated[
+        Path | None, typer.Option(help="Drift YAML (default: the packaged drift.yaml).")
+    ] = None,
+) -> None:
+    """Static HTML report of the fleet (performance, Production history, data health, drift),
+    logged to MLflow as the artifact of a `report` run."""
+    from matchmaking.reporting.drift import load_drift_config
+    from matchmaking.reporting.report import build_report
+    from matchmaking.world.cities import get_city
+
+    chosen = _cities(cities) if cities else None
+    for city in chosen or []:
+        get_city(city)
+    result = build_report(
+        Settings(),
+        chosen,
+        _date(since, "--since") if since else None,
+        out,
+        load_drift_config(drift_config),
+    )
+    looks = sum(1 for c in result.report.cities if c.attention)
+    typer.echo(
+        f"report: {result.path}\ncities: {len(result.report.cities)} ({looks} need a look)\n"
+        f"run_id: {result.run_id}\nartifact: {result.artifact_uri}"
+    )
+
+
+@app.command()
 def demo(
     days: Annotated[int, typer.Option(min=7, help="Days in the training window.")] = 28,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,

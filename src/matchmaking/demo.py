@@ -116,7 +116,14 @@ def run_demo(
             f"   {city}: train {'..'.join(published['window'])}, holdout "
             f"{'..'.join(published['holdout_window'])} -> {published['features_uri']}"
         )
-    return _show(settings, outcome.evaluated)
+    results = _show(settings, outcome.evaluated)
+    from matchmaking.reporting.report import build_report
+
+    built = build_report(settings)
+    echo(
+        f"\n== fleet report: {built.path}\n   (logged as run {built.run_id}: {built.artifact_uri})"
+    )
+    return results
 
 
 def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[EvaluationResult]:
@@ -169,7 +176,7 @@ def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
         policy, _, metric = key.partition(".")
         if policy == "matching":
             matching[metric] = value
-        elif metric:
+        elif metric and policy != "drift":  # drift.* are the holdout's PSI, not a policy
             rows.setdefault(policy, {})[metric] = value
     order = sorted(rows, key=lambda p: (p != "model", p != "oracle", p))
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(

@@ -21,6 +21,7 @@ from matchmaking.evaluation.replay import draw_outcomes, replay
 from matchmaking.processing.step import read_dataset
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import CITY_TAG
+from matchmaking.reporting.drift import evaluation_drift
 from matchmaking.schema import FEATURE_NAMES
 from matchmaking.storage import Location
 from matchmaking.world import lake
@@ -252,6 +253,8 @@ def evaluate(
                     {f"{policy}.{k}": float(v) for k, v in values.items() if np.isfinite(v)}
                 )
             mlflow.log_metrics({f"matching.{k}": float(v) for k, v in matching.items()})
+            # PSI of each feature, holdout vs the model's training window (docs/monitoring.md).
+            mlflow.log_metrics(evaluation_drift(model_uri, rows))
             mlflow.log_text(table.to_string(float_format=lambda v: f"{v:.4f}"), "summary.txt")
             mlflow.log_table(table.reset_index(names="policy"), "summary.json")
             importance = booster.feature_importance("gain")  # type: ignore[attr-defined]
