@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -56,7 +55,9 @@ from matchmaking.registry.production import (
     set_production,
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
+from matchmaking.scorer import city_of_model, load_scorer
 from matchmaking.storage import Location
+from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
         page = client.search_registered_models(
             filter_string=f"name LIKE '{prefix}%'", max_results=200, page_token=token
         )
-        cities += [rm.name[len(prefix) :] for rm in page if rm.name.startswith(prefix)]
+        found = (city_of_model(rm.name, settings.model_name_prefix, rm.tags, CITIES) for rm in page)
+        cities += [city for city in found if city is not None]
         token = page.token
         if not token:
             return sorted(cities)
@@ -331,14 +333,14 @@ def measure(
     """Replay metrics on the holdout, a canary request and single-booking latency."""
     uri = f"models:/{name}/{mv.version}"
     try:
-        booster = mlflow.lightgbm.load_model(uri)
-    except (MlflowException, OSError, ValueError) as exc:
+        booster = load_scorer(uri, mv.tags, version=str(mv.version))
+    except (MlflowException, OSError, ValueError, ModelNotFoundError) as exc:
         canary = Canary(False, False, False, math.inf, f"{uri} does not load: {exc}")
         nan = float("nan")
         return Measured(str(mv.version), dict.fromkeys(GATE_METRICS, nan), canary)
     x = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     scores = np.asarray(booster.predict(x), dtype=np.float64)
-    probabilistic = mv.tags.get("score_kind", "probability") == "probability"
+    probabilistic = booster.score_kind == "probability"
     table = compare(rows, scores, probabilistic, thresholds.replay_seed)
     metrics = {k: float(table.loc["model", k]) for k in GATE_METRICS}
     return Measured(str(mv.version), metrics, _canary(booster, rows, probabilistic, thresholds))

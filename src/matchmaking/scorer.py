@@ -1,0 +1,249 @@
+"""How the platform sees a trained model: the ``Scorer`` protocol and the one loader.
+
+Evaluation, the promotion gate and the scoring service all load a version with
+``load_scorer(uri, tags)`` and score a feature matrix (``schema.FEATURE_NAMES`` order) with
+``Scorer.predict``. Whether the scores are probabilities is the version's ``score_kind`` tag
+(written by ``matchmaking train``), never guessed from the values: a version without it falls
+back to its ``objective`` tag, then to ``probability`` with a warning (the reading under which
+the promotion gate checks the scores lie in [0, 1], so a mislabelled ranker is refused there).
+
+A loader is chosen by the MLflow flavor of the logged model (``LOADERS``): a second algorithm
+is a second entry. Registered models are named ``<prefix>-<city>`` (``model_name``) and carry
+``city`` and ``model_type`` tags; ``city_of_model`` reads a name back into its city only when
+it is exactly that form for one city, so a longer name (``<prefix>-cancellation-jakarta``)
+never turns into a wrong city.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from matchmaking.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+ScoreKind = Literal["probability", "rank_score"]
+SCORE_KINDS: tuple[ScoreKind, ...] = get_args(ScoreKind)
+DEFAULT_SCORE_KIND: ScoreKind = "probability"
+
+# Tags written by training on every version (and the first two on the registered model).
+CITY_TAG = "city"
+MODEL_TYPE_TAG = "model_type"
+SCORE_KIND_TAG = "score_kind"
+OBJECTIVE_TAG = "objective"
+# The model type a version without a ``model_type`` tag is: the driver-acceptance model.
+DEFAULT_MODEL_TYPE = "acceptance"
+# What a LightGBM objective's scores are, for versions logged before the score_kind tag.
+_KIND_OF_OBJECTIVE: dict[str, ScoreKind] = {"binary": "probability", "lambdarank": "rank_score"}
+
+
+class Scorer(Protocol):
+    """A loaded model version, as every consumer of models sees it."""
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        """``probability`` (calibrated, in [0, 1], can be added up) or ``rank_score``."""
+        ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The columns ``predict`` expects, in order."""
+        ...
+
+    @property
+    def version(self) -> str | None:
+        """The registered version (None for a run or path URI)."""
+        ...
+
+    def predict(self, matrix: FloatArray) -> FloatArray:
+        """One score per row of ``matrix``."""
+        ...
+
+    def feature_importance(self) -> FloatArray | None:
+        """Gain per feature (``feature_names`` order), when the algorithm has one."""
+        ...
+
+
+def score_kind_of(tags: Mapping[str, str], what: str = "the model") -> ScoreKind:
+    """The ``score_kind`` tag of a version (or run), else what its ``objective`` tag implies,
+    else ``probability`` with a warning naming ``what``."""
+    kind = tags.get(SCORE_KIND_TAG)
+    if kind in SCORE_KINDS:
+        return kind
+    if kind is not None:
+        logger.warning(
+            "%s has score_kind=%r (not one of %s): read as %s",
+            what,
+            kind,
+            ", ".join(SCORE_KINDS),
+            DEFAULT_SCORE_KIND,
+        )
+        return DEFAULT_SCORE_KIND
+    implied = _KIND_OF_OBJECTIVE.get(tags.get(OBJECTIVE_TAG, ""))
+    if implied is not None:
+        return implied
+    logger.warning(
+        "%s has no %s tag (nor a known objective): its scores are read as %s; retrain it "
+        "with `matchmaking train` to record what they are",
+        what,
+        SCORE_KIND_TAG,
+        DEFAULT_SCORE_KIND,
+    )
+    return DEFAULT_SCORE_KIND
+
+
+@dataclass(frozen=True)
+class LightGBMScorer:
+    """A LightGBM booster behind the ``Scorer`` protocol.
+
+    ``num_threads`` is passed to every ``predict`` when set (the service scores single-threaded);
+    None keeps LightGBM's default.
+    """
+
+    booster: object  # lightgbm.Booster (kept untyped: lightgbm ships no stubs for it)
+    score_kind: ScoreKind
+    version: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    num_threads: int | None = None
+    files: Path | None = None  # the model's folder, when the caller kept it (``load_scorer(dst=)``)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.booster.feature_name())  # type: ignore[attr-defined]
+
+    def predict(self, matrix: FloatArray) -> FloatArray:
+        kwargs = {} if self.num_threads is None else {"num_threads": self.num_threads}
+        return np.asarray(self.booster.predict(matrix, **kwargs), dtype=np.float64)  # type: ignore[attr-defined]
+
+    def feature_importance(self) -> FloatArray | None:
+        gain = self.booster.feature_importance("gain")  # type: ignore[attr-defined]
+        return np.asarray(gain, dtype=np.float64)
+
+
+def _load_lightgbm(model_dir: Path, flavor: Mapping[str, object]) -> object:
+    import lightgbm as lgb
+
+    return lgb.Booster(model_file=str(model_dir / str(flavor["data"])))
+
+
+# MLflow flavor -> how its logged model is opened (the flavor's ``data`` file).
+LOADERS: dict[str, Callable[[Path, Mapping[str, object]], object]] = {
+    "lightgbm": _load_lightgbm,
+}
+
+
+def open_scorer(
+    model_dir: Path,
+    tags: Mapping[str, str] | None = None,
+    *,
+    version: str | None = None,
+    what: str | None = None,
+) -> LightGBMScorer:
+    """The scorer of a logged model already on local disk (its ``MLmodel`` folder).
+
+    Raises:
+        ModelNotFoundError: the folder holds no model of a flavor in ``LOADERS``.
+    """
+    tags = dict(tags or {})
+    what = what or str(model_dir)
+    meta_file = model_dir / "MLmodel"
+    if not meta_file.is_file():
+        raise ModelNotFoundError(f"{what} is not an MLflow model (no MLmodel file)")
+    flavors = (yaml.safe_load(meta_file.read_text()) or {}).get("flavors") or {}
+    for flavor, load in LOADERS.items():
+        spec = flavors.get(flavor)
+        if spec and "data" in spec:
+            return LightGBMScorer(
+                booster=load(model_dir, spec),
+                score_kind=score_kind_of(tags, what),
+                version=version,
+                tags=tags,
+            )
+    raise ModelNotFoundError(
+        f"{what} is not a model this platform can load (flavors {sorted(flavors)}; "
+        f"supported: {', '.join(LOADERS)})"
+    )
+
+
+def load_scorer(
+    model_uri: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    version: str | None = None,
+    tracking_uri: str | None = None,
+    dst: Path | None = None,
+) -> LightGBMScorer:
+    """Download the model at ``model_uri`` and open it; ``tags`` are its version's (or run's).
+
+    ``tracking_uri`` names the store to download from (default: MLflow's current one). With
+    ``dst``, the artifacts stay there for the caller (the service reads the driver table
+    next to the model); otherwise they are removed once the model is in memory.
+
+    Raises:
+        MlflowException, OSError: the download failed (callers map these to their errors).
+        ModelNotFoundError: what was downloaded is not a loadable model.
+    """
+    import mlflow.artifacts
+
+    target = Path(tempfile.mkdtemp(prefix="mm-model-")) if dst is None else dst
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri,
+                dst_path=str(target),
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+        )
+        scorer = open_scorer(local, tags, version=version, what=model_uri)
+        return scorer if dst is None else replace(scorer, files=local)
+    finally:
+        if dst is None:
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def model_name(prefix: str, city: str, model_type: str = DEFAULT_MODEL_TYPE) -> str:
+    """The registered model of a city: ``<prefix>-<city>`` for the acceptance model (the name
+    every deployment already has), ``<prefix>-<model_type>-<city>`` for any other type."""
+    if model_type == DEFAULT_MODEL_TYPE:
+        return f"{prefix}-{city}"
+    return f"{prefix}-{model_type}-{city}"
+
+
+def city_of_model(
+    name: str,
+    prefix: str,
+    tags: Mapping[str, str] | None = None,
+    known: Collection[str] | None = None,
+) -> str | None:
+    """The city whose acceptance model ``name`` is, or None when it is not one.
+
+    A registered model's ``city`` tag decides (``name`` must then be exactly
+    ``model_name(prefix, city)`` and its ``model_type`` the acceptance model); an untagged model
+    (registered before the tags) is ``<prefix>-<rest>`` with ``rest`` one of the ``known``
+    cities when they are given. Anything else is another model family: None.
+    """
+    tags = tags or {}
+    head = f"{prefix}-"
+    if not name.startswith(head):
+        return None
+    if tags.get(MODEL_TYPE_TAG, DEFAULT_MODEL_TYPE) != DEFAULT_MODEL_TYPE:
+        return None
+    city = tags.get(CITY_TAG)
+    if city is not None:
+        return city if name == model_name(prefix, city) else None
+    rest = name[len(head) :]
+    if not rest or (known is not None and rest not in known):
+        return None
+    return rest
