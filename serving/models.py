@@ -37,7 +37,14 @@ from matchmaking.features.online import (
     build_online_inputs,
 )
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.scorer import CITY_TAG, LightGBMScorer, ScoreKind, load_scorer, score_kind_of
+from matchmaking.scorer import (
+    CITY_TAG,
+    SCORE_KIND_TAG,
+    LightGBMScorer,
+    ScoreKind,
+    load_scorer,
+    score_kind_of,
+)
 from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
@@ -88,10 +95,6 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.ref.version
-
-    @property
-    def booster(self) -> lgb.Booster:
-        return self.scorer.booster  # type: ignore[return-value]
 
     @property
     def engine(self) -> str:
@@ -224,12 +227,13 @@ def load_version(
             # The version's own artifact location, downloaded against our registry explicitly
             # (a models:/ URI would resolve the logged model through the global tracking URI).
             source = client.get_model_version_download_uri(ref.name, ref.version)
+            tags = {**ref.tags, SCORE_KIND_TAG: ref.score_kind}  # as resolved (and warned)
             scorer = load_scorer(
-                source, ref.tags, version=ref.version, tracking_uri=registry_uri, dst=tmp
+                source, tags, version=ref.version, tracking_uri=registry_uri, dst=tmp
             )
         except (MlflowException, OSError) as exc:
             raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
-        scorer = replace(scorer, score_kind=ref.score_kind, num_threads=1)
+        scorer = replace(scorer, num_threads=1)
         local = scorer.files or tmp
         names = scorer.feature_names
         if names != FEATURE_NAMES:

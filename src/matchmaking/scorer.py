@@ -75,14 +75,20 @@ class Scorer(Protocol):
         ...
 
 
+# What has been warned about already (the service resolves every version once per poll).
+_warned: set[str] = set()
+
+
 def score_kind_of(tags: Mapping[str, str], what: str = "the model") -> ScoreKind:
     """The ``score_kind`` tag of a version (or run), else what its ``objective`` tag implies,
-    else ``probability`` with a warning naming ``what``."""
+    else ``probability`` with a warning naming ``what`` (once per ``what``)."""
     kind = tags.get(SCORE_KIND_TAG)
     if kind in SCORE_KINDS:
         return kind
+    warn = logger.warning if what not in _warned else logger.debug
+    _warned.add(what)
     if kind is not None:
-        logger.warning(
+        warn(
             "%s has score_kind=%r (not one of %s): read as %s",
             what,
             kind,
@@ -93,7 +99,7 @@ def score_kind_of(tags: Mapping[str, str], what: str = "the model") -> ScoreKind
     implied = _KIND_OF_OBJECTIVE.get(tags.get(OBJECTIVE_TAG, ""))
     if implied is not None:
         return implied
-    logger.warning(
+    warn(
         "%s has no %s tag (nor a known objective): its scores are read as %s; retrain it "
         "with `matchmaking train` to record what they are",
         what,
