@@ -198,8 +198,8 @@ def online_matrix(body: dict[str, Any], table: Path) -> np.ndarray:
     from matchmaking.features.core import build_matrix
     from matchmaking.features.online import DriverTable, build_online_inputs
     from matchmaking.world.cities import get_city
-    from serving.app import online_booking, online_candidates
     from serving.schemas import decode_rank
+    from serving.scoring import online_booking, online_candidates
 
     req = decode_rank(json.dumps(body).encode())
     inputs = build_online_inputs(

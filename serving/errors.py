@@ -27,7 +27,7 @@ from matchmaking.errors import (
     TrackingError,
     UnknownCityError,
 )
-from serving.schemas import BodyError
+from serving.schemas import BodyError, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,15 @@ class ServiceError(MatchmakingError):
         self.headers = headers
 
 
+class FieldErrors(InputError):
+    """Fields of a decoded request that break what the schema cannot say (configured limits,
+    duplicate ids, positions outside the city); ``details`` in the error body's shape."""
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(details)} invalid field(s)")
+        self.details = details
+
+
 # The table: most specific family first (looked up along the exception's MRO).
 ERROR_TABLE: dict[type[MatchmakingError], tuple[int, str]] = {
     UnknownCityError: (404, "unknown_city"),
@@ -60,6 +69,20 @@ ERROR_TABLE: dict[type[MatchmakingError], tuple[int, str]] = {
     TrackingError: (503, "registry_unavailable"),
     ConfigError: (500, "misconfigured"),
     MatchmakingError: (500, "internal_error"),
+}
+
+
+# The error answers as the OpenAPI schema documents them (routes' ``responses``).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (401, "Missing or wrong bearer token (when auth is enabled)."),
+        (404, "Unknown city, or the city has no Production model."),
+        (413, "Body larger than the configured limit."),
+        (415, "Content-Type is not application/json."),
+        (422, "Invalid body: field-level reasons in error.details."),
+        (503, "The registry is unreachable and the city's model is not loaded."),
+    )
 }
 
 
@@ -112,7 +135,8 @@ def to_response(request: Request, exc: Exception) -> Response | None:
         status, code = status_for(exc)
         if status >= 500:
             logger.error("%s: %s", code, exc)
-        return error_response(request, status, code, str(exc))
+        details = exc.details if isinstance(exc, FieldErrors) else None
+        return error_response(request, status, code, str(exc), details)
     if isinstance(exc, ValidationError | RequestValidationError):
         details = validation_details(exc)
         return error_response(

@@ -1,9 +1,11 @@
 """Finding a city's Production version in the registry and loading it for fast scoring.
 
-A version is served by its raw LightGBM booster (no pyfunc, no pandas) plus the driver table
-published with it (``conventions.DRIVER_TABLE_ARTIFACT``). Which version is in Production is
-``registry.production.resolve_production``'s answer, the one resolver promotion uses too: the
-alias ``production``, else the latest version in stage ``Production``.
+A version is loaded through the platform's model seam (``matchmaking.scorer.load_scorer``: the
+raw booster, no pyfunc, no pandas), then compiled to native code by lleaves when available and
+warmed; the driver table published with it (``conventions.DRIVER_TABLE_ARTIFACT``) comes along.
+Which version is in Production is ``registry.production.resolve_production``'s answer, the one
+resolver promotion uses too: the alias ``production``, else the latest version in stage
+``Production``. What the scores are (``score_kind``) is the version's tag.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,13 +32,19 @@ from matchmaking.features.online import (
     build_online_inputs,
 )
 from matchmaking.registry.conventions import (
-    DEFAULT_SCORE_KIND,
+    CITY_TAG,
     DRIVER_TABLE_ARTIFACT,
     DRIVER_TABLE_NAME,
     SCORE_KIND_TAG,
 )
 from matchmaking.registry.production import resolve_production as resolve
 from matchmaking.schema import FEATURE_NAMES
+from matchmaking.scorer import (
+    LightGBMScorer,
+    ScoreKind,
+    load_scorer,
+    score_kind_of,
+)
 from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
@@ -51,7 +58,8 @@ class VersionRef:
     version: str
     run_id: str | None
     source: str
-    score_kind: str
+    score_kind: ScoreKind
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 Predictor = Callable[[FloatArray], FloatArray]
@@ -67,7 +75,7 @@ class LoadedModel:
 
     city: City
     ref: VersionRef
-    booster: lgb.Booster
+    scorer: LightGBMScorer
     drivers: DriverTable
     compiled: Predictor | None = None
     loaded_at: float = field(default_factory=time.time)
@@ -89,7 +97,7 @@ class LoadedModel:
         """Scores of a feature matrix (equal to ``Booster.predict``), single-threaded."""
         if self.compiled is not None:
             return self.compiled(matrix)
-        return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
+        return self.scorer.predict(matrix)
 
     def features(self, bookings: list[OnlineBooking], candidates: OnlineCandidates) -> FloatArray:
         """The online feature matrix (``schema.FEATURE_NAMES`` order)."""
@@ -109,22 +117,15 @@ def resolve_production(client: MlflowClient, name: str) -> VersionRef:
     """
     found = resolve(client, name)
     mv = found.version
+    tags = dict(mv.tags or {})
     return VersionRef(
         name=name,
         version=str(mv.version),
         run_id=mv.run_id,
         source=found.source,
-        score_kind=(mv.tags or {}).get(SCORE_KIND_TAG, DEFAULT_SCORE_KIND),
+        score_kind=score_kind_of(tags, f"{name} v{mv.version}"),
+        tags=tags,
     )
-
-
-def _model_file(model_dir: Path) -> Path:
-    """The LightGBM model file named by the MLmodel's lightgbm flavor."""
-    meta = yaml.safe_load((model_dir / "MLmodel").read_text())
-    flavor = (meta.get("flavors") or {}).get("lightgbm")
-    if not flavor or "data" not in flavor:
-        raise ModelNotFoundError(f"{model_dir} is not a LightGBM model (no lightgbm flavor)")
-    return model_dir / str(flavor["data"])
 
 
 # Rows spanning each feature's range, to check a compiled forest against the booster.
@@ -178,8 +179,12 @@ def load_version(
         TrackingError: the artifacts could not be downloaded.
         ModelNotFoundError: the version's artifacts are not a servable model.
     """
-    import mlflow.artifacts
-
+    tagged = ref.tags.get(CITY_TAG)
+    if tagged is not None and tagged != city.id:
+        raise ModelNotFoundError(
+            f"{ref.name} v{ref.version} is a model of {tagged!r} (its city tag), not "
+            f"{city.id!r}: not serving it; promote a {city.id} model to {ref.name}"
+        )
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"mm-serve-{city.id}-"))
     try:
@@ -187,18 +192,15 @@ def load_version(
             # The version's own artifact location, downloaded against our registry explicitly
             # (a models:/ URI would resolve the logged model through the global tracking URI).
             source = client.get_model_version_download_uri(ref.name, ref.version)
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=source,
-                    dst_path=str(tmp),
-                    tracking_uri=registry_uri,
-                    registry_uri=registry_uri,
-                )
+            tags = {**ref.tags, SCORE_KIND_TAG: ref.score_kind}  # as resolved (and warned)
+            scorer = load_scorer(
+                source, tags, version=ref.version, tracking_uri=registry_uri, dst=tmp
             )
         except (MlflowException, OSError) as exc:
             raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
-        booster = lgb.Booster(model_file=str(_model_file(local)))
-        names = tuple(booster.feature_name())
+        scorer = replace(scorer, num_threads=1)
+        local = scorer.files or tmp
+        names = scorer.feature_names
         if names != FEATURE_NAMES:
             raise ModelNotFoundError(
                 f"{ref.name} v{ref.version} expects features {names}, the service builds "
@@ -222,8 +224,8 @@ def load_version(
         cache = None
         if compile_cache is not None:
             cache = compile_cache / f"{ref.name}-v{ref.version}-{ref.run_id or 'run'}.so"
-        compiled = compile_forest(booster, cache)
-    model = LoadedModel(city=city, ref=ref, booster=booster, drivers=drivers, compiled=compiled)
+        compiled = compile_forest(scorer.booster, cache)  # type: ignore[arg-type]
+    model = LoadedModel(city=city, ref=ref, scorer=scorer, drivers=drivers, compiled=compiled)
     model.warm()
     model.load_seconds = time.perf_counter() - started
     logger.info(

@@ -22,7 +22,9 @@ from support.tracking_server import TrackingServer
 from matchmaking.config import Settings
 from matchmaking.evaluation.evaluate import evaluate
 from matchmaking.processing.step import process
-from matchmaking.registry.promote import CityOutcome, promote, rollback
+from matchmaking.registry.fleet import CityOutcome
+from matchmaking.registry.promote import promote
+from matchmaking.registry.rollback import rollback
 from matchmaking.reporting.report import ReportResult, build_report
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import train

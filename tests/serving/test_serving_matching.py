@@ -114,3 +114,25 @@ def test_match_replay_accepts_tz_aware_timestamps_and_seconds() -> None:
     by_s = match_replay(*args, np.array([0.0, 5.0]), [0.9, 0.8], [0.9, 0.8])
     assert by_ts == by_s
     assert by_ts["contested_windows"] == 1 and by_ts["batch_acceptance"] == pytest.approx(0.45)
+
+
+def test_rank_scores_are_dispatched_through_the_logistic_as_the_service_does() -> None:
+    """LambdaRank scores are any real numbers: summed raw, a negative one is worth less than
+    leaving the booking unassigned. ``dispatch`` (what /v1/match runs) and the replay map them
+    onto (0, 1) first, so every booking with a free candidate gets a driver."""
+    from matchmaking.evaluation.matching import assignment_values, dispatch
+
+    scores = np.array([[-1.5, -2.0], [-0.5, -3.0]])
+    assert (batch_assignment(scores) == UNASSIGNED).all()  # the raw sum prefers nobody
+    assigned, values = dispatch(scores, probabilistic=False)
+    assert sorted(assigned.tolist()) == [0, 1]
+    assert values == pytest.approx(1 / (1 + np.exp(-scores)))
+    assert assignment_values(scores, probabilistic=True) is scores
+
+    times = np.array([0.0, 0.0, 1.0, 1.0])  # one window, two bookings sharing two drivers
+    args = (["b1", "b1", "b2", "b2"], ["d1", "d2", "d1", "d2"], times, scores.ravel())
+    truth = np.full(4, 0.5)
+    raw = match_replay(*args, truth)
+    mapped = match_replay(*args, truth, probabilistic=False)
+    assert raw["batch_assigned_share"] == 0.0
+    assert mapped["batch_assigned_share"] == 1.0 and mapped["batch_acceptance"] == 0.5

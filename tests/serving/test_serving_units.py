@@ -171,7 +171,7 @@ def test_access_log_keeps_every_error_and_a_sample_of_successes(
 def test_ranking_is_best_first_and_ties_keep_the_request_order() -> None:
     import numpy as np
 
-    from serving.app import ranking
+    from serving.scoring import ranking
 
     out = ranking(["a", "b", "c", "d"], np.array([0.5, 0.9, 0.5, 0.1]), np.arange(4.0))
     assert [(c["driver_id"], c["rank"]) for c in out] == [("b", 1), ("a", 2), ("c", 3), ("d", 4)]

@@ -130,3 +130,33 @@ def test_the_city_own_model_is_evaluated(models: Models) -> None:
     assert res.returncode == 0, res.stderr
     assert "run_id: " in res.stdout
     assert len(evaluate_runs(models, "bangkok")) == 1
+
+
+@pytest.mark.parametrize(("kind", "probabilistic"), [("rank_score", False), ("probability", True)])
+def test_score_kind_is_the_version_tag_not_the_value_range(
+    models: Models, kind: str, probabilistic: bool
+) -> None:
+    """A binary model's scores all lie in [0, 1]; registered again with ``score_kind`` set,
+    evaluation follows the tag: no log loss and no calibration for a ``rank_score`` version.
+    Fails when evaluate guesses from the values (it did: ``np.all(0 <= s <= 1)``)."""
+    import math
+
+    from matchmaking import tracking
+    from matchmaking.evaluation.evaluate import evaluate as run_evaluate
+
+    tracking.configure(models.settings)  # the copy's logged-model source resolves there
+    source = models.trained["jakarta"]
+    client = MlflowClient(tracking_uri=models.env["MLFLOW_TRACKING_URI"])
+    mv = client.get_model_version(source.model_name, source.version)
+    copy = client.create_model_version(
+        source.model_name,
+        mv.source,
+        run_id=mv.run_id,
+        tags={**mv.tags, "score_kind": kind},
+        model_id=mv.model_id,
+    )
+    uri = f"models:/{source.model_name}/{copy.version}"
+    result = run_evaluate(models.settings, "jakarta", uri, models.holdout["jakarta"], log_run=False)
+    assert math.isfinite(result.metric("model", "logloss")) is probabilistic
+    assert math.isfinite(result.metric("model", "calibration_error")) is probabilistic
+    assert math.isfinite(result.metric("model", "auc"))  # scored either way

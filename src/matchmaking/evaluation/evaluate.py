@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -23,6 +24,7 @@ from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import CITY_TAG
 from matchmaking.reporting.drift import evaluation_drift
 from matchmaking.schema import FEATURE_NAMES
+from matchmaking.scorer import Scorer, load_scorer
 from matchmaking.storage import Location
 from matchmaking.world import lake
 
@@ -57,14 +59,14 @@ class EvaluationResult:
         return float(self.table.loc[policy, name])
 
 
-def load_booster(model_uri: str) -> object:
-    """The LightGBM booster behind a registry or run URI.
+def load_model(model_uri: str, tags: Mapping[str, str] | None = None) -> Scorer:
+    """The model behind a registry or run URI, through the platform's one loader.
 
     Raises:
         ModelNotFoundError: nothing loadable is there (no such version, run or artifact).
     """
     try:
-        return mlflow.lightgbm.load_model(model_uri)
+        return load_scorer(model_uri, tags)
     except mlflow.exceptions.MlflowException as exc:
         if tracking.unreachable(exc):
             raise
@@ -112,14 +114,15 @@ def model_tags(model_uri: str) -> dict[str, str]:
     return {}
 
 
-def check_model_city(model_uri: str, city: str) -> None:
-    """Refuse a model trained for another city than the one evaluated.
+def check_model_city(model_uri: str, city: str, tags: Mapping[str, str] | None = None) -> None:
+    """Refuse a model trained for another city than the one evaluated (``tags``: the model's,
+    read with ``model_tags`` when not given).
 
     Raises:
         InputError: the model's ``city`` tag names another city.
         ModelNotFoundError: see ``model_tags``.
     """
-    model_city = model_tags(model_uri).get(CITY_TAG)
+    model_city = (model_tags(model_uri) if tags is None else tags).get(CITY_TAG)
     if model_city is None:
         logger.warning("%s has no city tag: cannot check it was trained for %s", model_uri, city)
     elif model_city != city:
@@ -199,13 +202,14 @@ def evaluate(
         ModelNotFoundError: nothing loadable at ``model_uri``.
     """
     tracking.configure(settings)
-    check_model_city(model_uri, city)
+    tags = model_tags(model_uri)
+    check_model_city(model_uri, city, tags)
     progress.step(f"reading the holdout {features_dir} and its ground truth")
     rows, manifest = holdout_frame(settings, city, features_dir)
     progress.step(f"loading {model_uri}")
-    booster = load_booster(model_uri)
-    model_scores = booster.predict(rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))  # type: ignore[attr-defined]
-    probabilistic = bool(np.all((model_scores >= 0) & (model_scores <= 1)))
+    scorer = load_model(model_uri, tags)
+    model_scores = scorer.predict(rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))
+    probabilistic = scorer.score_kind == "probability"
     progress.step(
         f"replaying {rows['booking_id'].nunique():,} bookings under {len(POLICIES)} policies"
     )
@@ -217,6 +221,7 @@ def evaluate(
         rows["requested_at"].to_numpy(),
         np.asarray(model_scores, dtype=np.float64),
         rows["p_accept"].to_numpy(dtype=np.float64),
+        probabilistic=probabilistic,
     )
     run_id = None
     artifact_uri: str | None = None
@@ -257,10 +262,12 @@ def evaluate(
             mlflow.log_metrics(evaluation_drift(model_uri, rows))
             mlflow.log_text(table.to_string(float_format=lambda v: f"{v:.4f}"), "summary.txt")
             mlflow.log_table(table.reset_index(names="policy"), "summary.json")
-            importance = booster.feature_importance("gain")  # type: ignore[attr-defined]
-            mlflow.log_figure(
-                plot_importance(list(FEATURE_NAMES), importance), "plots/feature_importance.png"
-            )
+            importance = scorer.feature_importance()
+            if importance is not None:
+                mlflow.log_figure(
+                    plot_importance(list(scorer.feature_names), importance),
+                    "plots/feature_importance.png",
+                )
             offered = rows["offered"].to_numpy(dtype=bool)
             if probabilistic:
                 mlflow.log_figure(

@@ -5,8 +5,10 @@ driver is not a candidate of the booking) and return, per booking, the driver in
 Each driver is used at most once. Batch matching maximises the total score with
 ``scipy.optimize.linear_sum_assignment``; greedy lets bookings choose in arrival order.
 
-``match_replay`` replays a holdout with both policies in short dispatch windows and reports the
-expected acceptances under the ground truth.
+``dispatch`` is the batch step the scoring service's ``/v1/match`` runs on a model's scores
+(``assignment_values`` first maps rank scores onto (0, 1) so they can be added up);
+``match_replay`` replays a holdout with greedy and batch in short dispatch windows, on the same
+values, and reports the expected acceptances under the ground truth.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def total_score(scores: FloatArray, assignment: IntArray) -> float:
     return float(scores[rows, assignment[rows]].sum()) if len(rows) else 0.0
 
 
+def assignment_values(scores: FloatArray, probabilistic: bool) -> FloatArray:
+    """What assignment adds up: probabilities as they are; rank scores (any real number, only
+    their order means something) through the logistic onto (0, 1), so that no pair is worth
+    less than leaving a booking unassigned. Non-finite scores (not a candidate) stay so."""
+    if probabilistic:
+        return scores
+    with np.errstate(over="ignore"):
+        return np.asarray(1.0 / (1.0 + np.exp(-scores)), dtype=np.float64)
+
+
+def dispatch(scores: FloatArray, probabilistic: bool) -> tuple[IntArray, FloatArray]:
+    """Batch dispatch of ``scores[booking, driver]``: the driver per booking (or
+    ``UNASSIGNED``) maximising the total of ``assignment_values``, and those values."""
+    values = assignment_values(scores, probabilistic)
+    return batch_assignment(values), values
+
+
 def _seconds(values: npt.ArrayLike) -> FloatArray:
     """Times as float seconds: datetime64, datetime/Timestamp objects (tz-aware or not), or
     numbers already in seconds."""
@@ -92,6 +111,7 @@ def match_replay(
     scores: npt.ArrayLike,
     p_accept: npt.ArrayLike,
     window_s: float = 30.0,
+    probabilistic: bool = True,
 ) -> dict[str, float]:
     """Greedy versus batch matching over a holdout, in dispatch windows of ``window_s`` seconds.
 
@@ -108,6 +128,8 @@ def match_replay(
         scores: the model's score per row (what both policies maximise).
         p_accept: the true acceptance probability per row (what they are judged on).
         window_s: length of a dispatch window, seconds.
+        probabilistic: whether ``scores`` are probabilities (the version's ``score_kind``);
+            rank scores go through ``assignment_values`` as in the service.
 
     Returns:
         ``bookings``, ``windows``, ``contested_windows`` (windows where a driver is a candidate
@@ -118,7 +140,7 @@ def match_replay(
     b_codes, b_inverse = np.unique(np.asarray(booking_id, dtype=object), return_inverse=True)
     _, d_inverse = np.unique(np.asarray(driver_id, dtype=object), return_inverse=True)
     t = _seconds(requested_at)
-    s = np.asarray(scores, dtype=np.float64)
+    s = assignment_values(np.asarray(scores, dtype=np.float64), probabilistic)
     p = np.asarray(p_accept, dtype=np.float64)
     n_bookings = len(b_codes)
     if n_bookings == 0:

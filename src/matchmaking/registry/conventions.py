@@ -8,7 +8,7 @@ MLflow UI included): change a value only with a migration of the tags already wr
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 
 # -- model names ------------------------------------------------------------------------------
 #
@@ -17,23 +17,48 @@ from collections.abc import Container
 # parsed back by its exact prefix and a city id the catalogue knows, never by splitting.
 
 
-def model_name(prefix: str, city: str) -> str:
-    """The registered model of ``city``: ``<prefix>-<city>``."""
-    return f"{prefix}-{city}"
+#: Registered-model (and version) tag: which kind of model a name holds. The driver-acceptance
+#: model is the default, named ``<prefix>-<city>``; any other type ``<prefix>-<type>-<city>``.
+MODEL_TYPE_TAG = "model_type"
+DEFAULT_MODEL_TYPE = "acceptance"
 
 
-def city_of_model(name: str, prefix: str, cities: Container[str]) -> str | None:
-    """The city whose model ``name`` is, or None when ``name`` is not ``<prefix>-<city>``.
+def model_name(prefix: str, city: str, model_type: str = DEFAULT_MODEL_TYPE) -> str:
+    """The registered model of ``city``: ``<prefix>-<city>`` for the acceptance model (the name
+    every deployment already has), ``<prefix>-<model_type>-<city>`` for any other type."""
+    if model_type == DEFAULT_MODEL_TYPE:
+        return f"{prefix}-{city}"
+    return f"{prefix}-{model_type}-{city}"
 
-    ``cities`` are the known city ids (the catalogue). A name with more parts than
+
+def city_of_model(
+    name: str,
+    prefix: str,
+    cities: Container[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str | None:
+    """The city whose acceptance model ``name`` is, or None when ``name`` is not one.
+
+    A registered model's ``city`` tag decides (``name`` must then be exactly
+    ``model_name(prefix, city)`` and its ``model_type`` the acceptance model); an untagged model
+    (registered before the tags) is ``<prefix>-<rest>`` with ``rest`` one of the known
+    ``cities`` (the catalogue) when they are given. A name with more parts than
     ``<prefix>-<city>`` (``matchmaking-cancellation-jakarta``, a model of another prefix that
-    begins with this one) leaves a rest that is no city id, and is not any city's model.
+    begins with this one) is not any city's model.
     """
+    tags = tags or {}
     head = f"{prefix}-"
     if not name.startswith(head):
         return None
-    city = name[len(head) :]
-    return city if city in cities else None
+    if tags.get(MODEL_TYPE_TAG, DEFAULT_MODEL_TYPE) != DEFAULT_MODEL_TYPE:
+        return None
+    city = tags.get(CITY_TAG)
+    if city is not None:
+        return city if name == model_name(prefix, city) else None
+    rest = name[len(head) :]
+    if not rest or (cities is not None and rest not in cities):
+        return None
+    return rest
 
 
 # -- Production -------------------------------------------------------------------------------

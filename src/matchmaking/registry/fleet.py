@@ -82,7 +82,7 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
             filter_string=f"name LIKE '{prefix}-%'", max_results=200, page_token=token
         )
         for rm in page:
-            city = city_of_model(rm.name, prefix, CITIES)
+            city = city_of_model(rm.name, prefix, CITIES, tags=rm.tags)
             if city is None:
                 logger.debug("%s is not a model <%s>-<city>: left out", rm.name, prefix)
             else:

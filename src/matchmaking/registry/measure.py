@@ -8,16 +8,17 @@ import math
 import time
 from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from matchmaking.errors import ModelNotFoundError
 from matchmaking.evaluation.evaluate import compare
-from matchmaking.registry.conventions import DEFAULT_SCORE_KIND, SCORE_KIND_TAG, SCORE_PROBABILITY
+from matchmaking.registry.conventions import SCORE_PROBABILITY
 from matchmaking.registry.gate import GATE_METRICS, Canary, GateThresholds, canary_checks
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
+from matchmaking.scorer import load_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ def measure(
     """Replay metrics on the holdout, a canary request and single-booking latency."""
     uri = f"models:/{name}/{mv.version}"
     try:
-        booster = mlflow.lightgbm.load_model(uri)
-    except (MlflowException, OSError, ValueError) as exc:
+        booster = load_scorer(uri, mv.tags, version=str(mv.version))
+    except (MlflowException, OSError, ValueError, ModelNotFoundError) as exc:
         canary = Canary(False, False, False, math.inf, f"{uri} does not load: {exc}")
         nan = float("nan")
         return Measured(str(mv.version), dict.fromkeys(GATE_METRICS, nan), canary)
     x = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     scores = np.asarray(booster.predict(x), dtype=np.float64)
-    probabilistic = mv.tags.get(SCORE_KIND_TAG, DEFAULT_SCORE_KIND) == SCORE_PROBABILITY
+    probabilistic = booster.score_kind == SCORE_PROBABILITY
     table = compare(rows, scores, probabilistic, thresholds.replay_seed)
     metrics = {k: float(table.loc["model", k]) for k in GATE_METRICS}
     return Measured(str(mv.version), metrics, _canary(booster, rows, probabilistic, thresholds))

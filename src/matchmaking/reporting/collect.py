@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
-from matchmaking.registry.production import PRODUCTION_ALIAS
+from matchmaking.registry.conventions import PRODUCTION_ALIAS
 from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,10 @@
-"""``matchmaking train``: fit LightGBM on a feature dataset, log everything, register a version."""
+"""``matchmaking train``: fit a model type on a feature dataset, log everything, register a version.
+
+A model type (``MODEL_TYPES``) says which rows and label it learns from and how it is fitted;
+``train`` does the rest the same way for every type (lineage, reuse, logging, registration,
+tags). Today's one type is ``acceptance``: LightGBM binary and LambdaRank on the offered
+candidates, the better one kept. A second target (cancellation) or algorithm is a second entry.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,21 +35,23 @@ from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import (
     CITY_TAG,
     DATA_DIGEST_TAG,
+    DEFAULT_MODEL_TYPE,
     DRIVER_TABLE_NAME,
     FEATURE_IMPORTANCE_ARTIFACT,
     FEATURES_URI_TAG,
     GIT_COMMIT_TAG,
     MODEL_ARTIFACT,
+    MODEL_TYPE_TAG,
     OBJECTIVE_TAG,
     PARAMS_HASH_TAG,
     PRODUCTION_ALIAS,
     SCORE_KIND_TAG,
-    SCORE_PROBABILITY,
-    SCORE_RANK,
     SEED_TAG,
     VALID_AUC_TAG,
+    model_name,
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
+from matchmaking.scorer import ScoreKind
 from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
 
@@ -149,14 +158,89 @@ def select(fits: list[Fitted], tolerance: float) -> tuple[Fitted, str]:
     )
 
 
+@dataclass
+class Trained:
+    """What a model type's trainer hands to ``train`` to log and register."""
+
+    booster: lgb.Booster
+    objective: str
+    score_kind: ScoreKind
+    valid_auc: float
+    best_iteration: int
+    reason: str  # why this model (logged as the run's model_selection tag)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def fit_acceptance(
+    train_rows: pd.DataFrame, valid_rows: pd.DataFrame, params: TrainParams, progress: Progress
+) -> Trained:
+    """Each configured objective fitted, the better one kept (``select``)."""
+    fits = [fit(obj, train_rows, valid_rows, params, progress) for obj in params.objectives]
+    chosen, reason = select(fits, params.selection_tolerance)
+    metrics: dict[str, float] = {}
+    for f in fits:
+        metrics[f"valid_auc_{f.objective}"] = f.valid_auc
+        metrics[f"best_iteration_{f.objective}"] = float(f.best_iteration)
+        metrics[f"fit_seconds_{f.objective}"] = f.seconds
+    scores = np.asarray(
+        chosen.booster.predict(matrix(valid_rows), num_iteration=chosen.best_iteration)
+    )
+    metrics["valid_auc"] = chosen.valid_auc
+    if chosen.objective == "binary":
+        metrics["valid_logloss"] = logloss(valid_rows[LABEL_COLUMN].to_numpy(), scores)
+    kind: ScoreKind = "probability" if chosen.objective == "binary" else "rank_score"
+    return Trained(
+        chosen.booster,
+        chosen.objective,
+        kind,
+        chosen.valid_auc,
+        chosen.best_iteration,
+        reason,
+        metrics,
+    )
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One kind of model the platform trains: its rows (with ``LABEL_COLUMN`` set) and its fit."""
+
+    name: str
+    describes: str  # for the version description: "<objective> <describes> for <city>"
+    rows: Callable[[pd.DataFrame], pd.DataFrame]
+    fit: Callable[[pd.DataFrame, pd.DataFrame, TrainParams, Progress], Trained]
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    DEFAULT_MODEL_TYPE: ModelType(DEFAULT_MODEL_TYPE, "acceptance model", labelled, fit_acceptance),
+}
+
+
+def model_type(name: str) -> ModelType:
+    """The registered model type ``name``.
+
+    Raises:
+        InputError: no such type (naming the known ones).
+    """
+    try:
+        return MODEL_TYPES[name]
+    except KeyError:
+        raise InputError(f"unknown model type {name!r}; known: {', '.join(MODEL_TYPES)}") from None
+
+
 def params_hash(params: TrainParams) -> str:
     return hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
 
 
 def find_existing_version(
-    client: MlflowClient, name: str, data_digest: str, code: str | None, p_hash: str
+    client: MlflowClient,
+    name: str,
+    data_digest: str,
+    code: str | None,
+    p_hash: str,
+    kind: str = DEFAULT_MODEL_TYPE,
 ) -> str | None:
-    """A version trained on the same data, code and parameters (makes reruns idempotent)."""
+    """A version of model type ``kind`` trained on the same data, code and parameters (makes
+    reruns idempotent)."""
     try:
         versions = client.search_model_versions(
             f"name='{name}' and tag.{DATA_DIGEST_TAG}='{data_digest}'"
@@ -164,7 +248,11 @@ def find_existing_version(
     except mlflow.exceptions.MlflowException:
         return None
     for mv in versions:
-        if mv.tags.get(GIT_COMMIT_TAG) == (code or "") and mv.tags.get(PARAMS_HASH_TAG) == p_hash:
+        if (
+            mv.tags.get(GIT_COMMIT_TAG) == (code or "")
+            and mv.tags.get(PARAMS_HASH_TAG) == p_hash
+            and mv.tags.get(MODEL_TYPE_TAG, DEFAULT_MODEL_TYPE) == kind
+        ):
             return str(mv.version)
     return None
 
@@ -177,11 +265,16 @@ def train(
     process_run_id: str | None = None,
     reuse_existing: bool = True,
     progress: Progress = SILENT,
+    kind: str = DEFAULT_MODEL_TYPE,
 ) -> TrainResult:
-    """Fit each configured objective, keep the best, log it and register a new version.
+    """Fit the model type ``kind`` (``MODEL_TYPES``), log it and register a new version.
 
     ``features_dir`` is the dataset ``process`` published: a path or a URI (``s3://...``).
+
+    Raises:
+        InputError: unknown model type, features of another city, too short a window.
     """
+    spec = model_type(kind)
     features_dir = storage.location(features_dir)
     progress.step(f"reading features {features_dir}")
     rows, manifest = read_dataset(features_dir)
@@ -191,12 +284,12 @@ def train(
     tracking.configure(settings)
     tracking.use_experiment(settings, city)
     client = MlflowClient()
-    name = tracking.model_name(settings, city)
+    name = model_name(settings.model_name_prefix, city, spec.name)
     code = tracking.git_commit()
     p_hash = params_hash(params)
     if reuse_existing:
         progress.step(f"looking for a version of {name} trained on the same data, code, params")
-        existing = find_existing_version(client, name, data_digest, code, p_hash)
+        existing = find_existing_version(client, name, data_digest, code, p_hash, spec.name)
         if existing is not None:
             mv = client.get_model_version(name, existing)
             logger.info(
@@ -222,7 +315,7 @@ def train(
             progress.done(f"reusing {name} v{existing}")
             return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
 
-    data = labelled(rows)
+    data = spec.rows(rows)
     train_rows, valid_rows = split_by_day(data, params.valid_days)
     features_uri = storage.as_uri(features_dir)
     progress.step(f"logging {len(train_rows):,} training and {len(valid_rows):,} validation rows")
@@ -249,27 +342,24 @@ def train(
             )
             mlflow.log_input(ds, context=context)
 
-        fits = [fit(obj, train_rows, valid_rows, params, progress) for obj in params.objectives]
-        chosen, reason = select(fits, params.selection_tolerance)
+        chosen = spec.fit(train_rows, valid_rows, params, progress)
+        reason = chosen.reason
         metrics: dict[str, float] = {
             "train_rows": float(len(train_rows)),
             "valid_rows": float(len(valid_rows)),
             "train_positive_rate": float(train_rows[LABEL_COLUMN].mean()),
+            **chosen.metrics,
         }
-        for f in fits:
-            metrics[f"valid_auc_{f.objective}"] = f.valid_auc
-            metrics[f"best_iteration_{f.objective}"] = float(f.best_iteration)
-            metrics[f"fit_seconds_{f.objective}"] = f.seconds
-        scores = np.asarray(
-            chosen.booster.predict(matrix(valid_rows), num_iteration=chosen.best_iteration)
-        )
-        metrics["valid_auc"] = chosen.valid_auc
-        if chosen.objective == "binary":
-            metrics["valid_logloss"] = logloss(valid_rows[LABEL_COLUMN].to_numpy(), scores)
         mlflow.log_metrics(metrics)
         mlflow.log_param("objective", chosen.objective)
-        mlflow.set_tag("model_selection", reason)
-        mlflow.set_tag("objective", chosen.objective)
+        mlflow.set_tags(
+            {
+                "model_selection": reason,
+                OBJECTIVE_TAG: chosen.objective,
+                SCORE_KIND_TAG: chosen.score_kind,
+                MODEL_TYPE_TAG: spec.name,
+            }
+        )
 
         importance = dict(
             zip(
@@ -307,8 +397,9 @@ def train(
             run.info.run_id,
             {
                 CITY_TAG: city,
+                MODEL_TYPE_TAG: spec.name,
                 OBJECTIVE_TAG: chosen.objective,
-                SCORE_KIND_TAG: SCORE_PROBABILITY if chosen.objective == "binary" else SCORE_RANK,
+                SCORE_KIND_TAG: chosen.score_kind,
                 DATA_DIGEST_TAG: data_digest,
                 FEATURES_URI_TAG: features_uri,
                 GIT_COMMIT_TAG: code or "",
@@ -316,8 +407,9 @@ def train(
                 SEED_TAG: str(params.seed),
                 VALID_AUC_TAG: f"{chosen.valid_auc:.5f}",
             },
+            model_tags={CITY_TAG: city, MODEL_TYPE_TAG: spec.name},
             description=(
-                f"{chosen.objective} acceptance model for {city}, trained on features "
+                f"{chosen.objective} {spec.describes} for {city}, trained on features "
                 f"{manifest['start']}..{manifest['end']} (digest {data_digest[:12]}). {reason}."
             ),
         )
@@ -365,14 +457,25 @@ def register(
     run_id: str,
     tags: dict[str, str],
     description: str,
+    model_tags: dict[str, str] | None = None,
 ) -> str:
-    """Register ``model_uri`` as a new version of ``name`` and return the version it got."""
+    """Register ``model_uri`` as a new version of ``name`` and return the version it got.
+
+    ``model_tags`` go on the registered model (``city`` and ``model_type``: what the name
+    means, so it is never parsed back; see ``conventions.city_of_model``); missing ones are added.
+    """
     try:
-        client.get_registered_model(name)
+        existing = client.get_registered_model(name).tags
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(
-            name, description=f"Driver acceptance model; Production = alias `{PRODUCTION_ALIAS}`."
+            name,
+            tags=model_tags,
+            description=f"Driver acceptance model; Production = alias `{PRODUCTION_ALIAS}`.",
         )
+    else:
+        for key, value in (model_tags or {}).items():
+            if existing.get(key) != value:
+                client.set_registered_model_tag(name, key, value)
     mv = client.create_model_version(
         name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
     )
