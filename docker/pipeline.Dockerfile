@@ -32,12 +32,14 @@ ENV PATH=/opt/venv/bin:$PATH
 # holds inside the image: matchmaking.pipeline.PROJECT_DIR (src/../mlproject) is /app/mlproject,
 # which `matchmaking pipeline` (the `main` entry point) and the DAG tasks run.
 WORKDIR /app
-# .dockerignore lets only pyproject.toml, constraints.txt, README.md, src/, serving/, mlproject/
-# and dags/ through; dags/ may be absent (the DAGs also arrive by git-sync), hence the mkdir.
-COPY . .
-RUN mkdir -p dags \
-    && pip install -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}" \
-    && find /opt/venv /app -name '__pycache__' -type d -prune -exec rm -rf {} +
+COPY pyproject.toml constraints.txt README.md ./
+# The dependencies first, in layers of their own: installed from the project's metadata with
+# placeholder packages, so an edit to the code reuses them.
+RUN mkdir -p src/matchmaking serving \
+    && touch src/matchmaking/__init__.py serving/__init__.py \
+    && pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
+    && pip uninstall -y matchmaking \
+    && rm -rf src serving build
 # Smaller runtime, same behaviour: the wheels' test suites go, and their shared libraries lose
 # the symbols nothing links against (llvmlite's: 133 -> 104 MB). Not the libraries auditwheel
 # rewrote with patchelf (vendored under *.libs/, or with an RPATH to them): stripped, they no
@@ -48,6 +50,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends binutils \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
     && find /opt/venv -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -not -path '*.libs/*' \
         -exec sh -c 'for f; do readelf -d "$f" | grep -qE "RPATH|RUNPATH" || strip --strip-unneeded "$f"; done' sh {} +
+# .dockerignore lets only pyproject.toml, constraints.txt, README.md, src/, serving/, mlproject/
+# and dags/ through; dags/ may be absent (the DAGs also arrive by git-sync), hence the mkdir.
+COPY . .
+RUN mkdir -p dags \
+    && pip install --no-deps -c constraints.txt -e . \
+    && find /opt/venv /app -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 # ---- runtime: the venv, the project files, a non-root user, no compilers ----------------------
 FROM ${BASE_IMAGE} AS runtime

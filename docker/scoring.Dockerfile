@@ -21,11 +21,15 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
-COPY src ./src
-COPY serving ./serving
-# Bytecode stays: the root filesystem is read-only in the cluster, so modules not compiled here
-# would be compiled again at every pod start (mlflow, pandas, scikit-learn: seconds).
-RUN pip install -c constraints.txt .
+# The dependencies first, in layers of their own: installed from the project's metadata with
+# placeholder packages, so an edit to src/ or serving/ reuses them. Bytecode stays: the root
+# filesystem is read-only in the cluster, so modules not compiled here would be compiled again
+# at every pod start (mlflow, pandas, scikit-learn: seconds).
+RUN mkdir -p src/matchmaking serving \
+    && touch src/matchmaking/__init__.py serving/__init__.py \
+    && pip install -c constraints.txt . \
+    && pip uninstall -y matchmaking \
+    && rm -rf src serving build
 # Smaller runtime, same behaviour: the wheels' test suites go, and their shared libraries lose
 # the symbols nothing links against (llvmlite's: 133 -> 104 MB). Not the libraries auditwheel
 # rewrote with patchelf (vendored under *.libs/, or with an RPATH to them): stripped, they no
@@ -36,6 +40,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends binutils \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
     && find /opt/venv -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -not -path '*.libs/*' \
         -exec sh -c 'for f; do readelf -d "$f" | grep -qE "RPATH|RUNPATH" || strip --strip-unneeded "$f"; done' sh {} +
+COPY src ./src
+COPY serving ./serving
+RUN pip install --no-deps -c constraints.txt .
 
 # ---- runtime: the venv, a non-root user, nothing else -----------------------------------------
 FROM ${BASE_IMAGE} AS runtime
