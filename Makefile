@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format bench serve lock clean
+.PHONY: demo test test-fast test-images images lint format bench serve lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,19 @@ demo: $(STAMP)
 	$(BIN)/matchmaking demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not images"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not slow"
+	$(BIN)/python -m pytest -m "not integration and not slow and not images"
+
+# Both container images, built with podman (installed if missing) on a Debian-made base:
+# sizes and installed packages against constraints.txt (docs/deployment.md, step 1).
+images:
+	scripts/build-images.sh
+
+# Builds the images (cached layers reused) and runs what they ship (docs/testing.md).
+test-images: $(STAMP)
+	$(BIN)/python -m pytest -m images
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
