@@ -35,8 +35,9 @@ from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingErr
 from matchmaking.features.core import FloatArray, estimate_eta_seconds
 from matchmaking.features.geo import haversine_km
 from matchmaking.features.online import OnlineBooking, OnlineCandidates
+from matchmaking.markets import Market as City
+from matchmaking.markets import get_market as get_city
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.world.cities import City, get_city
 from serving import errors
 from serving.errors import ServiceError
 from serving.logs import RequestContextMiddleware

@@ -35,8 +35,8 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
+from matchmaking.markets import Market as City
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
 
 from matchmaking.config import Settings
-from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, build_dataset
+from matchmaking.lake.datasets import FEATURES_FILE, MANIFEST_FILE
+from matchmaking.processing.step import build_dataset
 from matchmaking.schema import LABEL_COLUMN
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import TrainResult, register, train

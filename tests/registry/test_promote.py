@@ -14,9 +14,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from matchmaking import storage
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
+from matchmaking.lake import storage
 from matchmaking.registry.gate import load_thresholds
 from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
 from matchmaking.registry.production import PRODUCTION_ALIAS, current_production

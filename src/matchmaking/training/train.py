@@ -19,14 +19,15 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from matchmaking import storage, tracking
+from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
-from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.lake import storage
+from matchmaking.lake.datasets import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.lake.storage import Location
 from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
-from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,9 @@ def train(
         signature = infer_signature(example, booster.predict(example.to_numpy()))
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
             # MLflow copies extra files from local paths: a remote table is fetched here.
-            driver_table = storage.join(features_dir, DRIVER_TABLE_FILE)
-            if not isinstance(driver_table, Path):
-                driver_table = storage.download(driver_table, Path(tmp) / DRIVER_TABLE_FILE)
+            driver_table = storage.local_file(
+                storage.join(features_dir, DRIVER_TABLE_FILE), Path(tmp)
+            )
             info = mlflow.lightgbm.log_model(
                 booster,
                 name=MODEL_ARTIFACT,
