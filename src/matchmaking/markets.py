@@ -17,7 +17,6 @@ import functools
 import logging
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -357,7 +356,7 @@ def _resolve(files: list[tuple[str, MarketsFile]]) -> dict[str, Market]:
 
 def default_path() -> Path:
     """The catalogue shipped with the package."""
-    return Path(str(resources.files("matchmaking") / "config" / DEFAULT_FILE))
+    return Path(__file__).resolve().parent / "config" / DEFAULT_FILE
 
 
 def load_catalogue(extra: list[Path] | None = None) -> Catalogue:
