@@ -153,3 +153,12 @@ def test_pipeline_config_refuses_a_city_the_catalogue_lacks(
     assert PipelineConfig.model_validate({"cities": ["manila"]}).cities == ["manila"]
     with pytest.raises(ValueError, match="'bangkokk' \\(closest: bangkok"):
         PipelineConfig.model_validate({"cities": ["bangkokk"]})
+
+
+def test_the_scoring_service_refuses_a_bad_markets_file_before_it_binds(tmp_path: Path) -> None:
+    path = tmp_path / "markets.yaml"
+    path.write_text(yaml.safe_dump(_mutate(["markets", 0, "radius_km"], -5)))
+    res = _cli("serve", "--port", "0", env={MARKETS_ENV: str(path)})
+    assert res.returncode == 2, res.stderr
+    assert str(path) in res.stderr and "'manila'" in res.stderr and "radius_km" in res.stderr
+    assert "listening on" not in res.stderr
