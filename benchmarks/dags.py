@@ -64,6 +64,14 @@ def _measure(cities: int) -> dict[str, float]:
         config = Path(tmp) / "pipeline.yaml"
         names = "\n".join(f"  - city-{i:04d}" for i in range(cities))
         config.write_text(f"cities:\n{names}\nlake_uri: {Path(tmp) / 'lake'}\n")
+        markets = Path(tmp) / "markets.yaml"  # the synthetic ids are markets of their own
+        rows = "\n".join(
+            f"  - {{id: city-{i:04d}, name: City {i}, country: ID, centre: {{lat: -6.2, "
+            "lng: 106.8}, radius_km: 10, daily_bookings: 1000, tariff: {base: 1, per_km: 1, "
+            "per_min: 1}, speed_kmh: {peak: 20, offpeak: 30, night: 40}}"
+            for i in range(cities)
+        )
+        markets.write_text(f"markets:\n{rows}\n")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
             "AIRFLOW_HOME": str(Path(tmp) / "airflow"),
@@ -71,6 +79,7 @@ def _measure(cities: int) -> dict[str, float]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             "MATCHMAKING_PIPELINE_CONFIG": str(config),
+            "MATCHMAKING_MARKETS": str(markets),
         }
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.dags", "--one", str(cities)],

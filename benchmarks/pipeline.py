@@ -105,8 +105,8 @@ def step_large_world(root: Path) -> Result:
 
 def step_process(root: Path) -> Result:
     """Part a: ``build_dataset`` (validate, featurise, publish) on the 10-day window."""
+    from matchmaking import lake
     from matchmaking.processing.step import build_dataset
-    from matchmaking.world import lake
 
     settings = _settings(root)
     start, end = _large_window()
@@ -235,9 +235,9 @@ def _propensity_bound(settings: Any, city: str, holdout: Path) -> tuple[float, f
     """
     import numpy as np
 
+    from matchmaking import lake
     from matchmaking.evaluation.evaluate import holdout_frame
     from matchmaking.evaluation.metrics import auc
-    from matchmaking.world import lake
 
     rows, _ = holdout_frame(settings, city, holdout)
     hidden = lake.read_driver_truth(settings.lake_dir, city).to_pandas()

@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.common import machine_lines
 from matchmaking.config import Settings
+from matchmaking.markets import default_catalogue
 from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, SUCCESS_FILE
 from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import collect
@@ -39,7 +40,6 @@ from matchmaking.reporting.drift import load_drift_config
 from matchmaking.reporting.model import fleet, load_report_config
 from matchmaking.reporting.render import render
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger("benchmarks.report")
 
@@ -215,7 +215,7 @@ def main(report: Path = REPORT, cities: int = 79) -> None:
     from tests.support.tracking_server import TrackingServer
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    chosen = sorted(CITIES)[:cities]
+    chosen = sorted(default_catalogue().ids())[:cities]
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp, TrackingServer() as server:
         server.wait_until_ready()
         root = Path(tmp)

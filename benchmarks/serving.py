@@ -149,7 +149,7 @@ def register(work: Path, booster: Any, driver_ids: list[str]) -> tuple[str, Path
 
 def make_requests(driver_ids: list[str]) -> list[dict[str, Any]]:
     """``N_REQUESTS`` ranking bodies of ``N_CANDIDATES`` candidates around Jakarta."""
-    from matchmaking.world.cities import get_city
+    from matchmaking.markets import get_market as get_city
 
     city = get_city(CITY)
     rng = np.random.default_rng(11)
@@ -197,7 +197,7 @@ def online_matrix(body: dict[str, Any], table: Path) -> np.ndarray:
     its request-to-rows helpers and the shared feature code."""
     from matchmaking.features.core import build_matrix
     from matchmaking.features.online import DriverTable, build_online_inputs
-    from matchmaking.world.cities import get_city
+    from matchmaking.markets import get_market as get_city
     from serving.schemas import decode_rank
     from serving.scoring import online_booking, online_candidates
 

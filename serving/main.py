@@ -8,6 +8,7 @@ import os
 from pydantic import ValidationError
 
 from matchmaking.errors import ConfigError
+from matchmaking.markets import catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def run(host: str | None = None, port: int | None = None, log_level: str | None 
         settings = ServeSettings()
     except ValidationError as exc:
         raise ConfigError(f"MATCHMAKING_SERVE_* settings are invalid:\n{exc}") from exc
+    catalogue()  # read once, here: a bad MATCHMAKING_MARKETS file stops startup (exit 2)
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     level = (log_level or settings.log_level).lower()

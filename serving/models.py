@@ -31,6 +31,7 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
+from matchmaking.markets import Market as City
 from matchmaking.registry.conventions import (
     CITY_TAG,
     DRIVER_TABLE_ARTIFACT,
@@ -45,7 +46,6 @@ from matchmaking.scorer import (
     load_scorer,
     score_kind_of,
 )
-from matchmaking.world.cities import City
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingError
+from matchmaking.markets import Market as City
+from matchmaking.markets import get_market as get_city
 from matchmaking.registry import conventions
-from matchmaking.world.cities import City, get_city
 from serving.metrics import Metrics
 from serving.models import LoadedModel, VersionRef, load_version, resolve_production
 from serving.settings import ServeSettings

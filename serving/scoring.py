@@ -22,8 +22,9 @@ from matchmaking.evaluation.matching import UNASSIGNED, dispatch
 from matchmaking.features.core import FloatArray, estimate_eta_seconds
 from matchmaking.features.geo import haversine_km
 from matchmaking.features.online import OnlineBooking, OnlineCandidates, local_clock
+from matchmaking.markets import Market as City
+from matchmaking.markets import get_market as get_city
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.world.cities import City, get_city
 from serving.errors import FieldErrors
 from serving.models import LoadedModel
 from serving.schemas import Booking, Candidate, MatchDriver, MatchRequest, RankRequest

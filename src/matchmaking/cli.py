@@ -106,12 +106,19 @@ def world_generate(
 def world_cities(
     country: Annotated[str | None, typer.Option(help="Filter by ISO country code.")] = None,
 ) -> None:
-    """List the city catalogue."""
-    from matchmaking.world.cities import CITIES
+    """List the market catalogue (the built-in one plus MATCHMAKING_MARKETS files)."""
+    from matchmaking.markets import MARKETS_ENV, catalogue
 
-    for c in CITIES.values():
-        if country is None or c.country == country.upper():
-            typer.echo(f"{c.id:<24} {c.country}  {c.name:<24} {c.tz:<20} size={c.size}")
+    markets = catalogue()
+    shown = [c for c in markets.markets.values() if country is None or c.country == country.upper()]
+    if not shown:
+        known = ", ".join(sorted({c.country for c in markets.markets.values()}))
+        raise InputError(
+            f"no market in country {country!r}; the catalogue has markets in {known}. Add one "
+            f"with a markets file named by {MARKETS_ENV} (see docs/markets.md)"
+        )
+    for c in shown:
+        typer.echo(f"{c.id:<24} {c.country}  {c.name:<24} {c.tz:<20} size={c.size or '-'}")
 
 
 def _date(value: str, option: str) -> date:
@@ -134,10 +141,10 @@ def process(
     progress: ProgressOption = None,
 ) -> None:
     """Validate raw partitions, quarantine bad rows, publish a versioned feature dataset."""
+    from matchmaking.markets import get_market
     from matchmaking.processing.step import process as run_process
-    from matchmaking.world.cities import get_city
 
-    get_city(city)
+    get_market(city)
     shown = command_progress(progress, f"process {city}")
     result = run_process(
         Settings(), city, _date(start, "--start"), _date(end, "--end"), max_bad_share, shown
@@ -224,11 +231,11 @@ def pipeline(
     progress: ProgressOption = None,
 ) -> None:
     """Chain process -> train -> evaluate as MLflow Projects runs (the `main` entry point)."""
+    from matchmaking.markets import get_market
     from matchmaking.pipeline import run_chain
     from matchmaking.training.params import load_params, parse_overrides
-    from matchmaking.world.cities import get_city
 
-    get_city(city)
+    get_market(city)
     load_params(None, parse_overrides(set_ or []))  # refuse a bad --set before any step runs
     export_choice(progress)  # the steps run as processes of their own
     overrides = {}
@@ -278,9 +285,9 @@ def report(
 ) -> None:
     """Static HTML report of the fleet (performance, Production history, data health, drift),
     logged to MLflow as the artifact of a `report` run."""
+    from matchmaking.markets import get_market as get_city
     from matchmaking.reporting.drift import load_drift_config
     from matchmaking.reporting.report import build_report
-    from matchmaking.world.cities import get_city
 
     chosen = _cities(cities) if cities else None
     for city in chosen or []:

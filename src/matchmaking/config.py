@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matchmaking import storage
 from matchmaking.errors import ConfigError, field_problems
-from matchmaking.storage import Location
+from matchmaking.lake import storage
+from matchmaking.lake.storage import Location
 
 DEFAULT_DATA_DIR = Path("data")
 
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     The embedded defaults keep everything under ``./data``: the data lake in ``data/lake`` and
     MLflow in a SQLite store ``data/mlflow.db`` with artifacts in ``data/mlartifacts``. Point
     ``MATCHMAKING_LAKE_URI`` elsewhere (another path, ``file://`` or ``s3://bucket/lake``; see
-    ``matchmaking.storage``) and ``MATCHMAKING_TRACKING_URI`` (or ``MLFLOW_TRACKING_URI``) at a
+    ``matchmaking.lake.storage``) and ``MATCHMAKING_TRACKING_URI`` (or ``MLFLOW_TRACKING_URI``) at a
     tracking server to share runs.
     """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from matchmaking.world import lake
+from matchmaking import lake
 from matchmaking.world.generate import WorldSummary
 
 

@@ -8,9 +8,11 @@ import pytest
 from lakeworld import SmallWorld
 from scipy.stats import skew
 
-from matchmaking.world import lake
-from matchmaking.world.cities import CITIES
+from matchmaking import lake
+from matchmaking.markets import default_catalogue
 from matchmaking.world.generate import CIRCUITY, MAX_CANDIDATES, MAX_OFFERS
+
+CITIES = default_catalogue().markets
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from lakeworld import SmallWorld
 
 from matchmaking import schema
-from matchmaking.world import lake
+from matchmaking import lake
 
 
 def _file_schema(path: Path) -> pa.Schema:

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from matchmaking.errors import InputError, UnknownCityError
-from matchmaking.world.cities import CITIES, get_city
+from matchmaking.markets import default_catalogue
+from matchmaking.markets import get_market as get_city
 from matchmaking.world.generate import generate_world
+
+CITIES = default_catalogue().markets
 
 
 @pytest.mark.parametrize(

@@ -419,3 +419,50 @@ def test_airflow_example_values() -> None:
     files = yaml.safe_load(config_map["data"])
     cfg = PipelineConfig.model_validate(yaml.safe_load(files[config_path.name]))
     assert cfg.data_dir() == Path(env["MATCHMAKING_DATA_DIR"])
+
+
+# -- markets ----------------------------------------------------------------------------------
+
+MANILA = ROOT / "tests" / "markets" / "manila.yaml"
+
+
+def test_markets_file_is_mounted_and_named_by_the_env(tmp_path: Path) -> None:
+    """`markets` values become a mounted markets file the service loads as MATCHMAKING_MARKETS."""
+    from matchmaking.markets import load_catalogue
+
+    manila = load_values(MANILA)
+    docs = render({"markets": manila})
+    dep = find(docs, "Deployment", SCORING)
+    path = find(docs, "ConfigMap", SCORING)["data"]["MATCHMAKING_MARKETS"]
+    mounts = {m["name"]: m for m in container(dep, "scoring")["volumeMounts"]}
+    assert mounts["markets"]["readOnly"] is True
+    assert path == f"{mounts['markets']['mountPath']}/markets.yaml"
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    markets_map = find(docs, "ConfigMap", volumes["markets"]["configMap"]["name"])
+    rendered = tmp_path / "markets.yaml"
+    rendered.write_text(markets_map["data"]["markets.yaml"])
+    manila_market = load_catalogue([rendered]).get("manila")
+    assert (manila_market.currency, manila_market.tz) == ("PHP", "Asia/Manila")
+    for manifest in docs:
+        kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
+
+    def checksum(vals: dict[str, Any]) -> str:
+        annotations = find(render(vals), "Deployment", SCORING)["spec"]["template"]["metadata"]
+        return str(annotations["annotations"]["checksum/markets"])
+
+    moved = merge({"markets": manila}, {})
+    moved["markets"]["markets"][0]["radius_km"] = 25.0
+    assert checksum({"markets": manila}) != checksum(moved), "a markets change rolls the pods"
+
+
+def test_without_markets_nothing_is_mounted(docs: list[Manifest]) -> None:
+    assert "MATCHMAKING_MARKETS" not in find(docs, "ConfigMap", SCORING)["data"]
+    mounts = container(find(docs, "Deployment", SCORING), "scoring")["volumeMounts"]
+    assert "markets" not in {m["name"] for m in mounts}
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-markets")]
+
+
+def test_schema_rejects_a_bad_market_country(tmp_path: Path) -> None:
+    bad = {"markets": {"countries": {"Philippines": {"currency": "PHP", "time_zone": "x"}}}}
+    with pytest.raises(helm.HelmValuesError, match=r"Philippines|countries"):
+        render(bad)

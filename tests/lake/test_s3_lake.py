@@ -19,16 +19,17 @@ import s3fs
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from matchmaking import storage
+from matchmaking import lake
 from matchmaking.cli import app
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, StorageError
 from matchmaking.evaluation.evaluate import evaluate
-from matchmaking.processing.step import ProcessResult, build_dataset, process, read_dataset
+from matchmaking.lake import storage
+from matchmaking.lake.datasets import read_dataset
+from matchmaking.processing.step import ProcessResult, build_dataset, process
 from matchmaking.schema import SUCCESS_MARKER
 from matchmaking.training.params import load_params
 from matchmaking.training.train import train
-from matchmaking.world import lake
 from matchmaking.world.generate import generate_world
 
 from .conftest import new_bucket

@@ -20,7 +20,7 @@ import pytest
 
 from matchmaking.config import Settings
 from matchmaking.features.core import CandidateInputs, build_matrix
-from matchmaking.processing.step import read_dataset
+from matchmaking.lake.datasets import read_dataset
 from matchmaking.schema import FEATURE_NAMES, FEATURES
 from matchmaking.training.params import Objective, TrainParams, load_params
 from matchmaking.training.train import fit, labelled, matrix, split_by_day, train

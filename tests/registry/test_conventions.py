@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
 
 from matchmaking.errors import ModelNotFoundError, TrackingError
+from matchmaking.markets import default_catalogue
 from matchmaking.registry.conventions import (
     CITY_TAG,
     DRIVER_TABLE_ARTIFACT,
@@ -25,9 +26,10 @@ from matchmaking.registry.fleet import registered_cities
 from matchmaking.registry.gate import load_thresholds
 from matchmaking.registry.production import current_production, resolve_production
 from matchmaking.registry.promote import promote
-from matchmaking.world.cities import CITIES
 
 from .conftest import Trained, register_copy, settings_for
+
+CITIES = default_catalogue().ids()
 
 
 def test_every_catalogue_city_round_trips_through_its_model_name() -> None:

@@ -20,8 +20,8 @@ from lake.conftest import new_bucket, s3_endpoint  # noqa: F401  (the moto S3 fi
 
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, StorageError
+from matchmaking.lake.storage import Location
 from matchmaking.registry.lock import KEEP, Lease, LeaseLostError, LockTimeoutError, PromotionLock
-from matchmaking.storage import Location
 
 MODEL = "matchmaking-jakarta"
 CONTENDERS = 12

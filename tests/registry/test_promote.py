@@ -14,9 +14,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from matchmaking import storage
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
+from matchmaking.lake import storage
 from matchmaking.registry.conventions import (
     FENCE_TAG,
     GENERATION_TAG,

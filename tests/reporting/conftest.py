@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
 
+from matchmaking import lake
 from matchmaking.config import Settings
 from matchmaking.evaluation.evaluate import evaluate
 from matchmaking.processing.step import process
@@ -28,7 +29,6 @@ from matchmaking.registry.rollback import rollback
 from matchmaking.reporting.report import ReportResult, build_report
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import train
-from matchmaking.world import lake
 from matchmaking.world.generate import generate_world
 
 CITIES = ("jakarta", "bangkok")

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from matchmaking import lake
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError
 from matchmaking.processing.step import build_dataset, read_dataset
@@ -29,7 +30,6 @@ from matchmaking.reporting.drift import (
     published_datasets,
     reference,
 )
-from matchmaking.world import lake
 from matchmaking.world.generate import generate_world
 
 CITY = "jakarta"

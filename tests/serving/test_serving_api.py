@@ -38,7 +38,7 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
-from matchmaking.world.cities import get_city
+from matchmaking.markets import get_market as get_city
 from serving.app import create_app
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from conftest import Registered, serve_settings
 from live import ServerThread, rank_body
 
 from matchmaking.features.geo import EARTH_RADIUS_KM
-from matchmaking.world.cities import get_city
+from matchmaking.markets import get_market as get_city
 from serving.app import HotPath, create_app
 
 pytestmark = pytest.mark.integration

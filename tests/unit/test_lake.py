@@ -8,9 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from matchmaking import lake
 from matchmaking.errors import DataQualityError, InputError, StorageError
+from matchmaking.lake import raw
 from matchmaking.schema import SUCCESS_MARKER
-from matchmaking.world import generate, lake
+from matchmaking.world import generate
 
 DAY = date(2026, 10, 1)
 
@@ -48,7 +50,7 @@ def test_crash_mid_partition_leaves_nothing_visible(
             raise RuntimeError("disk on fire")
         real_write(path, table)
 
-    monkeypatch.setattr(lake, "write_parquet", write_then_crash)
+    monkeypatch.setattr(raw, "write_parquet", write_then_crash)
     tables = {"bookings": _bookings(3), "candidates": _bookings(5)}
     with pytest.raises(RuntimeError, match="disk on fire"):
         lake.write_partition(tmp_path, lake.RAW, "hue", DAY, tables)
@@ -110,7 +112,7 @@ def test_failed_replacement_keeps_the_old_partition(
     def crash(path: Path, table: pa.Table) -> None:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(lake, "write_parquet", crash)
+    monkeypatch.setattr(raw, "write_parquet", crash)
     with pytest.raises(RuntimeError):
         lake.write_partition(tmp_path, lake.RAW, "hue", DAY, {"bookings": _bookings(3, "new")})
     got = lake.read_partitions(tmp_path, "hue", "bookings", DAY, DAY)
@@ -148,10 +150,10 @@ def test_single_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyP
         path.write_bytes(b"PAR1 half a file")
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(lake, "write_parquet", crash)
+    monkeypatch.setattr(raw, "write_parquet", crash)
     with pytest.raises(RuntimeError):
         lake.write_file_atomic(target, _bookings(3, "new"))
-    assert lake._read_file(target)["booking_id"].to_pylist() == ["old-0", "old-1"]
+    assert raw._read_file(target)["booking_id"].to_pylist() == ["old-0", "old-1"]
     assert _hidden(tmp_path) == []
 
 

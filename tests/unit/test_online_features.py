@@ -21,8 +21,8 @@ from matchmaking.features.online import (
     estimate_trip_km,
     local_clock,
 )
+from matchmaking.markets import get_market as get_city
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.world.cities import get_city
 
 CITY = get_city("jakarta")  # Asia/Jakarta, UTC+7
 DAY = np.datetime64("2026-11-27", "D")  # local calendar day of every booking below

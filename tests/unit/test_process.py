@@ -18,7 +18,8 @@ import pytest
 
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, StorageError
-from matchmaking.processing.step import build_dataset, process, read_dataset
+from matchmaking.lake.datasets import read_dataset
+from matchmaking.processing.step import build_dataset, process
 from matchmaking.schema import FEATURE_NAMES, SUCCESS_MARKER
 from matchmaking.world.generate import generate_world
 

@@ -12,21 +12,21 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from matchmaking import storage, tracking
+from matchmaking import lake, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError, ModelNotFoundError
 from matchmaking.evaluation import metrics as m
 from matchmaking.evaluation.matching import match_replay
 from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
 from matchmaking.evaluation.replay import draw_outcomes, replay
-from matchmaking.processing.step import read_dataset
+from matchmaking.lake import storage
+from matchmaking.lake.datasets import read_dataset
+from matchmaking.lake.storage import Location
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import CITY_TAG
 from matchmaking.reporting.drift import evaluation_drift
 from matchmaking.schema import FEATURE_NAMES
 from matchmaking.scorer import Scorer, load_scorer
-from matchmaking.storage import Location
-from matchmaking.world import lake
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from matchmaking.errors import InputError
 from matchmaking.features.core import CandidateInputs, FloatArray, IntArray
 from matchmaking.features.geo import ROAD_CIRCUITY, haversine_km_scalar
-from matchmaking.world.cities import City
+from matchmaking.markets import Market
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +161,14 @@ def estimate_trip_km(
     return haversine_km_scalar(pickup_lat, pickup_lng, dropoff_lat, dropoff_lng) * ROAD_CIRCUITY
 
 
-def estimate_fare(city: City, trip_km: float, local_hour: int) -> float:
+def estimate_fare(city: Market, trip_km: float, local_hour: int) -> float:
     """The city's tariff for a trip: base + per km + per minute at the hour's road speed."""
     minutes = trip_km / max(city.speed_at(local_hour), 1.0) * 60.0
     return city.fare_base + city.fare_per_km * trip_km + city.fare_per_min * minutes
 
 
 def build_online_inputs(
-    city: City,
+    city: Market,
     bookings: Sequence[OnlineBooking],
     candidates: OnlineCandidates,
     drivers: DriverTable,

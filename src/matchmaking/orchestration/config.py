@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matchmaking.config import load_yaml_model
 from matchmaking.errors import ConfigError
-from matchmaking.storage import as_uri, is_remote, local_path
+from matchmaking.lake.storage import as_uri, is_remote, local_path
+from matchmaking.markets import MARKETS_ENV, catalogue
 
 CONFIG_ENV_VAR = "MATCHMAKING_PIPELINE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
@@ -74,6 +75,17 @@ class PipelineConfig(BaseModel):
         dupes = sorted({c for c in cities if cities.count(c) > 1})
         if dupes:
             raise ValueError(f"cities listed twice: {dupes}")
+        known = catalogue()
+        unknown = [c for c in cities if c not in known]
+        if unknown:
+            hints = "; ".join(
+                f"{c!r} (closest: {', '.join(known.closest(c)) or 'none'})" for c in unknown
+            )
+            raise ValueError(
+                f"cities not in the market catalogue: {hints}. List the ids with `matchmaking "
+                f"world cities`; a new market goes in a file named by {MARKETS_ENV} "
+                "(docs/markets.md)"
+            )
         return cities
 
     @field_validator("train_params", mode="before")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from matchmaking import lake
 from matchmaking.errors import StorageError
 from matchmaking.features.history import HISTORY_DAYS, lookback_start
+from matchmaking.lake.storage import Location
 from matchmaking.schema import RAW_TABLES
-from matchmaking.storage import Location
-from matchmaking.world import lake
 
 
 def history_from(start: date, available: list[date]) -> date:

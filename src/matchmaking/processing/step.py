@@ -1,10 +1,6 @@
 """``matchmaking process``: raw partitions -> validated, versioned feature dataset + MLflow run.
 
-A dataset is content-addressed: ``<lake>/features/city=<c>/<start>_<end>/<digest[:16]>/`` with
-``features.parquet``, ``driver_table.parquet``, ``quarantine.parquet``, ``manifest.json`` and
-``_SUCCESS``. The lake may be local (staged in a hidden directory, then ``os.rename``) or on
-object storage (files written under the final prefix, ``_SUCCESS`` last); readers require
-``_SUCCESS`` either way.
+The dataset's layout, publication and readers are the lake's (``matchmaking.lake.datasets``).
 """
 
 from __future__ import annotations
@@ -12,12 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -25,25 +18,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matchmaking import storage, tracking
+from matchmaking import lake, tracking
 from matchmaking.config import Settings
-from matchmaking.errors import DataQualityError, InputError, StorageError
+from matchmaking.errors import DataQualityError, InputError
 from matchmaking.features.batch import build_features, driver_snapshot, offer_log
+from matchmaking.lake import datasets, storage
+from matchmaking.lake.datasets import (
+    DRIVER_TABLE_FILE,
+    FEATURES_FILE,
+    MANIFEST_FILE,
+    QUARANTINE_FILE,
+)
+from matchmaking.lake.storage import Location
+from matchmaking.markets import get_market
 from matchmaking.processing.inputs import require_raw
 from matchmaking.processing.validate import validate
 from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES, RAW_TABLES
-from matchmaking.storage import Location
-from matchmaking.world import lake
-from matchmaking.world.cities import get_city
 
 logger = logging.getLogger(__name__)
-
-FEATURES_FILE = "features.parquet"
-QUARANTINE_FILE = "quarantine.parquet"
-DRIVER_TABLE_FILE = "driver_table.parquet"
-MANIFEST_FILE = "manifest.json"
-SUCCESS_FILE = "_SUCCESS"
 
 
 @dataclass(frozen=True)
@@ -70,43 +63,6 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _write_files(directory: Location, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        storage.write_bytes(storage.join(directory, name), data)
-
-
-def _publish(files: dict[str, bytes], parent: Location, digest: str) -> Location:
-    """Publish the dataset's files at ``parent/<digest[:16]>``; reuse an identical one.
-
-    Locally the files are staged in a hidden directory renamed into place (atomic); on object
-    storage they are written under the final prefix and ``_SUCCESS`` last.
-    """
-    final = storage.join(parent, digest[:16])
-    if storage.exists(storage.join(final, SUCCESS_FILE)):
-        logger.info("feature dataset %s already published; reusing it", final)
-        return final
-    if not isinstance(final, Path) or not isinstance(parent, Path):
-        fs, key = storage.filesystem(str(final))
-        if fs.exists(key):  # a leftover without _SUCCESS: never readable, safe to replace
-            fs.rm(key, recursive=True)
-        _write_files(final, files)
-        storage.write_bytes(storage.join(final, SUCCESS_FILE), b"")
-        return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        _write_files(tmp, files)
-        if final.exists():  # a leftover without _SUCCESS: never readable, safe to replace
-            shutil.rmtree(final)
-        (tmp / SUCCESS_FILE).write_text("")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 def _window(start: date, end: date) -> None:
     if end < start:
         raise InputError(f"--end {end} is before --start {start}; give a window start <= end")
@@ -122,7 +78,7 @@ def build_dataset(
 ) -> ProcessResult:
     """Read, validate, featurise and publish one city's window (no MLflow side effects)."""
     _window(start, end)
-    info = get_city(city)
+    info = get_market(city)
     root = settings.lake_dir
     read_from = require_raw(root, city, start, end)  # the window, its history, their schema
     days = (end - read_from).days + 1
@@ -160,9 +116,7 @@ def build_dataset(
     snapshot = driver_snapshot(checked.drivers, offers, np.datetime64(end + timedelta(days=1)))
 
     progress.step(f"writing {len(rows):,} feature rows")
-    parent = storage.join(
-        settings.features_dir, f"city={city}", f"{start.isoformat()}_{end.isoformat()}"
-    )
+    parent = datasets.window_dir(settings.features_dir, city, start, end)
     files = {
         FEATURES_FILE: _parquet_bytes(rows),
         DRIVER_TABLE_FILE: _parquet_bytes(snapshot),
@@ -185,14 +139,14 @@ def build_dataset(
     files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if checked.bad_share > max_bad_share:
         rejected = storage.join(parent, f".rejected-{uuid.uuid4().hex}")
-        _write_files(rejected, files)
+        datasets.write_files(rejected, files)
         raise DataQualityError(
             f"{city} {start}..{end}: {checked.bad_share:.1%} of raw rows failed validation "
             f"(limit {max_bad_share:.1%}): {dict(checked.counts)}. Nothing was published; "
             f"inspect the quarantined rows kept in {rejected} and fix the source, or raise "
             "--max-bad-share if they are expected"
         )
-    final = _publish(files, parent, digest)
+    final = datasets.publish(files, parent, digest)
     return ProcessResult(
         city=city,
         start=start,
@@ -281,27 +235,3 @@ def _raw_digest(settings: Settings, city: str, first: date, last: date) -> str:
         if storage.exists(path):
             h.update(f"{name}:{storage.digest(path)}\n".encode())
     return h.hexdigest()
-
-
-def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Load a published feature dataset and its manifest.
-
-    Args:
-        dataset: the dataset directory: a path, a ``file://`` or an object-storage URI.
-
-    Raises:
-        StorageError: the dataset has no ``_SUCCESS`` marker (not published).
-    """
-    dataset = storage.location(dataset)
-    if not storage.exists(storage.join(dataset, SUCCESS_FILE)):
-        raise StorageError(
-            f"{dataset} is not a published feature dataset (no _SUCCESS); "
-            "run `matchmaking process` first and pass the directory it prints"
-        )
-    manifest = json.loads(storage.read_bytes(storage.join(dataset, MANIFEST_FILE)))
-    features = storage.join(dataset, FEATURES_FILE)
-    if isinstance(features, Path):
-        return pd.read_parquet(features), manifest
-    fs, key = storage.filesystem(features)
-    with fs.open(key, "rb") as fh:
-        return pq.ParquetFile(fh).read().to_pandas(), manifest

@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from matchmaking import tracking
 from matchmaking.config import Settings
+from matchmaking.lake.storage import Location
 from matchmaking.registry.conventions import CI_TAGS
 from matchmaking.registry.gate import GateThresholds
 from matchmaking.registry.lock import Lease, PromotionLock
-from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 
 from mlflow.tracking import MlflowClient
 
-from matchmaking import storage
 from matchmaking.errors import TrackingError
+from matchmaking.lake import storage
 from matchmaking.registry.conventions import FENCE_TAG
 from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
 

@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from matchmaking.config import Settings
 from matchmaking.errors import MatchmakingError
+from matchmaking.markets import catalogue
 from matchmaking.registry.conventions import city_of_model
-from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
     city's model and is left out, never read as a city called ``cancellation-jakarta``.
     """
     prefix = settings.model_name_prefix
+    known = catalogue()
     cities: list[str] = []
     token: str | None = None
     while True:
@@ -82,7 +83,7 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
             filter_string=f"name LIKE '{prefix}-%'", max_results=200, page_token=token
         )
         for rm in page:
-            city = city_of_model(rm.name, prefix, CITIES, tags=rm.tags)
+            city = city_of_model(rm.name, prefix, known, tags=rm.tags)
             if city is None:
                 logger.debug("%s is not a model <%s>-<city>: left out", rm.name, prefix)
             else:

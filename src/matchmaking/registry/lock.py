@@ -40,9 +40,9 @@ from typing import Protocol, TypeVar
 
 from fsspec import AbstractFileSystem
 
-from matchmaking import storage
 from matchmaking.errors import ConfigError, StorageError, TrackingError
-from matchmaking.storage import Location
+from matchmaking.lake import storage
+from matchmaking.lake.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ class _S3Store:
 
 def _store(root: Location, model: str) -> _Store:
     folder = storage.join(root, model)
-    if isinstance(folder, Path):
-        return _LocalStore(folder)
-    fs, prefix = storage.filesystem(folder)
+    if not storage.is_remote(folder):
+        return _LocalStore(storage.local_path(folder))
+    fs, prefix = storage.filesystem(str(folder))
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if not protocols & {"s3", "s3a"}:
         raise ConfigError(

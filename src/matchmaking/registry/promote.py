@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from matchmaking.config import Settings
 from matchmaking.errors import GateFailedError, InputError, ModelNotFoundError, TrackingError
 from matchmaking.evaluation.evaluate import holdout_frame
+from matchmaking.lake.storage import Location
 from matchmaking.registry.context import (
     PromotionContext,
     ci_tags,
@@ -55,7 +56,6 @@ from matchmaking.registry.production import (
     verify_consistent,
 )
 from matchmaking.registry.report import Verdict, log_run, render_report
-from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 

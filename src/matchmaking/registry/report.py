@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 
 from matchmaking import tracking
+from matchmaking.lake.storage import Location
 from matchmaking.registry.context import Context, ci_tags
 from matchmaking.registry.conventions import GATE_FAILED, GATE_PASSED, REPORT_ARTIFACT
 from matchmaking.registry.gate import GATE_METRICS, GateResult, GateThresholds
 from matchmaking.registry.measure import Measured
-from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 

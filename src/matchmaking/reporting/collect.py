@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
+from matchmaking.markets import catalogue
 from matchmaking.registry.conventions import PRODUCTION_ALIAS
-from matchmaking.world.cities import CITIES
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def collect(client: MlflowClient, settings: Settings, cities: list[str] | None) 
         "search_registered_models",
     ):
         city = rm.name[len(model_prefix) :]
-        if not rm.name.startswith(model_prefix) or city not in CITIES:
+        if not rm.name.startswith(model_prefix) or city not in catalogue():
             continue
         models.add(city)
         aliases = rm.aliases or {}
@@ -154,7 +154,7 @@ def collect(client: MlflowClient, settings: Settings, cities: list[str] | None) 
         "search_experiments",
     ):
         city = exp.name[len(exp_prefix) :]
-        if city in CITIES:
+        if city in catalogue():
             experiment_ids[city] = str(exp.experiment_id)
 
     wanted = sorted(models | experiment_ids.keys()) if cities is None else sorted(cities)

@@ -24,11 +24,11 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from matchmaking import storage
 from matchmaking.config import Settings, load_yaml_model
-from matchmaking.processing.step import SUCCESS_FILE, read_dataset
+from matchmaking.lake import storage
+from matchmaking.lake.datasets import SUCCESS_FILE, read_dataset
+from matchmaking.lake.storage import Location
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
+from matchmaking.markets import catalogue
 from matchmaking.reporting.collect import Collected, RunRecord, VersionRecord
 from matchmaking.reporting.drift import DayDrift, DriftConfig
-from matchmaking.world.cities import CITIES
 
 DEFAULT_REPORT_FILE = Path(__file__).resolve().parent.parent / "config" / "report.yaml"
 
@@ -427,5 +427,6 @@ def fleet(
 
 
 def display_name(city: str) -> str:
-    info = CITIES.get(city)
+    known = catalogue()
+    info = known.get(city) if city in known else None
     return info.name if info else city

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import MatchmakingError, StorageError, TrackingError
-from matchmaking.processing.step import read_dataset
+from matchmaking.lake.datasets import read_dataset
 from matchmaking.reporting.collect import Collected, collect
 from matchmaking.reporting.drift import (
     DayDrift,

@@ -26,17 +26,18 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from matchmaking import storage, tracking
+from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
-from matchmaking.processing.step import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.lake import storage
+from matchmaking.lake.datasets import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.lake.storage import Location
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import (
     CITY_TAG,
     DATA_DIGEST_TAG,
     DEFAULT_MODEL_TYPE,
-    DRIVER_TABLE_NAME,
     FEATURE_IMPORTANCE_ARTIFACT,
     FEATURES_URI_TAG,
     GIT_COMMIT_TAG,
@@ -52,7 +53,6 @@ from matchmaking.registry.conventions import (
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
 from matchmaking.scorer import ScoreKind
-from matchmaking.storage import Location
 from matchmaking.training.params import Objective, TrainParams
 
 logger = logging.getLogger(__name__)
@@ -375,11 +375,10 @@ def train(
         example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
         signature = infer_signature(example, booster.predict(example.to_numpy()))
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
-            # MLflow copies extra files from local paths, each under its own name, to
-            # ``conventions.DRIVER_TABLE_ARTIFACT``: a remote table is fetched here.
-            driver_table = storage.join(features_dir, DRIVER_TABLE_FILE)
-            if not isinstance(driver_table, Path) or driver_table.name != DRIVER_TABLE_NAME:
-                driver_table = storage.download(driver_table, Path(tmp) / DRIVER_TABLE_NAME)
+            # MLflow copies extra files from local paths: a remote table is fetched here.
+            driver_table = storage.local_file(
+                storage.join(features_dir, DRIVER_TABLE_FILE), Path(tmp)
+            )
             info = mlflow.lightgbm.log_model(
                 booster,
                 name=MODEL_ARTIFACT,

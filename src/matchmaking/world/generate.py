@@ -4,7 +4,7 @@ For each city-day, bookings are simulated in time-ordered chunks: pickups and dr
 around demand hotspots, candidates found with a k-d tree over the drivers on shift in each
 5-minute bucket, true acceptance and cancellation probabilities from ``world.truth``, and a
 historical nearest-ETA dispatcher whose offers produce the logged labels. Chunks stream into
-a staged partition (``world.lake``) published atomically, truth first. Every random draw
+a staged partition (``matchmaking.lake``) published atomically, truth first. Every random draw
 comes from a generator seeded by (seed, city, date, chunk), so output bytes depend on the
 seed only. See docs/data.md.
 """
@@ -24,8 +24,11 @@ import pyarrow as pa
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from matchmaking import storage
+from matchmaking import lake
 from matchmaking.errors import InputError
+from matchmaking.lake import storage
+from matchmaking.lake.storage import Location
+from matchmaking.markets import Market, get_market
 from matchmaking.schema import (
     BOOKING_STATUSES,
     BOOKINGS,
@@ -35,9 +38,7 @@ from matchmaking.schema import (
     GROUND_TRUTH,
     UTC_TS,
 )
-from matchmaking.storage import Location
-from matchmaking.world import lake, truth
-from matchmaking.world.cities import City, get_city
+from matchmaking.world import truth
 from matchmaking.world.population import (
     BUSINESS,
     EVENING_PEAK,
@@ -163,7 +164,7 @@ class WorldSummary:
 class CityWorld:
     """Everything about a city that does not change from day to day."""
 
-    city: City
+    city: Market
     zones: Zones
     roster: Roster
     driver_ids: pa.Array
@@ -190,7 +191,7 @@ class Trips:
 
 
 def sample_trips(
-    city: City, zones: Zones, speed: FloatArray, hour: IntArray, rng: np.random.Generator
+    city: Market, zones: Zones, speed: FloatArray, hour: IntArray, rng: np.random.Generator
 ) -> Trips:
     """Pickup and dropoff around hotspots; commute direction depends on the hour."""
     n = len(hour)
@@ -233,7 +234,7 @@ def _sample_hours(n: int, rng: np.random.Generator) -> IntArray:
     return np.searchsorted(np.cumsum(p), rng.random(n)).clip(0, 23).astype(np.int64)
 
 
-def build_city(city: City, seed: int, base_daily: float) -> CityWorld:
+def build_city(city: Market, seed: int, base_daily: float) -> CityWorld:
     """Zones, roster and reference fare of a city (independent of dates)."""
     n_drivers = roster_size(round(base_daily))
     zones = build_zones(city, n_drivers, rng_for(seed, city.id, _ZONES))
@@ -610,10 +611,10 @@ def _validate(
     out: Location,
     scale: float,
     bookings_per_day: int | None,
-) -> list[City]:
+) -> list[Market]:
     if not cities:
         raise InputError("no city given; pass --cities, e.g. --cities jakarta,bangkok")
-    resolved = [get_city(c) for c in dict.fromkeys(cities)]
+    resolved = [get_market(c) for c in dict.fromkeys(cities)]
     if not 1 <= days <= MAX_DAYS:
         raise InputError(f"days must be between 1 and {MAX_DAYS}, got {days}")
     if start < MIN_START:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from matchmaking.world.cities import City
+from matchmaking.markets import Market
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -56,7 +56,7 @@ def rng_for(seed: int, city: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
-def to_latlng(city: City, x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+def to_latlng(city: Market, x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Local km (east, north of the centre) to degrees."""
     lat = city.lat + y / KM_PER_DEG_LAT
     lng = city.lng + x / (KM_PER_DEG_LAT * math.cos(math.radians(city.lat)))
@@ -97,14 +97,14 @@ class Zones:
         return np.minimum((cum < u[:, None]).sum(axis=1), len(self.x) - 1)
 
 
-def zone_count(city: City, n_drivers: int) -> int:
+def zone_count(city: Market, n_drivers: int) -> int:
     """Hotspots for a roster: about DRIVERS_PER_ZONE on-shift drivers each, capped by area."""
     wanted = round(n_drivers * ON_SHIFT_SHARE / DRIVERS_PER_ZONE)
     cap = max(3, int(city.radius_km**2 / KM2_PER_ZONE))
     return int(min(max(wanted, 3), cap))
 
 
-def build_zones(city: City, n_drivers: int, rng: np.random.Generator) -> Zones:
+def build_zones(city: Market, n_drivers: int, rng: np.random.Generator) -> Zones:
     """Business hotspots near the centre (the first at the centre), residential on a ring."""
     n = zone_count(city, n_drivers)
     n_bus = max(1, round(BUSINESS_SHARE * n))
@@ -177,7 +177,7 @@ def roster_size(base_daily_bookings: int) -> int:
     return max(30, round(base_daily_bookings / 8))
 
 
-def build_roster(city: City, zones: Zones, n: int, rng: np.random.Generator) -> Roster:
+def build_roster(city: Market, zones: Zones, n: int, rng: np.random.Generator) -> Roster:
     """Drivers living in residential zones, working a hotspot, on a daily shift."""
     home_zone = zones.pick(RESIDENTIAL, rng.random(n))
     home_x, home_y = sample_in_zones(zones, home_zone, rng)

@@ -149,3 +149,11 @@ def download(value: Location, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(read_bytes(value))
     return target
+
+
+def local_file(value: Location, scratch: Path) -> Path:
+    """The file as a local path: itself when local, else a copy downloaded into ``scratch``."""
+    value = location(value)
+    if isinstance(value, Path):
+        return value
+    return download(value, scratch / value.rstrip("/").rsplit("/", 1)[-1])

@@ -8,7 +8,7 @@ Layout (see ``matchmaking.schema``)::
     <root>/truth/city=<c>/date=<YYYY-MM-DD>/ground_truth.parquet + _SUCCESS
 
 The root is a local path (or ``file://`` URI) or an object-storage URI (``s3://bucket/lake``,
-any fsspec filesystem; see ``matchmaking.storage``).
+any fsspec filesystem; see ``matchmaking.lake.storage``).
 
 Locally, a partition is staged in a hidden sibling ``.date=<D>.tmp-<uuid>`` and renamed into
 place once every file and its ``_SUCCESS`` marker are written, so readers never see half a
@@ -33,8 +33,9 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matchmaking import storage
 from matchmaking.errors import DataQualityError, InputError, StorageError
+from matchmaking.lake import storage
+from matchmaking.lake.storage import Location
 from matchmaking.schema import (
     DRIVER_TRUTH,
     DRIVERS,
@@ -42,7 +43,6 @@ from matchmaking.schema import (
     SUCCESS_MARKER,
     TRUTH_TABLES,
 )
-from matchmaking.storage import Location
 
 logger = logging.getLogger(__name__)
 
