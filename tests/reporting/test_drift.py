@@ -19,7 +19,8 @@ import pytest
 from matchmaking import lake
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError
-from matchmaking.processing.step import build_dataset, read_dataset
+from matchmaking.lake.datasets import read_dataset
+from matchmaking.processing.step import build_dataset
 from matchmaking.reporting.drift import (
     DriftConfig,
     daily_drift,
