@@ -32,8 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.common import machine_lines
 from matchmaking.config import Settings
+from matchmaking.lake.datasets import FEATURES_FILE, MANIFEST_FILE, SUCCESS_FILE
 from matchmaking.markets import default_catalogue
-from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, SUCCESS_FILE
 from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import collect
 from matchmaking.reporting.drift import load_drift_config
