@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -25,8 +25,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matchmaking.config import Settings, load_yaml_model
-from matchmaking.lake import storage
-from matchmaking.lake.datasets import SUCCESS_FILE, read_dataset
+from matchmaking.lake import datasets
+from matchmaking.lake.datasets import read_dataset
 from matchmaking.lake.storage import Location
 from matchmaking.schema import FEATURE_NAMES
 
@@ -158,19 +158,11 @@ class Published:
 
 
 def published_datasets(settings: Settings, city: str) -> list[Published]:
-    """Every published feature dataset of ``city`` (``<start>_<end>/<digest>/_SUCCESS``)."""
-    base = storage.join(settings.features_dir, f"city={city}")
-    found: list[tuple[Location, str]] = []
-    if isinstance(base, Path):
-        found = [(m.parent, m.parent.parent.name) for m in base.glob(f"*/*/{SUCCESS_FILE}")]
-    else:
-        fs, key = storage.filesystem(base)
-        fs.invalidate_cache(key)
-        for marker in fs.glob(f"{key}/*/*/{SUCCESS_FILE}"):
-            rel = str(marker)[len(key) + 1 :].rsplit("/", 1)[0]
-            found.append((f"{base}/{rel}", rel.split("/", 1)[0]))
+    """Every published feature dataset of ``city`` with its window, read from the dataset's
+    folder ``<start>_<end>/<digest>`` (the lake finds them: ``lake.datasets``)."""
     out = []
-    for location, window in found:
+    for location, _ in datasets.published_datasets(settings.features_dir, city):
+        window = PurePosixPath(str(location)).parent.name
         start, _, end = window.partition("_")
         try:
             out.append(Published(location, date.fromisoformat(start), date.fromisoformat(end)))
