@@ -149,9 +149,9 @@ def register(work: Path, booster: Any, driver_ids: list[str]) -> tuple[str, Path
 
 def make_requests(driver_ids: list[str]) -> list[dict[str, Any]]:
     """``N_REQUESTS`` ranking bodies of ``N_CANDIDATES`` candidates around Jakarta."""
-    from matchmaking.markets import get_market as get_city
+    from matchmaking.markets import get_market
 
-    city = get_city(CITY)
+    city = get_market(CITY)
     rng = np.random.default_rng(11)
     bodies = []
     for k in range(N_REQUESTS):
@@ -197,13 +197,13 @@ def online_matrix(body: dict[str, Any], table: Path) -> np.ndarray:
     its request-to-rows helpers and the shared feature code."""
     from matchmaking.features.core import build_matrix
     from matchmaking.features.online import DriverTable, build_online_inputs
-    from matchmaking.markets import get_market as get_city
+    from matchmaking.markets import get_market
     from serving.schemas import decode_rank
     from serving.scoring import online_booking, online_candidates
 
     req = decode_rank(json.dumps(body).encode())
     inputs = build_online_inputs(
-        get_city(req.booking.city),
+        get_market(req.booking.city),
         [online_booking(req.booking)],
         online_candidates(req.candidates),
         DriverTable.from_parquet(table),

@@ -31,7 +31,7 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
-from matchmaking.markets import Market as City
+from matchmaking.markets import Market
 from matchmaking.registry.conventions import (
     CITY_TAG,
     DRIVER_TABLE_ARTIFACT,
@@ -73,7 +73,7 @@ class LoadedModel:
     checked against the booster at load; ``predict`` uses it, else the booster.
     """
 
-    city: City
+    city: Market
     ref: VersionRef
     scorer: LightGBMScorer
     drivers: DriverTable
@@ -168,7 +168,7 @@ def compile_forest(booster: lgb.Booster, cache: Path | None) -> Predictor | None
 def load_version(
     client: MlflowClient,
     ref: VersionRef,
-    city: City,
+    city: Market,
     registry_uri: str,
     compile_cache: Path | None = None,
     compile_forests: bool = True,

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from matchmaking.errors import MatchmakingError, ModelNotFoundError, TrackingError
-from matchmaking.markets import Market as City
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import Market, get_market
 from matchmaking.registry import conventions
 from serving.metrics import Metrics
 from serving.models import LoadedModel, VersionRef, load_version, resolve_production
@@ -95,7 +94,7 @@ class ModelStore:
             ModelNotFoundError: the city has no Production version.
             TrackingError: the registry could not be reached.
         """
-        city = get_city(city_id)
+        city = get_market(city_id)
         model = self.get(city_id)
         if model is not None:
             return model
@@ -180,7 +179,7 @@ class ModelStore:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _load_version(self, ref: VersionRef, city: City) -> LoadedModel:
+    def _load_version(self, ref: VersionRef, city: Market) -> LoadedModel:
         return load_version(
             self.client,
             ref,

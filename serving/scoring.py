@@ -22,8 +22,7 @@ from matchmaking.evaluation.matching import UNASSIGNED, dispatch
 from matchmaking.features.core import FloatArray, estimate_eta_seconds
 from matchmaking.features.geo import haversine_km
 from matchmaking.features.online import OnlineBooking, OnlineCandidates, local_clock
-from matchmaking.markets import Market as City
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import Market, get_market
 from matchmaking.schema import FEATURE_NAMES
 from serving.errors import FieldErrors
 from serving.models import LoadedModel
@@ -44,7 +43,7 @@ def _detail(loc: Sequence[str | int], msg: str, kind: str) -> dict[str, Any]:
 
 
 def check_positions(
-    city: City,
+    city: Market,
     lat: FloatArray,
     lng: FloatArray,
     loc_of: Callable[[int], list[str | int]],
@@ -157,7 +156,7 @@ def ranking(
 class RankJob:
     """A checked ranking request: its city, its booking, its candidates as arrays."""
 
-    city: City
+    city: Market
     booking: Booking
     rows: OnlineCandidates
 
@@ -171,7 +170,7 @@ def rank_job(req: RankRequest, settings: ServeSettings) -> RankJob:
     """
     b = req.booking
     cands = req.candidates
-    city = get_city(b.city)
+    city = get_market(b.city)
     details = check_count(len(cands), settings.max_candidates, "candidates")
     details += check_unique([c.driver_id for c in cands], "candidates", "driver_id")
     rows = online_candidates(cands)
@@ -239,7 +238,7 @@ def rank_nearest_eta(job: RankJob) -> dict[str, Any]:
 class MatchJob:
     """A checked matching request: its city, bookings, and the drivers as arrays."""
 
-    city: City
+    city: Market
     request: MatchRequest
     drivers: OnlineCandidates
 
@@ -251,7 +250,7 @@ def match_job(req: MatchRequest, settings: ServeSettings) -> MatchJob:
         UnknownCityError: the city is not in the catalogue.
         FieldErrors: too many bookings or drivers, duplicate ids, points outside the city.
     """
-    city = get_city(req.city)
+    city = get_market(req.city)
     details = check_count(len(req.bookings), settings.max_bookings, "bookings")
     details += check_count(len(req.drivers), settings.max_candidates, "drivers")
     details += check_unique([x.booking_id for x in req.bookings], "bookings", "booking_id")

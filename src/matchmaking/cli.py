@@ -285,13 +285,13 @@ def report(
 ) -> None:
     """Static HTML report of the fleet (performance, Production history, data health, drift),
     logged to MLflow as the artifact of a `report` run."""
-    from matchmaking.markets import get_market as get_city
+    from matchmaking.markets import get_market
     from matchmaking.reporting.drift import load_drift_config
     from matchmaking.reporting.report import build_report
 
     chosen = _cities(cities) if cities else None
     for city in chosen or []:
-        get_city(city)
+        get_market(city)
     result = build_report(
         Settings(),
         chosen,

@@ -9,7 +9,7 @@ import pytest
 
 from matchmaking.errors import InputError, UnknownCityError
 from matchmaking.markets import default_catalogue
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import get_market
 from matchmaking.world.generate import generate_world
 
 CITIES = default_catalogue().markets
@@ -58,12 +58,12 @@ def test_catalogue_covers_four_countries_and_100m_monthly_bookings() -> None:
     assert {c.id for c in biggest} == {"jakarta", "bangkok", "ho-chi-minh-city"}
     for c in CITIES.values():
         assert len(c.speed_kmh) == 24 and max(c.speed_kmh) <= 50
-    assert 17.0 <= min(get_city("jakarta").speed_kmh) <= 22.0
-    assert 15.0 <= min(get_city("bangkok").speed_kmh) <= 22.0
-    assert get_city("ho-chi-minh-city").tz == "Asia/Ho_Chi_Minh"
+    assert 17.0 <= min(get_market("jakarta").speed_kmh) <= 22.0
+    assert 15.0 <= min(get_market("bangkok").speed_kmh) <= 22.0
+    assert get_market("ho-chi-minh-city").tz == "Asia/Ho_Chi_Minh"
 
 
 def test_get_city_suggests_and_points_at_the_listing() -> None:
     with pytest.raises(UnknownCityError, match="matchmaking world cities") as err:
-        get_city("singapor")
+        get_market("singapor")
     assert "'singapore'" in str(err.value)

@@ -38,7 +38,7 @@ from matchmaking.features.online import (
     OnlineCandidates,
     build_online_inputs,
 )
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import get_market
 from serving.app import create_app
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def expected_scores(
         eta_seconds=np.array([c.get("eta_seconds", np.nan) for c in cands], dtype=np.float64),
     )
     table = DriverTable.from_parquet(reg.tables[f"{city}@{version}"])
-    matrix = build_matrix(build_online_inputs(get_city(city), [booking], rows, table))
+    matrix = build_matrix(build_online_inputs(get_market(city), [booking], rows, table))
     scores = reg.boosters[f"{city}@{version}"].predict(matrix)
     return dict(zip(rows.driver_id, scores.tolist(), strict=True))
 

@@ -21,7 +21,7 @@ from conftest import Registered, serve_settings
 from live import ServerThread, rank_body
 
 from matchmaking.features.geo import EARTH_RADIUS_KM
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import get_market
 from serving.app import HotPath, create_app
 
 pytestmark = pytest.mark.integration
@@ -306,7 +306,7 @@ def test_the_documented_error_is_what_the_service_answers(served: ServerThread) 
     assert duplicate in [c["driver_id"] for c in body["candidates"][:2]]
     body = _set(body, ["candidates", 2, "driver_id"], duplicate)
     km = float(re.search(r"is ([\d.]+) km", wanted[("candidates", 4, "home")]["msg"]).group(1))  # type: ignore[union-attr]
-    centre = get_city("jakarta")
+    centre = get_market("jakarta")
     # Due north of the centre: the great-circle distance is the latitude difference.
     lat = centre.lat + math.degrees(km / EARTH_RADIUS_KM)
     body["candidates"][4]["home"] = {"lat": lat, "lng": centre.lng}

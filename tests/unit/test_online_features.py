@@ -21,10 +21,10 @@ from matchmaking.features.online import (
     estimate_trip_km,
     local_clock,
 )
-from matchmaking.markets import get_market as get_city
+from matchmaking.markets import get_market
 from matchmaking.schema import FEATURE_NAMES
 
-CITY = get_city("jakarta")  # Asia/Jakarta, UTC+7
+CITY = get_market("jakarta")  # Asia/Jakarta, UTC+7
 DAY = np.datetime64("2026-11-27", "D")  # local calendar day of every booking below
 # UTC request times: 00:30, 08:15 and 23:50 local on DAY (the first and last cross UTC days).
 REQUESTS = {
