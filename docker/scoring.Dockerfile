@@ -59,11 +59,12 @@ COPY serving ./serving
 # no installer: pip and setuptools have no use at run time. Bytecode: the root filesystem is
 # read-only in the cluster, so what the service imports is compiled here, once, or it would be
 # compiled again at every pod start; the modules it never imports (most of mlflow's flavours,
-# scipy's other subpackages, the CLI's side of the package) ship as source only.
+# scipy's other subpackages, the CLI's side of the package) ship as source only. `python -P`:
+# the installed serving package, not the source tree in this directory.
 RUN pip install --no-deps -c constraints.txt . \
     && pip uninstall -y pip setuptools \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
-    && python -c "import serving.main, serving.app, serving.models, uvicorn.main, uvicorn.loops.auto, uvicorn.protocols.http.auto, uvicorn.lifespan.on, pyarrow.parquet, lleaves, mlflow.artifacts, mlflow.store.artifact.artifact_repository_registry"
+    && python -P -c "import serving.main, serving.app, serving.models, uvicorn.main, uvicorn.loops.auto, uvicorn.protocols.http.auto, uvicorn.lifespan.on, pyarrow.parquet, lleaves, mlflow.artifacts, mlflow.store.artifact.artifact_repository_registry"
 
 # ---- runtime: the venv, a non-root user, nothing else -----------------------------------------
 FROM ${BASE_IMAGE} AS runtime
