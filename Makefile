@@ -49,10 +49,12 @@ serve: $(STAMP)
 	# as for `matchmaking serve` and the image: MATCHMAKING_SERVE_PORT=9000 make serve
 	MATCHMAKING_SERVE_HOT_CITIES=$${MATCHMAKING_SERVE_HOT_CITIES-jakarta,bangkok,ho-chi-minh-city} $(BIN)/matchmaking serve
 
-# Re-resolve the pins from pyproject.toml in a scratch venv.
+# Re-resolve the pins from pyproject.toml in a scratch venv: the extras and the scoring image's
+# dependency group (`--group` needs pip 25.1+, newer than the one venv bundles).
 lock:
 	rm -rf .tmp/lock && $(PYTHON) -m venv .tmp/lock
-	.tmp/lock/bin/pip install --quiet '.[dev,airflow,deploy]'
+	.tmp/lock/bin/python -m pip install --quiet --upgrade pip
+	.tmp/lock/bin/pip install --quiet '.[dev,airflow,deploy]' --group serving
 	( echo '# Pinned versions used by every install (make, CI, MLproject python_env).'; \
 	  echo '# Regenerate: make lock (resolves pyproject.toml in a scratch venv and freezes it).'; \
 	  .tmp/lock/bin/pip freeze --exclude matchmaking ) > constraints.txt

@@ -13,7 +13,8 @@
 #
 # BASE_IMAGE: any Debian 12 image with CPython 3.11 and its venv module. The default is the
 # official slim image; scripts/build-images.sh builds on a Debian-made one (debootstrap minbase
-# with python3, python3-venv, ca-certificates, libgomp1) where Docker Hub is out of reach.
+# with python3, python3-venv, ca-certificates, libgomp1, slimmed as debian:bookworm-slim is)
+# where Docker Hub is out of reach.
 # Only `python3` is used before the venv exists (the official image also has `python`,
 # Debian's does not); inside the venv both names exist.
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
@@ -41,15 +42,15 @@ RUN mkdir -p src/matchmaking serving \
     && pip uninstall -y matchmaking \
     && rm -rf src serving build
 # Smaller runtime, same behaviour: the wheels' test suites go, and their shared libraries lose
-# the symbols nothing links against (llvmlite's: 133 -> 104 MB). Not the libraries auditwheel
-# rewrote with patchelf (vendored under *.libs/, or with an RPATH to them): stripped, they no
-# longer load (numpy's OpenBLAS: "ELF load command address/offset not page-aligned").
-# binutils (strip, readelf) exists only in this stage.
+# the symbols nothing links against (llvmlite's: 133 -> 104 MB, pyarrow's: -19 MB). Not the
+# libraries auditwheel rewrote with patchelf (vendored under *.libs/, or with an RPATH into such
+# a directory): stripped, they no longer load (numpy's OpenBLAS: "ELF load command
+# address/offset not page-aligned"). binutils (strip, readelf) exists only in this stage.
 RUN apt-get update && apt-get install -y --no-install-recommends binutils \
     && rm -rf /var/lib/apt/lists/* \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
     && find /opt/venv -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -not -path '*.libs/*' \
-        -exec sh -c 'for f; do readelf -d "$f" | grep -qE "RPATH|RUNPATH" || strip --strip-unneeded "$f"; done' sh {} +
+        -exec sh -c 'for f; do readelf -d "$f" | grep -E "RPATH|RUNPATH" | grep -q "\.libs" || strip --strip-unneeded "$f"; done' sh {} +
 # .dockerignore lets only pyproject.toml, constraints.txt, README.md, src/, serving/, mlproject/
 # and dags/ through; dags/ may be absent (the DAGs also arrive by git-sync), hence the mkdir.
 COPY . .

@@ -5,7 +5,8 @@
 #
 # BASE_IMAGE: any Debian 12 image with CPython 3.11 and its venv module. The default is the
 # official slim image; scripts/build-images.sh builds on a Debian-made one (debootstrap minbase
-# with python3, python3-venv, ca-certificates, libgomp1) where Docker Hub is out of reach.
+# with python3, python3-venv, ca-certificates, libgomp1, slimmed as debian:bookworm-slim is)
+# where Docker Hub is out of reach.
 # Only `python3` is used before the venv exists (the official image also has `python`,
 # Debian's does not); inside the venv both names exist.
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
@@ -20,29 +21,50 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
-# The dependencies first, in layers of their own: installed from the project's metadata with
-# placeholder packages, so an edit to src/ or serving/ reuses them. Bytecode stays: the root
-# filesystem is read-only in the cluster, so modules not compiled here would be compiled again
-# at every pod start (mlflow, pandas, scikit-learn: seconds).
-RUN mkdir -p src/matchmaking serving \
-    && touch src/matchmaking/__init__.py serving/__init__.py \
-    && pip install -c constraints.txt . \
-    && pip uninstall -y matchmaking \
-    && rm -rf src serving build
-# Smaller runtime, same behaviour: the wheels' test suites go, and their shared libraries lose
-# the symbols nothing links against (llvmlite's: 133 -> 104 MB). Not the libraries auditwheel
-# rewrote with patchelf (vendored under *.libs/, or with an RPATH to them): stripped, they no
-# longer load (numpy's OpenBLAS: "ELF load command address/offset not page-aligned").
+COPY pyproject.toml constraints.txt ./
+# The service's own dependencies, not the package's: pyproject.toml's `serving` group (the modules
+# it imports at run time, mlflow-skinny for mlflow's client), pinned by constraints.txt, in a
+# layer of its own so an edit to src/ or serving/ reuses it. Debian's venv has pip 23, which
+# lacks --group: the list is read with tomllib.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['dependency-groups']['serving']))" >serving.txt \
+    && pip install -c constraints.txt -r serving.txt
+# Smaller runtime, same behaviour:
+# - the wheels' test suites go;
+# - a library a wheel ships under several names (wheels hold no symlinks: pyarrow's
+#   libarrow_python.so, .so.2500, .so.2500.1.0) becomes one file, its SONAME, and links to it;
+# - shared libraries lose the symbols nothing links against (llvmlite's: 133 -> 104 MB,
+#   pyarrow's: -19 MB), except the ones auditwheel rewrote with patchelf (vendored under
+#   *.libs/, or with an RPATH into such a directory): stripped, they no longer load (numpy's
+#   OpenBLAS: "ELF load command address/offset not page-aligned");
+# - pyarrow keeps its Parquet, compute and filesystem libraries but not Arrow Flight (its RPC
+#   framework, 38 MB, which nothing here imports: `import pyarrow.flight` says it is not built
+#   in), nor its C++/Cython headers and sources.
 # binutils (strip, readelf) exists only in this stage.
 RUN apt-get update && apt-get install -y --no-install-recommends binutils \
     && rm -rf /var/lib/apt/lists/* \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
+    && find /opt/venv -type f -name 'lib*.so*' -exec sh -c 'for f; do \
+            so=$(readelf -d "$f" | sed -n "s/.*(SONAME).*\[\(.*\)\]/\1/p"); d=$(dirname "$f"); \
+            if [ -n "$so" ] && [ "$so" != "${f##*/}" ] && [ -f "$d/$so" ] && cmp -s "$f" "$d/$so"; then \
+                ln -sf "$so" "$f"; fi; done' sh {} + \
     && find /opt/venv -type f \( -name '*.so' -o -name '*.so.[0-9]*' \) -not -path '*.libs/*' \
-        -exec sh -c 'for f; do readelf -d "$f" | grep -qE "RPATH|RUNPATH" || strip --strip-unneeded "$f"; done' sh {} +
+        -exec sh -c 'for f; do readelf -d "$f" | grep -E "RPATH|RUNPATH" | grep -q "\.libs" || strip --strip-unneeded "$f"; done' sh {} + \
+    && pa=/opt/venv/lib/python3.11/site-packages/pyarrow \
+    && rm -rf "$pa/include" "$pa/includes" "$pa/src" "$pa"/*.pxd "$pa"/*.pxi "$pa"/*.pyx \
+        "$pa"/_flight.*.so "$pa"/libarrow_flight.so* "$pa"/libarrow_python_flight.so*
+COPY README.md ./
 COPY src ./src
 COPY serving ./serving
-RUN pip install --no-deps -c constraints.txt .
+# The package without its declared dependencies (the group above is what it needs here), then
+# no installer: pip and setuptools have no use at run time. Bytecode: the root filesystem is
+# read-only in the cluster, so what the service imports is compiled here, once, or it would be
+# compiled again at every pod start; the modules it never imports (most of mlflow's flavours,
+# scipy's other subpackages, the CLI's side of the package) ship as source only. `python -P`:
+# the installed serving package, not the source tree in this directory.
+RUN pip install --no-deps -c constraints.txt . \
+    && pip uninstall -y pip setuptools \
+    && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
+    && python -P -c "import serving.main, serving.app, serving.models, uvicorn.main, uvicorn.loops.auto, uvicorn.protocols.http.auto, uvicorn.lifespan.on, pyarrow.parquet, lleaves, mlflow.artifacts, mlflow.store.artifact.artifact_repository_registry"
 
 # ---- runtime: the venv, a non-root user, nothing else -----------------------------------------
 FROM ${BASE_IMAGE} AS runtime

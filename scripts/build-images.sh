@@ -9,8 +9,9 @@
 #   1. installs podman and debootstrap from Debian's packages (apt-get) when missing;
 #   2. makes the base image $BASE_IMAGE (a localhost/ name) when podman does not have it: a
 #      Debian 12 minbase root filesystem (debootstrap) with python3 (3.11), python3-venv,
-#      ca-certificates and libgomp1, apt caches removed, imported with `podman import`
-#      (any other name is pulled by podman build);
+#      ca-certificates and libgomp1, slimmed as Debian's own slim images are (no docs, manual
+#      pages or translations, and dpkg told to keep it so), apt caches removed, imported with
+#      `podman import` (any other name is pulled by podman build);
 #   3. builds both images with `podman build --isolation chroot` (unchanged layers come from
 #      podman's cache, so a second run only rebuilds what changed), in Docker's image format
 #      (OCI's has no HEALTHCHECK);
@@ -20,7 +21,7 @@
 #      constraints or has another version there; 2 for a setup error (tools, base, CA bundle).
 #
 # Environment (all optional):
-#   BASE_IMAGE      base of both images (default localhost/debian-python:bookworm, made here;
+#   BASE_IMAGE      base of both images (default localhost/debian-python:bookworm-slim, made here;
 #                   python:3.11.14-slim-bookworm, the Dockerfiles' default, works where
 #                   Docker Hub is reachable)
 #   SCORING_IMAGE   tag of the scoring image  (default localhost/matchmaking-scoring:dev)
@@ -33,7 +34,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BASE_IMAGE=${BASE_IMAGE:-localhost/debian-python:bookworm}
+BASE_IMAGE=${BASE_IMAGE:-localhost/debian-python:bookworm-slim}
 SCORING_IMAGE=${SCORING_IMAGE:-localhost/matchmaking-scoring:dev}
 PIPELINE_IMAGE=${PIPELINE_IMAGE:-localhost/matchmaking-pipeline:dev}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -67,6 +68,17 @@ elif ! podman image exists "$BASE_IMAGE"; then
   debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$root/rootfs" \
     "$DEBIAN_MIRROR" >"$root/debootstrap.log" 2>&1 \
     || { tail -20 "$root/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+  # What debian:bookworm-slim (the official python image's base) leaves out, and dpkg's rule
+  # that keeps it out of later installs: documentation but the copyright files, manual and
+  # info pages, translations (46 MB of the 176 MB base here).
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/groff/*' \
+    'path-exclude /usr/share/info/*' 'path-exclude /usr/share/lintian/*' \
+    'path-exclude /usr/share/linda/*' 'path-exclude /usr/share/locale/*' \
+    >"$root/rootfs/etc/dpkg/dpkg.cfg.d/docker-slim"
+  find "$root/rootfs/usr/share/doc" -mindepth 1 -not -type d -not -name copyright -delete
+  find "$root/rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$root"/rootfs/usr/share/{man,groff,info,lintian,linda,locale}/*
   # What an image does not need: downloaded .debs, package indexes, logs.
   rm -rf "$root"/rootfs/var/cache/apt/archives/*.deb "$root"/rootfs/var/lib/apt/lists/* \
     "$root"/rootfs/var/log/* "$root"/rootfs/tmp/*
