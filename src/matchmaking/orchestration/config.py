@@ -2,27 +2,34 @@
 
 ``config/pipeline.yaml`` (or the file named by ``MATCHMAKING_PIPELINE_CONFIG``) loads into
 ``PipelineConfig`` (``extra="forbid"``). The DAG files read it at parse time, so this module
-imports nothing heavy: no MLflow, no pandas, no Airflow.
+imports nothing heavy: no MLflow, no pandas, no Airflow, not even the market catalogue's models
+(city ids are checked against the ids the catalogue files declare, read with YAML's C event
+parser; only an unknown id loads the full catalogue, for its hints).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matchmaking.config import load_yaml_model
 from matchmaking.errors import ConfigError
 from matchmaking.lake.storage import as_uri, is_remote, local_path
-from matchmaking.markets import MARKETS_ENV, catalogue
 
 CONFIG_ENV_VAR = "MATCHMAKING_PIPELINE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
 _CITY_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# The catalogue's files, as matchmaking.markets finds them (a test keeps the two in step).
+_MARKETS_FILE = DEFAULT_CONFIG.with_name("markets.yaml")
+_MARKETS_ENV = "MATCHMAKING_MARKETS"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class WindowConfig(BaseModel):
@@ -75,7 +82,11 @@ class PipelineConfig(BaseModel):
         dupes = sorted({c for c in cities if cities.count(c) > 1})
         if dupes:
             raise ValueError(f"cities listed twice: {dupes}")
-        known = catalogue()
+        if _catalogue_ids(os.environ.get(_MARKETS_ENV, "")).issuperset(cities):
+            return cities
+        from matchmaking.markets import MARKETS_ENV, catalogue
+
+        known = catalogue()  # loads and validates every file: the hints, or the file's error
         unknown = [c for c in cities if c not in known]
         if unknown:
             hints = "; ".join(
@@ -132,6 +143,52 @@ class PipelineConfig(BaseModel):
     def lake_as_uri(self) -> str:
         """The lake as a URI: ``file:///...`` for local lakes."""
         return as_uri(self.lake_location())
+
+
+def _ids_in(text: str) -> set[str]:
+    """The ``id`` of every row under the top-level ``markets`` key, from parser events only.
+
+    Raises:
+        yaml.YAMLError: not YAML.
+    """
+    ids: set[str] = set()
+    # One frame per open collection: [is_mapping, expecting_a_key, last_key]
+    stack: list[list[object]] = []
+    in_markets = False
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.ScalarEvent):
+            frame = stack[-1] if stack else None
+            if frame is not None and frame[0]:
+                if frame[1]:
+                    frame[1], frame[2] = False, event.value
+                    continue
+                if len(stack) == 3 and in_markets and frame[2] == "id":
+                    ids.add(event.value)
+                frame[1] = True
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) == 1 and stack[0][0]:
+                in_markets = stack[0][2] == "markets"
+            stack.append([isinstance(event, yaml.MappingStartEvent), True, None])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            stack.pop()
+            if stack and stack[-1][0]:
+                stack[-1][1] = True
+    return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _catalogue_ids(markets_env: str) -> frozenset[str]:
+    """The market ids the catalogue files declare (empty when a file cannot be read: the
+    caller then loads the catalogue, which says what is wrong with it)."""
+    extra = [Path(p).expanduser() for p in markets_env.split(os.pathsep) if p.strip()]
+    paths = [_MARKETS_FILE, *extra]
+    ids: set[str] = set()
+    try:
+        for path in paths:
+            ids |= _ids_in(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return frozenset()
+    return frozenset(ids)
 
 
 def lake_path(uri: str) -> Path:
