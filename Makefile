@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,airflow]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,airflow,celery]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -54,7 +54,7 @@ serve: $(STAMP)
 lock:
 	rm -rf .tmp/lock && $(PYTHON) -m venv .tmp/lock
 	.tmp/lock/bin/python -m pip install --quiet --upgrade pip
-	.tmp/lock/bin/pip install --quiet '.[dev,airflow,deploy]' --group serving
+	.tmp/lock/bin/pip install --quiet '.[dev,airflow,celery,deploy]' --group serving
 	( echo '# Pinned versions used by every install (make, CI, MLproject python_env).'; \
 	  echo '# Regenerate: make lock (resolves pyproject.toml in a scratch venv and freezes it).'; \
 	  .tmp/lock/bin/pip freeze --exclude matchmaking ) > constraints.txt

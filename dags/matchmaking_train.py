@@ -1,19 +1,29 @@
-"""matchmaking_train: train, evaluate (and, where configured, promote) each city's model.
+"""matchmaking_train: train, evaluate (and, where configured, promote) one city's model per run.
 
 Owned by data science (the ``train`` / ``evaluate`` MLflow projects and their parameters).
-Runs on every event of the ``matchmaking_features`` asset that ``matchmaking_data`` publishes
-and uses the datasets that event names; a manual run uses the asset's latest event. Each city
-runs ``train`` (which reuses the version already trained on the same data, code and params)
-then ``evaluate`` on the holdout. The promotion gate runs only when ``promotion.enabled`` is
-set in ``config/pipeline.yaml``: by default CI promotes. Logic lives in
-``matchmaking.orchestration``; this file only wires it.
+Scheduled on the partitioned ``matchmaking_features`` asset: each city's event (partition key:
+the city id) queues a run for that city alone, on the datasets its event names, so a city whose
+processing failed holds back no other. A manual run trains the run's partition key, or without
+one every configured city's latest event. Each city runs ``train`` (which reuses the version
+already trained on the same data, code and params) then ``evaluate`` on the holdout, on its
+executor queue (``queues``). The promotion gate runs only when ``promotion.enabled`` is set in
+``config/pipeline.yaml``: by default CI promotes. Logic lives in ``matchmaking.orchestration``;
+this file only wires it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import (
+    Asset,
+    AssetAll,
+    PartitionedAssetTimetable,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
 
 from matchmaking.orchestration.config import (
     FEATURES_ASSET_NAME,
@@ -23,53 +33,80 @@ from matchmaking.orchestration.config import (
 
 CONFIG = load_pipeline_config()
 FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=features_asset_uri(CONFIG))
+# Events of the last week or so of every city: what a manual run looks through.
+MANUAL_LOOKBACK = 8 * len(CONFIG.cities)
 
 
 @dag(
     dag_id="matchmaking_train",
-    schedule=[FEATURES],
-    **CONFIG.dag_defaults(owner="data-science"),
+    schedule=PartitionedAssetTimetable(assets=AssetAll(FEATURES)),
+    **CONFIG.dag_defaults(owner="data-science", max_active_runs=CONFIG.max_parallel_cities),
     tags=["matchmaking", "training"],
     doc_md=__doc__,
 )
 def matchmaking_train() -> None:
-    @task(inlets=[FEATURES])
-    def plan(
-        *, triggering_asset_events: Any = None, inlet_events: Any = None
-    ) -> list[dict[str, Any]]:
-        from matchmaking.errors import InputError
-        from matchmaking.orchestration.tasks import plan_training
+    for queue in CONFIG.cities_by_queue():
+        suffix = CONFIG.task_suffix(queue)
 
-        events = list(triggering_asset_events[FEATURES]) if triggering_asset_events else []
-        if not events:  # a manual run: the asset's latest event
-            events = list(inlet_events[FEATURES][-1:])
-        if not events:
-            raise InputError("no matchmaking_features event yet; run matchmaking_data first")
-        return plan_training(CONFIG, dict(events[-1].extra))
+        @task(task_id=f"plan{suffix}", queue=CONFIG.default_queue, inlets=[FEATURES])
+        def plan(
+            queue: str,
+            *,
+            dag_run: Any = None,
+            triggering_asset_events: Any = None,
+            inlet_events: Any = None,
+        ) -> list[dict[str, Any]]:
+            from matchmaking.errors import InputError
+            from matchmaking.orchestration.tasks import plan_by_queue
 
-    @task(max_active_tis_per_dag=CONFIG.max_parallel_cities, map_index_template="{{ item.city }}")
-    def train(item: dict[str, Any]) -> dict[str, Any]:
-        from matchmaking.orchestration.tasks import train_city
+            events = list(triggering_asset_events[FEATURES]) if triggering_asset_events else []
+            if not events:  # a manual run: the asset's latest events
+                events = list(inlet_events[FEATURES][-MANUAL_LOOKBACK:])
+            if not events:
+                raise InputError("no matchmaking_features event yet; run matchmaking_data first")
+            extras = [dict(e.extra) for e in events]
+            return plan_by_queue(CONFIG, extras, dag_run.partition_key)[queue]
 
-        return train_city(CONFIG, item)
+        @task(
+            task_id=f"train{suffix}",
+            queue=queue,
+            executor_config=CONFIG.executor_config(queue),
+            max_active_tis_per_dag=CONFIG.max_parallel_cities,
+            map_index_template="{{ city_id }}",
+        )
+        def train(item: dict[str, Any]) -> dict[str, Any]:
+            from matchmaking.orchestration.tasks import train_city
 
-    @task(max_active_tis_per_dag=CONFIG.max_parallel_cities)
-    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
-        from matchmaking.orchestration.tasks import evaluate_city
+            get_current_context()["city_id"] = item["city"]  # type: ignore[typeddict-unknown-key]
 
-        return evaluate_city(CONFIG, trained)
+            return train_city(CONFIG, item)
 
-    evaluated = evaluate.expand(trained=train.expand(item=plan()))
+        @task(
+            task_id=f"evaluate{suffix}",
+            queue=queue,
+            executor_config=CONFIG.executor_config(queue),
+            max_active_tis_per_dag=CONFIG.max_parallel_cities,
+        )
+        def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+            from matchmaking.orchestration.tasks import evaluate_city
 
-    if CONFIG.promotion.enabled:
+            return evaluate_city(CONFIG, trained)
 
-        @task
+        @task(
+            task_id=f"promote{suffix}", queue=queue, executor_config=CONFIG.executor_config(queue)
+        )
         def promote(evaluated: dict[str, Any], *, dag_run: Any = None) -> dict[str, Any]:
             from matchmaking.orchestration.tasks import promote_city
 
             return promote_city(CONFIG, evaluated, actor=f"airflow:{dag_run.run_id}")
 
-        promote.expand(evaluated=evaluated)
+        @task_group(group_id=f"model{suffix}", prefix_group_id=False)
+        def city_model(item: dict[str, Any]) -> None:
+            evaluated = evaluate(train(item))
+            if CONFIG.promotion.enabled:
+                promote(evaluated)
+
+        city_model.expand(item=plan(queue))
 
 
 matchmaking_train()

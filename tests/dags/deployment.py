@@ -2,6 +2,9 @@
 
 LocalExecutor on a fresh PostgreSQL metadata database, the simple auth manager with one admin
 user, every process in its own process group so that ``stop()`` reaches the task processes too.
+With ``workers`` it runs CeleryExecutor instead: Redis as broker (``broker_url``), the metadata
+database as Celery's result backend (extended results: each task's worker is recorded), and
+one ``airflow celery worker`` process per entry, listening on its queues.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import yaml
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+FINISHED = ("success", "failed")
+DAG_IDS = ("matchmaking_data", "matchmaking_train")
 
 
 def _free_port() -> int:
@@ -38,9 +46,20 @@ class AirflowDeployment:
     """``airflow api-server``, ``scheduler`` and ``dag-processor`` on ``sql_alchemy_conn``."""
 
     def __init__(
-        self, home: Path, dags_folder: Path, sql_alchemy_conn: str, extra_env: dict[str, str]
+        self,
+        home: Path,
+        dags_folder: Path,
+        sql_alchemy_conn: str,
+        extra_env: dict[str, str],
+        *,
+        workers: dict[str, list[str]] | None = None,
+        broker_url: str | None = None,
     ) -> None:
+        """``workers``: Celery worker name -> the queues it listens on (CeleryExecutor)."""
         self.home = home
+        self.workers = dict(workers or {})
+        if self.workers and not broker_url:
+            raise ValueError("a CeleryExecutor deployment needs a broker_url")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(12)
@@ -74,10 +93,28 @@ class AirflowDeployment:
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            **(self._celery_env(sql_alchemy_conn, broker_url) if self.workers else {}),
             **extra_env,
         }
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._token: str | None = None
+
+    @staticmethod
+    def _celery_env(sql_alchemy_conn: str, broker_url: str | None) -> dict[str, str]:
+        backend = "db+" + sql_alchemy_conn  # with its driver: SQLAlchemy 2.1's default is psycopg 3
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CELERY__BROKER_URL": str(broker_url),
+            "AIRFLOW__CELERY__RESULT_BACKEND": backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            # Record each task's worker (celery_taskmeta.worker) in the result backend.
+            "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"result_extended": True}),
+        }
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (*COMPONENTS, *self.workers)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -114,14 +151,26 @@ class AirflowDeployment:
         if out.returncode != 0:
             raise DeploymentError(f"airflow db migrate failed:\n{out.stderr[-4000:]}")
 
+    def _command(self, component: str) -> tuple[list[str], dict[str, str]]:
+        if component == "api-server":
+            return self._airflow("api-server", "--host", "127.0.0.1", "--port", str(self.port)), {}
+        if component in self.workers:
+            queues = ",".join(self.workers[component])
+            cmd = self._airflow(
+                "celery", "worker", "--queues", queues, "--concurrency", "2",
+                "--celery-hostname", f"{component}@%h",
+            )  # fmt: skip
+            # Each worker serves its task logs on a port of its own.
+            return cmd, {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port())}
+        return self._airflow(component), {}
+
     def start(self) -> None:
-        for component in COMPONENTS:
-            args = ["api-server", "--host", "127.0.0.1", "--port", str(self.port)]
-            cmd = self._airflow(*(args if component == "api-server" else [component]))
+        for component in self.components:
+            cmd, env = self._command(component)
             with (self.home / f"{component}.log").open("ab") as log:
                 self._procs[component] = subprocess.Popen(
                     cmd,
-                    env=self.env,
+                    env={**self.env, **env},
                     cwd=self.home,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -185,7 +234,7 @@ class AirflowDeployment:
             if value:
                 return value
             time.sleep(1)
-        logs = "\n".join(f"--- {c}\n{self.logs(c)}" for c in COMPONENTS)
+        logs = "\n".join(f"--- {c}\n{self.logs(c)}" for c in self.components)
         raise DeploymentError(
             f"timed out after {timeout:.0f} s waiting for {what} ({last})\n{logs}"
         )
@@ -198,3 +247,80 @@ class AirflowDeployment:
             return str(self.request("POST", "/auth/token", body)["access_token"])
 
         self._token = self.wait_for("the API server's token endpoint", token, timeout)
+
+    # -- DAG runs -----------------------------------------------------------------------------
+
+    def wait_for_dags(self, dag_ids: tuple[str, ...], timeout: float = 120) -> None:
+        """Until the DAG processor has registered every DAG, unpaused."""
+        self.wait_for(
+            f"the DAG processor to register {', '.join(dag_ids)}",
+            lambda: all(
+                self.request("GET", f"/api/v2/dags/{d}")["is_paused"] is False for d in dag_ids
+            ),
+            timeout,
+        )
+
+    def trigger(self, dag_id: str, logical_date: str) -> str:
+        """Trigger a run over REST; returns its run id."""
+        body = {"logical_date": logical_date}
+        return str(self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+        """The run, once it has finished (success or failed)."""
+
+        def finished() -> dict[str, Any] | None:
+            run = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            return dict(run) if run["state"] in FINISHED else None
+
+        return dict(self.wait_for(f"{dag_id} {run_id}", finished, timeout))
+
+    def wait_for_runs(self, dag_id: str, count: int, timeout: float) -> list[dict[str, Any]]:
+        """The DAG's runs, once ``count`` of them have finished."""
+
+        def finished() -> list[dict[str, Any]] | None:
+            runs = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
+            done = [dict(r) for r in runs if r["state"] in FINISHED]
+            return done if len(done) >= count else None
+
+        return list(self.wait_for(f"{count} finished {dag_id} runs", finished, timeout))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return list(self.request("GET", path)["task_instances"])
+
+
+@contextlib.contextmanager
+def pipeline_deployment(
+    tmp_path: Path,
+    pipeline: dict[str, Any],
+    tracking_uri: str,
+    *,
+    workers: dict[str, list[str]] | None = None,
+    broker_url: str | None = None,
+) -> Iterator[tuple[AirflowDeployment, str]]:
+    """A deployment of ``dags/`` on ``pipeline`` (a pipeline config) with a fresh metadata
+    database, logged in, both DAGs registered; yields it and the model-name prefix.
+
+    The config has no cron: the only data runs are those the test triggers.
+    """
+    from dagworld import DAGS_DIR, create_database, drop_database
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({**pipeline, "schedule": None}))
+    prefix = f"deploy-{secrets.token_hex(4)}"
+    name, url = create_database("afdeploy")
+    extra_env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MATCHMAKING_PIPELINE_CONFIG": str(config),
+        "MATCHMAKING_MODEL_NAME_PREFIX": prefix,
+        "MATCHMAKING_EXPERIMENT_PREFIX": prefix,
+    }
+    try:
+        with AirflowDeployment(
+            tmp_path / "airflow", DAGS_DIR, url, extra_env, workers=workers, broker_url=broker_url
+        ) as airflow:
+            airflow.login()
+            airflow.wait_for_dags(DAG_IDS)
+            yield airflow, prefix
+    finally:
+        drop_database(name)

@@ -16,6 +16,8 @@ import yaml
 from dagworld import CITIES, DAGS_DIR, LOGICAL_DATE, AirflowEnv, pipeline_config
 from support.tracking_server import TrackingServer
 
+from matchmaking.orchestration.local import features_events
+
 DAG_IDS = {"matchmaking_data", "matchmaking_train"}
 
 
@@ -23,6 +25,11 @@ def _dagbag() -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def _mapped_over(task: Any) -> dict[str, Any]:
+    """What the task's city group is mapped over (its ``expand`` arguments)."""
+    return dict(task.task_group._expand_input.value)
 
 
 def test_dag_files_import_cleanly_with_tags_retries_and_no_catchup(airflow_env: AirflowEnv) -> None:
@@ -33,7 +40,9 @@ def test_dag_files_import_cleanly_with_tags_retries_and_no_catchup(airflow_env: 
         dag = bag.dags[dag_id]
         assert dag.catchup is False
         assert "matchmaking" in dag.tags and len(dag.tags) >= 2
-        assert dag.max_active_runs == 1
+        # One data run at a time; training runs one partition (city) per run, so as many
+        # runs as cities may train at once.
+        assert dag.max_active_runs == (1 if dag_id == "matchmaking_data" else 16)
         for task in dag.tasks:
             assert task.retries == 1, f"{dag_id}.{task.task_id} has no retries"
 
@@ -44,13 +53,18 @@ def test_tasks_are_mapped_over_the_configured_cities(airflow_env: AirflowEnv) ->
     bag = _dagbag()
     data, train = bag.dags["matchmaking_data"], bag.dags["matchmaking_train"]
     process = data.get_task("process")
-    assert process.op_kwargs_expand_input.value == {"city": CITIES}
+    assert _mapped_over(process) == {"city": CITIES}
     assert process.max_active_tis_per_dag == 16
     publish = data.get_task("publish")
     (features,) = publish.outlets
     assert isinstance(features, Asset) and features.name == "matchmaking_features"
     assert features.uri == f"{airflow_env.lake.as_uri()}/features"
-    # The training DAG runs on that asset and maps train -> evaluate over plan's cities.
+    # Each city publishes after its own process task only (a mapped task group per city).
+    assert publish.upstream_task_ids == {"process"}
+    assert publish.task_group is process.task_group
+    # The training DAG runs on that asset, one run per partition (city), and maps
+    # train -> evaluate over plan's cities in a group per city.
+    assert type(train.timetable).__name__ == "PartitionedAssetTimetable"
     assert list(train.timetable.asset_condition.objects) == [features]
     assert {t.task_id for t in train.tasks} == {"plan", "train", "evaluate"}
     assert train.get_task("train").upstream_task_ids == {"plan"}
@@ -66,11 +80,39 @@ def test_a_config_change_adds_a_city_and_the_promotion_gate(
     monkeypatch.setenv("MATCHMAKING_PIPELINE_CONFIG", str(config))
     bag = _dagbag()
     assert bag.import_errors == {}
-    assert bag.dags["matchmaking_data"].get_task("process").op_kwargs_expand_input.value == {
+    assert _mapped_over(bag.dags["matchmaking_data"].get_task("process")) == {
         "city": [*CITIES, "surabaya"]
     }
     promote = bag.dags["matchmaking_train"].get_task("promote")
     assert promote.upstream_task_ids == {"evaluate"}
+
+
+def test_heavy_cities_get_task_groups_on_their_own_queue(
+    airflow_env: AirflowEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "pipeline.yaml"
+    overrides = {"cities": [*CITIES, "surabaya"], "queues": {"jakarta": "heavy"}}
+    config.write_text(yaml.safe_dump(pipeline_config(airflow_env.lake, **overrides)))
+    monkeypatch.setenv("MATCHMAKING_PIPELINE_CONFIG", str(config))
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    data, train = bag.dags["matchmaking_data"], bag.dags["matchmaking_train"]
+    assert _mapped_over(data.get_task("process")) == {"city": ["bangkok", "surabaya"]}
+    assert _mapped_over(data.get_task("process_heavy")) == {"city": ["jakarta"]}
+    queues = {t.task_id: t.queue for dag in (data, train) for t in dag.tasks}
+    assert queues == {
+        "process": "default",
+        "publish": "default",
+        "process_heavy": "heavy",
+        "publish_heavy": "heavy",
+        "plan": "default",
+        "train": "default",
+        "evaluate": "default",
+        "plan_heavy": "default",
+        "train_heavy": "heavy",
+        "evaluate_heavy": "heavy",
+    }
+    assert train.get_task("evaluate_heavy").upstream_task_ids == {"train_heavy"}
 
 
 def test_the_packaged_config_parses_with_retries_and_a_daily_schedule(
@@ -100,22 +142,6 @@ def _states(dag_run: Any) -> dict[str, str]:
     return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dag_run.get_task_instances()}
 
 
-def _latest_event_extra() -> dict[str, Any]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        event = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == "matchmaking_features")
-            .order_by(AssetEvent.id.desc())
-            .limit(1)
-        ).one()
-        return dict(event.extra)
-
-
 def _xcoms(dag_run: Any, task_id: str) -> list[dict[str, Any]]:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -139,7 +165,7 @@ def run_day(env: AirflowEnv, server: TrackingServer) -> DayRun:
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)
         bag = _dagbag()
         data_run = bag.dags["matchmaking_data"].test(logical_date=LOGICAL_DATE)
-        event = _latest_event_extra()
+        event = features_events(data_run.run_id)
         train_run = bag.dags["matchmaking_train"].test(logical_date=None)
         return DayRun(_states(data_run), _states(train_run), event, _xcoms(train_run, "train"))
 

@@ -1,99 +1,105 @@
 """A real Airflow: trigger matchmaking_data through the REST API, see both DAGs succeed.
 
 API server, scheduler and DAG processor run as processes with LocalExecutor on a fresh
-PostgreSQL metadata database; the tasks log to the real PostgreSQL-backed tracking server. The
-data run's asset event must trigger matchmaking_train, which must register a version per city.
+PostgreSQL metadata database; the tasks log to the real PostgreSQL-backed tracking server. Each
+city's features event (the city is its partition key) must trigger a training run for that
+city alone, which must register its version; a city whose processing fails must hold back no
+other city's training.
 """
 
 from __future__ import annotations
 
-import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from dagworld import (
-    CITIES,
-    DAGS_DIR,
-    LOGICAL_DATE,
-    AirflowEnv,
-    create_database,
-    drop_database,
-    pipeline_config,
-)
-from deployment import AirflowDeployment
+from dagworld import CITIES, LOGICAL_DATE, AirflowEnv, pipeline_config
+from deployment import AirflowDeployment, pipeline_deployment
 from support.tracking_server import TrackingServer
 
 RUN_TIMEOUT_S = 240.0
+
+
+def _versions(tracking_uri: str, prefix: str, city: str) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return sorted(mv.version for mv in client.search_model_versions(f"name='{prefix}-{city}'"))
+
+
+def training_runs(airflow: AirflowDeployment, cities: list[str]) -> dict[str, dict[str, Any]]:
+    """One asset-triggered training run per city, once all have finished, by partition key."""
+    runs = airflow.wait_for_runs("matchmaking_train", len(cities), RUN_TIMEOUT_S)
+    by_city = {r["partition_key"]: r for r in runs}
+    assert sorted(by_city) == sorted(cities), runs
+    assert len(runs) == len(cities), runs  # one run per city, no more
+    for run in runs:
+        assert run["run_type"] == "asset_triggered"
+    return by_city
 
 
 @pytest.mark.slow
 def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
     airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
-    config = tmp_path / "pipeline.yaml"
-    # No cron: the only data run is the one triggered below (catchup is off anyway).
-    config.write_text(yaml.safe_dump(pipeline_config(airflow_env.lake, schedule=None)))
-    prefix = f"deploy-{secrets.token_hex(4)}"
-    name, url = create_database("afdeploy")
     started = time.monotonic()
-    try:
-        extra_env = {
-            "MLFLOW_TRACKING_URI": tracking_server.uri,
-            "MATCHMAKING_PIPELINE_CONFIG": str(config),
-            "MATCHMAKING_MODEL_NAME_PREFIX": prefix,
-            "MATCHMAKING_EXPERIMENT_PREFIX": prefix,
-        }
-        with AirflowDeployment(tmp_path / "airflow", DAGS_DIR, url, extra_env) as airflow:
-            airflow.login()
-            airflow.wait_for(
-                "the DAG processor to register both DAGs",
-                lambda: all(
-                    airflow.request("GET", f"/api/v2/dags/{d}")["is_paused"] is False
-                    for d in ("matchmaking_data", "matchmaking_train")
-                ),
-                120,
-            )
-            run = airflow.request(
-                "POST",
-                "/api/v2/dags/matchmaking_data/dagRuns",
-                {"logical_date": LOGICAL_DATE.isoformat()},
-            )
-            run_id = run["dag_run_id"]
-
-            def data_state() -> str | None:
-                state = airflow.request("GET", f"/api/v2/dags/matchmaking_data/dagRuns/{run_id}")
-                return str(state["state"]) if state["state"] in ("success", "failed") else None
-
-            assert airflow.wait_for("the data run", data_state, RUN_TIMEOUT_S) == "success"
-
-            def train_run() -> dict[str, Any] | None:
-                runs = airflow.request("GET", "/api/v2/dags/matchmaking_train/dagRuns")
-                done = [r for r in runs["dag_runs"] if r["state"] in ("success", "failed")]
-                return done[0] if done else None
-
-            trained = airflow.wait_for("the asset-triggered training run", train_run, RUN_TIMEOUT_S)
-            assert trained["state"] == "success", airflow.logs("scheduler")
-            assert trained["run_type"] == "asset_triggered"
-            tis = airflow.request(
-                "GET",
-                f"/api/v2/dags/matchmaking_train/dagRuns/{trained['dag_run_id']}/taskInstances",
-            )["task_instances"]
+    with pipeline_deployment(tmp_path, pipeline_config(airflow_env.lake), tracking_server.uri) as (
+        airflow,
+        prefix,
+    ):
+        run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
+        data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
+        assert data["state"] == "success", airflow.logs("scheduler")
+        for city, trained in training_runs(airflow, CITIES).items():
+            assert trained["state"] == "success", (city, airflow.logs("scheduler"))
+            tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
+            # The city's run plans, trains and evaluates that city only.
             assert sorted((t["task_id"], t["map_index"]) for t in tis) == [
                 ("evaluate", 0),
-                ("evaluate", 1),
                 ("plan", -1),
                 ("train", 0),
-                ("train", 1),
             ]
-    finally:
-        drop_database(name)
-    client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
+            assert {t["rendered_map_index"] for t in tis if t["task_id"] == "train"} == {city}
     for city in CITIES:
-        versions = client.search_model_versions(f"name='{prefix}-{city}'")
-        assert [mv.version for mv in versions] == ["1"]
+        assert _versions(tracking_server.uri, prefix, city) == ["1"]
     print(f"deployment test: {time.monotonic() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
+    airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    # A copy of the tiny world in which one of Bangkok's raw partitions is not parquet.
+    lake = tmp_path / "data" / "lake"
+    shutil.copytree(airflow_env.lake, lake)
+    broken = lake / "raw" / "city=bangkok" / "date=2026-08-06" / "bookings.parquet"
+    assert broken.exists()
+    broken.write_bytes(b"not parquet: a truncated upload")
+    with pipeline_deployment(tmp_path, pipeline_config(lake), tracking_server.uri) as (
+        airflow,
+        prefix,
+    ):
+        run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
+        data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
+        assert data["state"] == "failed"
+        # The city group is mapped over CITIES: map index 0 is Jakarta, 1 Bangkok.
+        tis = {
+            (t["task_id"], CITIES[t["map_index"]]): t
+            for t in airflow.task_instances("matchmaking_data", run_id)
+        }
+        # Bangkok failed after its retry; Jakarta processed and published all the same.
+        assert tis[("process", "bangkok")]["state"] == "failed"
+        assert tis[("process", "bangkok")]["try_number"] == 2
+        assert tis[("publish", "bangkok")]["state"] == "upstream_failed"
+        assert tis[("process", "jakarta")]["state"] == "success"
+        assert tis[("publish", "jakarta")]["state"] == "success"
+        trained = training_runs(airflow, ["jakarta"])["jakarta"]
+        assert trained["state"] == "success", airflow.logs("scheduler")
+        # Nothing more comes: no training run for Bangkok, none waiting for it.
+        time.sleep(10)
+        runs = airflow.request("GET", "/api/v2/dags/matchmaking_train/dagRuns")["dag_runs"]
+        assert [r["partition_key"] for r in runs] == ["jakarta"]
+    assert _versions(tracking_server.uri, prefix, "jakarta") == ["1"]
+    assert _versions(tracking_server.uri, prefix, "bangkok") == []

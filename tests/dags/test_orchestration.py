@@ -99,3 +99,28 @@ def test_promotion_applies_only_where_configured() -> None:
     some = _config(promotion={"enabled": True, "cities": ["bangkok"]}).promotion
     assert some.applies_to("bangkok") and not some.applies_to("jakarta")
     assert _config(promotion={"enabled": True}).promotion.applies_to("jakarta")
+
+
+def test_the_parse_time_city_check_reads_the_ids_the_catalogue_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matchmaking import markets
+    from matchmaking.orchestration.config import _catalogue_ids
+
+    extra = tmp_path / "markets.yaml"
+    extra.write_text(
+        "countries:\n  PH: {currency: PHP, time_zone: Asia/Manila}\nmarkets:\n"
+        "  - id: manila\n    name: Manila\n    country: PH\n    centre: {lat: 14.6, lng: 121.0}\n"
+        "    radius_km: 20\n    daily_bookings: 1000\n"
+        "    tariff: {base: 40, per_km: 14, per_min: 2}\n"
+        "    speed_kmh: {peak: 15, offpeak: 25, night: 35}\n"
+    )
+    assert _catalogue_ids("") == set(markets.default_catalogue().ids())
+    monkeypatch.setenv(markets.MARKETS_ENV, str(extra))
+    assert "manila" in _catalogue_ids(str(extra))
+    assert _catalogue_ids(str(extra)) == set(markets.catalogue().ids())
+    assert PipelineConfig.model_validate({"cities": ["manila", "jakarta"]}).cities[0] == "manila"
+    # A file the fast path cannot read falls back to the catalogue, which names the problem.
+    monkeypatch.setenv(markets.MARKETS_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        PipelineConfig.model_validate({"cities": ["jakarta"]})

@@ -9,6 +9,7 @@ references, HPA/PDB targets. The schema rejects wrong types and unknown keys.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "matchmaking"
 PRODUCTION = CHART / "values-production.yaml"
 AIRFLOW_VALUES = ROOT / "helm" / "examples" / "airflow-values.yaml"
+AIRFLOW_CELERY_VALUES = ROOT / "helm" / "examples" / "airflow-celery-values.yaml"
 KUBE_VERSION = "1.37.0"  # the newest schemas kubernetes-validate ships
 RELEASE, NAMESPACE = "matchmaking", "matchmaking"
 SCORING, MLFLOW = "matchmaking-scoring", "matchmaking-mlflow"
@@ -415,10 +417,70 @@ def test_airflow_example_values() -> None:
     # The DAGs' configuration it ships is valid and keeps the lake on the shared volume.
     config_path = Path(env["MATCHMAKING_PIPELINE_CONFIG"])
     assert str(config_path.parent) in mounts
-    (config_map,) = values["extraConfigMaps"].values()
+    config_map = values["extraConfigMaps"]["matchmaking-pipeline-config"]
     files = yaml.safe_load(config_map["data"])
     cfg = PipelineConfig.model_validate(yaml.safe_load(files[config_path.name]))
     assert cfg.data_dir() == Path(env["MATCHMAKING_DATA_DIR"])
+
+
+def _example_pipeline_config(values: dict[str, Any]) -> PipelineConfig:
+    env = {e["name"]: e["value"] for e in values["env"]}
+    config_path = Path(env["MATCHMAKING_PIPELINE_CONFIG"])
+    files = yaml.safe_load(values["extraConfigMaps"]["matchmaking-pipeline-config"]["data"])
+    return PipelineConfig.model_validate(yaml.safe_load(files[config_path.name]))
+
+
+def _memory_gi(quantity: str) -> float:
+    assert quantity.endswith("Gi"), quantity
+    return float(quantity[:-2])
+
+
+def test_airflow_kubernetes_example_gives_each_queue_a_valid_pod_template() -> None:
+    values = load_values(AIRFLOW_VALUES)
+    assert values["executor"] == "KubernetesExecutor"
+    cfg = _example_pipeline_config(values)
+    assert set(cfg.cities_by_queue()) == {"default", "heavy"}
+    templates = yaml.safe_load(values["extraConfigMaps"]["matchmaking-pod-templates"]["data"])
+    mounts = {m["name"]: m["mountPath"] for m in values["volumeMounts"]}
+    default = values["workers"]["resources"]
+    for queue in set(cfg.cities_by_queue()) - {cfg.default_queue}:
+        path = Path(cfg.executor_config(queue)["pod_template_file"])
+        assert str(path.parent) == mounts["pod-templates"]
+        pod = yaml.safe_load(templates[path.name])
+        kubernetes_validate.validate(pod, KUBE_VERSION, strict=True)
+        (base,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+        limits, requests = base["resources"]["limits"], base["resources"]["requests"]
+        assert _memory_gi(limits["memory"]) > _memory_gi(default["limits"]["memory"])
+        assert _memory_gi(requests["memory"]) > _memory_gi(default["requests"]["memory"])
+        # The pod sees what every task pod sees: the lake, the config, the tracking server.
+        env = {e["name"]: e["value"] for e in base["env"]}
+        shared = {e["name"]: e["value"] for e in values["env"]}
+        assert {k: shared[k] for k in env if k in shared} == {
+            k: env[k] for k in ("MLFLOW_TRACKING_URI", "MATCHMAKING_DATA_DIR",
+                                "MATCHMAKING_PIPELINE_CONFIG", "MATCHMAKING_MODEL_NAME_PREFIX")
+        }  # fmt: skip
+        assert {m["mountPath"] for m in base["volumeMounts"]} == {
+            mounts["lake"],
+            mounts["pipeline-config"],
+        }
+
+
+def test_airflow_celery_example_runs_a_worker_set_per_queue() -> None:
+    values = merge(load_values(AIRFLOW_VALUES), load_values(AIRFLOW_CELERY_VALUES))
+    assert values["executor"] == "CeleryExecutor"
+    assert values["redis"]["enabled"] is False and values["data"]["brokerUrlSecretName"]
+    celery = values["workers"]["celery"]
+    listening = {celery["queue"]: celery} if celery["enableDefault"] else {}
+    listening |= {s["queue"]: s for s in celery["sets"]}
+    cfg = _example_pipeline_config(values)
+    # Every queue the DAGs route to has workers listening, with resources of their own.
+    assert set(cfg.cities_by_queue()) <= set(listening)
+    assert listening["heavy"]["replicas"] >= 1
+    heavy, default = listening["heavy"]["resources"], listening[cfg.default_queue]["resources"]
+    assert _memory_gi(heavy["limits"]["memory"]) > _memory_gi(default["limits"]["memory"])
+    assert json.loads(values["config"]["celery"]["extra_celery_config"]) == {
+        "result_extended": True
+    }
 
 
 # -- markets ----------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def run_day(day: date) -> DayOutcome:
     data_run = bag.dags[DATA_DAG].test(logical_date=logical)
     if str(data_run.state) != "success":
         raise MatchmakingError(f"{DATA_DAG} {data_run.run_id} ended {data_run.state}")
-    event = latest_features_event()
+    event = features_events(data_run.run_id)
     train_run = bag.dags[TRAIN_DAG].test(logical_date=None)
     evaluated = task_results(TRAIN_DAG, train_run.run_id, "evaluate")
     if str(train_run.state) != "success":
@@ -82,21 +82,33 @@ def run_day(day: date) -> DayOutcome:
     return DayOutcome(str(data_run.state), str(train_run.state), event, evaluated)
 
 
-def latest_features_event() -> dict[str, Any]:
-    """The extra of the newest ``matchmaking_features`` asset event."""
+def features_events(data_run_id: str) -> dict[str, Any]:
+    """The ``matchmaking_features`` events a data run published (one per city), together.
+
+    Returns:
+        ``features_event``'s view: ``{"day": ..., "cities": {city: extra}}``.
+    """
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    from matchmaking.orchestration.tasks import features_event, latest_per_city
+
     with create_session() as session:
-        event = session.scalars(
-            select(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.name == FEATURES_ASSET_NAME)
-            .order_by(AssetEvent.id.desc())
-            .limit(1)
-        ).one()
-        return dict(event.extra)
+        extras = [
+            dict(event.extra)
+            for event in session.scalars(
+                select(AssetEvent)
+                .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                .where(AssetModel.name == FEATURES_ASSET_NAME)
+                .where(AssetEvent.source_dag_id == DATA_DAG)
+                .where(AssetEvent.source_run_id == data_run_id)
+                .order_by(AssetEvent.id)
+            )
+        ]
+    cities = latest_per_city(extras)
+    day = date.fromisoformat(cities[0]["day"]) if cities else date.min
+    return features_event(day, cities)
 
 
 def task_results(dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:

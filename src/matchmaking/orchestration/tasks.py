@@ -66,8 +66,44 @@ def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
 
 
 def features_event(day: date, results: list[CityResult]) -> dict[str, Any]:
-    """The extra of the features asset event: the day and each city's datasets and runs."""
+    """A day's features events together: the day and each city's datasets and runs.
+
+    Each city publishes its own event (partition key: the city id, extra: its
+    ``process_city`` result); this is the view of a whole day that the local runner and
+    the reports show.
+    """
     return {"day": day.isoformat(), "cities": {r["city"]: r for r in results}}
+
+
+def latest_per_city(extras: list[CityResult], city: str | None = None) -> list[CityResult]:
+    """Each city's newest event extra (``extras`` oldest first), or only ``city``'s."""
+    latest: dict[str, CityResult] = {}
+    for extra in extras:
+        if extra.get("city") and (city is None or extra["city"] == city):
+            latest[extra["city"]] = extra
+    return list(latest.values())
+
+
+def plan_by_queue(
+    cfg: PipelineConfig, extras: list[CityResult], city: str | None = None
+) -> dict[str, list[CityResult]]:
+    """The cities to train from features events, grouped by their executor queue.
+
+    Every queue of the configuration is a key (an empty list maps no task instance), so
+    the per-queue task groups of the training DAG always find theirs.
+    """
+    newest = {e["city"]: e for e in latest_per_city(extras, city)}
+    if city is None:
+        plan = plan_training(cfg, {"cities": newest})
+    elif city in cfg.cities and city in newest:
+        plan = [newest[city]]
+    else:
+        plan = []
+        logger.warning("%s: no features event, or not a configured city: nothing to train", city)
+    grouped: dict[str, list[CityResult]] = {q: [] for q in cfg.cities_by_queue()}
+    for item in plan:
+        grouped[cfg.queue_of(item["city"])].append(item)
+    return grouped
 
 
 def plan_training(cfg: PipelineConfig, extra: dict[str, Any]) -> list[CityResult]:
