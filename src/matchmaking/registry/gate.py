@@ -17,8 +17,14 @@ from matchmaking.config import load_yaml_model
 
 DEFAULT_GATE_FILE = Path(__file__).resolve().parent.parent / "config" / "gate.yaml"
 
-#: The model-policy metrics the gate reads from ``evaluation.evaluate.compare``.
-GATE_METRICS = ("auc", "acceptance", "completion", "pickup_eta_p50_min")
+#: The gate's metrics and the evaluation metric each one is (``matchmaking evaluate``'s names):
+#: the model's AUC on the logged labels and its replay under the simulator's truth.
+GATE_METRICS = {
+    "auc": "logged.model.auc",
+    "acceptance": "sim.replay.model.acceptance",
+    "completion": "sim.replay.model.completion",
+    "pickup_eta_p50_min": "sim.replay.model.pickup_eta_p50_min",
+}
 
 
 class GateThresholds(BaseModel):

@@ -1,5 +1,5 @@
-"""Measuring a version for the gate: replay metrics on the holdout, a canary request and
-single-booking scoring latency."""
+"""Measuring a version for the gate: its evaluation metrics on the holdout (``GATE_METRICS``),
+a canary request and single-booking scoring latency."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from matchmaking.errors import ModelNotFoundError
-from matchmaking.evaluation.evaluate import compare
+from matchmaking.evaluation.logged import logged_metrics
+from matchmaking.evaluation.simulator import compare, table_metrics
 from matchmaking.registry.conventions import SCORE_PROBABILITY
 from matchmaking.registry.gate import GATE_METRICS, Canary, GateThresholds, canary_checks
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
@@ -35,7 +36,9 @@ class Measured:
 def measure(
     name: str, mv: ModelVersion, rows: pd.DataFrame, thresholds: GateThresholds
 ) -> Measured:
-    """Replay metrics on the holdout, a canary request and single-booking latency."""
+    """The gate's metrics on the holdout (the logged AUC; the replay's acceptance, completion
+    and ETA, simulator diagnostics: ``rows`` carry the truth until the gate decides on logged
+    evidence), a canary request and single-booking latency."""
     uri = f"models:/{name}/{mv.version}"
     try:
         booster = load_scorer(uri, mv.tags, version=str(mv.version))
@@ -46,8 +49,10 @@ def measure(
     x = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     scores = np.asarray(booster.predict(x), dtype=np.float64)
     probabilistic = booster.score_kind == SCORE_PROBABILITY
-    table = compare(rows, scores, probabilistic, thresholds.replay_seed)
-    metrics = {k: float(table.loc["model", k]) for k in GATE_METRICS}
+    logged = logged_metrics(rows, {"model": scores}, probabilistic)
+    measured = {f"logged.{p}.{k}": float(v) for p, r in logged.iterrows() for k, v in r.items()}
+    measured |= table_metrics(compare(rows, scores, probabilistic, thresholds.replay_seed))
+    metrics = {k: measured.get(name, float("nan")) for k, name in GATE_METRICS.items()}
     return Measured(str(mv.version), metrics, _canary(booster, rows, probabilistic, thresholds))
 
 

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from matchmaking.config import Settings
 from matchmaking.errors import GateFailedError, InputError, ModelNotFoundError, TrackingError
-from matchmaking.evaluation.evaluate import holdout_frame
+from matchmaking.evaluation.simulator import holdout_with_truth
 from matchmaking.lake.storage import Location
 from matchmaking.registry.context import (
     PromotionContext,
@@ -124,7 +124,7 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
             city, "promote", "unchanged", prev, prev, "candidate is already in Production"
         )
     holdout_dir = resolve_holdout(ctx.settings, city, cand_mv, prod_mv, ctx.holdout)
-    rows, manifest = holdout_frame(ctx.settings, city, holdout_dir)
+    rows, manifest = holdout_with_truth(ctx.settings, city, holdout_dir)
     candidate = measure(name, cand_mv, rows, gate)
     production = measure(name, prod_mv, rows, gate) if prod_mv else None
     result = check(
