@@ -200,6 +200,15 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
 ID_COLUMNS: tuple[str, ...] = ("booking_id", "driver_id")
+# What the logging policy logged (raw CANDIDATES and BOOKINGS): carried beside the features in
+# the published dataset for off-policy evaluation. Never features (tests/unit/test_features.py).
+LOGGED_POLICY_COLUMNS: tuple[str, ...] = (
+    "offer_order",
+    "first_offer_propensity",
+    "offer_propensity",
+    "logging_policy",
+    "logging_policy_version",
+)
 TIME_COLUMN = "requested_at"
 GROUP_COLUMN = "booking_id"
 LABEL_COLUMN = "accepted"
