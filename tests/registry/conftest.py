@@ -1,8 +1,8 @@
 """A small two-city world, and four trained models on the real tracking server.
 
-The world's ``truth/`` tree (the simulator's hidden probabilities) is deleted once the feature
-datasets are published: a real dispatch system has none, and the gate decides on the logged
-holdout alone, so every registry test runs without it.
+The world's ``truth/`` tree (the simulator's hidden probabilities) is deleted as soon as the
+simulator wrote it: a real dispatch system has none, so processing, training, the gate (which
+decides on the logged holdout alone) and serving run without it in every registry test.
 
 Training is the slow part, so it happens once per session: a weak model (2 boosting rounds), a
 one-round one, a good one, and one trained on shuffled labels, all on Jakarta. Each test then
@@ -64,13 +64,13 @@ def registry_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     settings = Settings(data_dir=root)
     cities = ["jakarta", "bangkok"]
     generate_world(cities, START, DAYS, 11, settings.lake_dir, 0.002, 350, progress=False)
+    truth = storage.local_path(settings.lake_dir) / "truth"
+    assert truth.is_dir(), "the simulator wrote no truth/: nothing to delete, the test proves less"
+    shutil.rmtree(truth)  # before processing: process, train, promote and serve run without it
     train_dirs, holdout_dirs = {}, {}
     for city in cities:
         train_dirs[city] = build_dataset(settings, city, *TRAIN, max_bad_share=0.05).dataset_dir
         holdout_dirs[city] = build_dataset(settings, city, *HOLDOUT, max_bad_share=0.05).dataset_dir
-    truth = storage.local_path(settings.lake_dir) / "truth"
-    assert truth.is_dir(), "the simulator wrote no truth/: nothing to delete, the test proves less"
-    shutil.rmtree(truth)
     return World(root, train_dirs, holdout_dirs)
 
 

@@ -108,7 +108,11 @@ def test_non_inferiority_is_decided_on_the_lower_end_of_the_paired_interval() ->
     wide = {"acceptance": 0.005, "acceptance_ci_low": -margin - 0.001, "acceptance_ci_high": 0.02}
     refused = check(gate, PROD, PROD, OK_CANARY, {**SAME, **wide})
     assert [k for k, ok in refused.checks.items() if not ok] == ["no_regression_acceptance"]
-    assert "paired difference +0.0050" in refused.reason
+    assert "paired difference +0.0050" in refused.reason and "cannot rule out" in refused.reason
+    # An interval wholly below -margin: refused as worse, not as unsure.
+    worse = {"acceptance": -0.05, "acceptance_ci_low": -0.07, "acceptance_ci_high": -margin - 0.01}
+    clearly = check(gate, PROD, PROD, OK_CANARY, {**SAME, **worse})
+    assert "worse beyond the margin" in clearly.reason
     # A slightly worse point estimate whose interval stays above -margin: passes.
     close = {"acceptance": -margin / 4, "acceptance_ci_low": -margin + 0.001}
     assert check(gate, PROD, PROD, OK_CANARY, {**SAME, **close}).passed

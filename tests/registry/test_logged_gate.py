@@ -1,9 +1,10 @@
 """The promotion gate on logged evidence alone, on a lake whose ``truth/`` tree is deleted.
 
-Promote and serve of the whole chain without truth (issue 12): a deliberately worse candidate
-(one boosting round, shuffled labels) is refused by the off-policy evidence, a clearly better
-one passes and ``serve`` ranks with it over real HTTP, and a holdout too small to support an
-estimate refuses rather than passes. Process, train and evaluate without truth are the
+The chain without truth (issue 12), from this side: the registry world is processed and its
+models trained with ``truth/`` already gone (``conftest.registry_world``); here a deliberately
+worse candidate (one boosting round, shuffled labels) is refused on the off-policy evidence, a
+clearly better one passes and ``serve`` ranks with it over real HTTP, and a holdout too small
+to support an estimate is refused rather than passed. ``evaluate`` without truth is the
 evaluation tests' part.
 """
 

@@ -178,8 +178,13 @@ def check(
             "no paired estimate against Production (it could not be scored on the holdout)"
             if difference is None
             else f"first-offer acceptance vs Production: paired difference {diff:+.4f}, "
-            f"{t.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] reaches below "
-            f"-{t.max_acceptance_drop} (cannot rule out a drop beyond the margin)",
+            f"{t.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] "
+            + (
+                f"lies below -{t.max_acceptance_drop} (worse beyond the margin)"
+                if high < -t.max_acceptance_drop
+                else f"reaches below -{t.max_acceptance_drop} (cannot rule out a drop beyond "
+                "the margin)"
+            ),
         )
         eta = candidate["first_choice_eta_p50_min"]
         rise = eta - production["first_choice_eta_p50_min"]

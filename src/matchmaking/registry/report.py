@@ -74,10 +74,10 @@ def render_report(verdict: Verdict, thresholds: GateThresholds, dry_run: bool) -
     rows = [
         ("auc", f"{c['auc']:.4f}", f"{p['auc']:.4f}" if p else "-", f">= {t.min_auc}"),
         (
-            f"acceptance ({t.estimator}, {level} interval)",
+            "acceptance",
             _interval(c),
             _interval(p) if p else "-",
-            f">= {t.min_acceptance}",
+            f">= {t.min_acceptance} ({t.estimator} estimate [{level} interval])",
         ),
         (
             "supported bookings",
