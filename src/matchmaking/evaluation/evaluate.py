@@ -294,6 +294,9 @@ def _log_run(settings: Settings, result: EvaluationResult, s: _Scored) -> None:
         }
         if s.ope is not None:
             params |= {"ope_interval": INTERVAL_METHOD, "ope_direct_method": s.ope.direct.method}
+        for column in ("logging_policy", "logging_policy_version"):  # who made the log
+            if column in s.rows.columns:
+                params[column] = ",".join(sorted(map(str, s.rows[column].dropna().unique())))
         mlflow.log_params(params)
         mlflow.log_input(
             tracking.lineage_dataset(
