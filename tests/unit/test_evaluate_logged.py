@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from matchmaking.config import Settings
 from matchmaking.evaluation.evaluate import SIMULATOR_TAG, evaluate, format_summary
-from matchmaking.evaluation.logged import POLICIES
+from matchmaking.evaluation.logged import DEFAULT_DR_CLIP, POLICIES
 from matchmaking.processing.step import build_dataset
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import TrainResult, train
@@ -94,12 +94,19 @@ def test_with_truth_evaluate_logs_estimates_and_the_simulator_diagnostics(world:
     assert 0.8 <= m["sim.oracle.oracle.auc"] <= 1.0
     assert m["sim.replay.oracle.acceptance"] >= m["sim.replay.nearest_eta.acceptance"]
     assert "sim.matching.batch_acceptance" in m
+    # the model against each baseline, booking by booking
+    for baseline in ("nearest_eta", "highest_rating"):
+        diff = f"ope_paired.model_vs_{baseline}"
+        assert m[f"{diff}.dr"] == pytest.approx(m["ope.model.dr"] - m[f"ope.{baseline}.dr"])
+        assert m[f"{diff}.dr_ci_low"] < m[f"{diff}.dr"] < m[f"{diff}.dr_ci_high"]
     # the logged estimate of the model is near its true value (a 2-day holdout: loose)
     assert abs(m["ope.model.dr"] - m["sim.ope.model.true_value"]) < 0.05
     client = MlflowClient(tracking_uri=world.settings.tracking_uri)
     run = client.get_run(str(result.run_id))
     assert run.data.tags[SIMULATOR_TAG] == "yes"
     assert run.data.params["ope_direct_method"] == "model probability"
+    assert run.data.params["ope_dr_clip"] == str(DEFAULT_DR_CLIP)
+    assert run.data.params["ope_clip"] == "none"
     assert run.data.params["logging_policy"]
     assert run.data.metrics["ope.model.dr"] == m["ope.model.dr"]
     plots = {a.path for a in client.list_artifacts(str(result.run_id), "plots")}

@@ -119,14 +119,23 @@ def test_clipping_caps_the_weights_and_is_recorded() -> None:
     clipped = estimate(log, choice, q, clip=4.0)
     assert plain.ips == pytest.approx(10 / 3)
     assert clipped.ips == pytest.approx(4 / 3)
-    assert clipped.dr == pytest.approx((0.5 + 4 * 0.5 + 0.5 - 4 * 0.5 + 0.5) / 3)
-    assert (clipped.clipped, clipped.clip) == (2, 4.0)
+    assert clipped.dr == plain.dr  # clip caps IPS and SNIPS only
+    assert (clipped.clipped, clipped.clip, clipped.dr_clipped) == (2, 4.0, 0)
     assert clipped.metrics()["clip"] == 4.0 and clipped.metrics()["clipped"] == 2
+    assert "dr_clip" not in clipped.metrics()
     assert clipped.ips_ci[1] - clipped.ips_ci[0] < plain.ips_ci[1] - plain.ips_ci[0]
+    dr = estimate(log, choice, q, dr_clip=4.0)
+    assert plain.dr == pytest.approx((0.5 + 10 * 0.5 + 0.5 - 10 * 0.5 + 0.5) / 3)
+    assert dr.dr == pytest.approx((0.5 + 4 * 0.5 + 0.5 - 4 * 0.5 + 0.5) / 3)
+    assert dr.ips == plain.ips and (dr.dr_clipped, dr.metrics()["dr_clip"]) == (2, 4.0)
+    assert dr.dr_ci[1] - dr.dr_ci[0] < plain.dr_ci[1] - plain.dr_ci[0]
     # a clip above every weight changes nothing
     assert estimate(log, choice, q, clip=50.0).ips == plain.ips
+    assert estimate(log, choice, q, dr_clip=50.0).dr == plain.dr
     with pytest.raises(InputError, match="clip must be > 0"):
         estimate(log, choice, q, clip=0.0)
+    with pytest.raises(InputError, match="dr_clip must be > 0"):
+        estimate(log, choice, q, dr_clip=-1.0)
 
 
 def test_snips_equals_ips_when_the_weights_average_one() -> None:
@@ -165,6 +174,8 @@ def test_paired_difference_refuses_estimates_on_other_bookings_or_clips() -> Non
         paired_difference(a, estimate(other, first_choice(other, scores_for([0, 0])), q))
     with pytest.raises(InputError, match="same clip"):
         paired_difference(a, estimate(log, a.choice, q, clip=1.5))
+    with pytest.raises(InputError, match="same clip"):
+        paired_difference(a, estimate(log, a.choice, q, dr_clip=1.5))
 
 
 def test_bookings_without_a_first_offer_are_excluded_and_counted() -> None:

@@ -27,6 +27,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import InputError, ModelNotFoundError
 from matchmaking.evaluation import simulator
 from matchmaking.evaluation.logged import (
+    DEFAULT_DR_CLIP,
     OffPolicy,
     has_decision_log,
     logged_metrics,
@@ -186,6 +187,7 @@ class _Scored:
     model_scores: npt.NDArray[np.float64]
     seed: int
     clip: float | None
+    dr_clip: float | None
     ope: OffPolicy | None
     truth_rows: pd.DataFrame | None
     diagnostics: simulator.Diagnostics | None
@@ -200,13 +202,15 @@ def evaluate(
     log_run: bool = True,
     progress: Progress = SILENT,
     clip: float | None = None,
+    dr_clip: float | None = DEFAULT_DR_CLIP,
 ) -> EvaluationResult:
     """Score the holdout with the model; logged-data metrics and off-policy estimates for the
     model and the baselines; simulator diagnostics when the lake has the holdout's truth.
 
     Args:
         seed: the replay's outcome draws (simulator) and a ranker's calibration folds.
-        clip: cap on the off-policy importance weights (None: unclipped; docs/evaluation.md).
+        clip: cap on the IPS and SNIPS importance weights (None: unclipped).
+        dr_clip: cap on the DR correction's weights (None: unclipped; docs/evaluation.md).
 
     Raises:
         InputError: the model or the holdout belongs to another city.
@@ -229,9 +233,10 @@ def evaluate(
     metrics = {f"logged.{p}.{k}": float(v) for p, r in logged.iterrows() for k, v in r.items()}
     ope: OffPolicy | None = None
     if has_decision_log(rows):
-        ope = off_policy(rows, scores, scorer.score_kind, clip=clip, seed=seed)
+        ope = off_policy(rows, scores, scorer.score_kind, clip=clip, dr_clip=dr_clip, seed=seed)
         table = ope.table()
         metrics |= {f"ope.{p}.{k}": float(v) for p, r in table.iterrows() for k, v in r.items()}
+        metrics |= ope.versus_baselines()
     else:
         logger.warning(
             "%s: the holdout %s has no logged propensities (published before they were "
@@ -262,6 +267,7 @@ def evaluate(
             model_scores,
             seed,
             clip,
+            dr_clip,
             ope,
             truth_rows,
             diagnostics,
@@ -291,6 +297,7 @@ def _log_run(settings: Settings, result: EvaluationResult, s: _Scored) -> None:
             "holdout_start": manifest["start"],
             "holdout_end": manifest["end"],
             "ope_clip": "none" if s.clip is None else s.clip,
+            "ope_dr_clip": "none" if s.dr_clip is None else s.dr_clip,
         }
         if s.ope is not None:
             params |= {"ope_interval": INTERVAL_METHOD, "ope_direct_method": s.ope.direct.method}

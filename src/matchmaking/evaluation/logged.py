@@ -11,7 +11,8 @@ ground truth, so they exist in production as in the simulator):
 - **off-policy estimates** (``ope.<policy>.<estimate>``): the first-offer acceptance each
   policy would get, estimated from the logged first offers and their propensities by IPS,
   SNIPS and DR (``evaluation.offpolicy``), the model's acceptance probability as the direct
-  method (``evaluation.direct``). See docs/evaluation.md.
+  method (``evaluation.direct``); and the model's paired difference with each baseline
+  (``ope_paired.model_vs_<baseline>.*``). See docs/evaluation.md.
 
 Policies: the model (its scores), ``nearest_eta`` (lowest ETA first) and ``highest_rating``
 (best rating first, ETA breaking ties); each offers a booking first to the candidate it ranks
@@ -36,6 +37,7 @@ from matchmaking.evaluation.offpolicy import (
     estimate,
     first_choice,
     first_offers,
+    paired_difference,
 )
 from matchmaking.lake.datasets import read_dataset
 from matchmaking.lake.storage import Location
@@ -57,6 +59,13 @@ LOGGED_COLUMNS = (
 )
 #: The decision-log columns the off-policy estimates need (docs/data.md).
 OPE_COLUMNS = ("offer_order", "first_offer_propensity")
+#: Default cap on the importance weights of DR's correction term: a booking whose logged
+#: first offer had a propensity below 1/10 counts as if it had 1/10. Measured on simulated
+#: holdouts (benchmarks/reports/ope.md): it removes most of the variance the rare tiny
+#: propensities bring and adds a bias far below a point, because a calibrated direct method
+#: leaves little to correct; IPS and SNIPS stay unclipped by default (clipping them biases
+#: them by the whole clipped weight).
+DEFAULT_DR_CLIP = 10.0
 
 
 def read_holdout(city: str, features_dir: Location) -> tuple[pd.DataFrame, dict[str, object]]:
@@ -163,6 +172,17 @@ class OffPolicy:
             {p: e.metrics() for p, e in self.estimates.items()}, orient="index"
         )
 
+    def versus_baselines(self) -> dict[str, float]:
+        """The model minus each baseline, booking by booking (``paired_difference``), as
+        ``ope_paired.model_vs_<baseline>.<metric>``."""
+        out: dict[str, float] = {}
+        for baseline in BASELINES:
+            if "model" in self.estimates and baseline in self.estimates:
+                diff = paired_difference(self.estimates["model"], self.estimates[baseline])
+                prefix = f"ope_paired.model_vs_{baseline}"
+                out |= {f"{prefix}.{k}": v for k, v in diff.metrics().items()}
+        return out
+
 
 def off_policy(
     rows: pd.DataFrame,
@@ -170,14 +190,16 @@ def off_policy(
     score_kind: ScoreKind,
     *,
     clip: float | None = None,
+    dr_clip: float | None = DEFAULT_DR_CLIP,
     seed: int = 0,
 ) -> OffPolicy:
     """IPS, SNIPS and DR of each policy's first-offer acceptance on the holdout's log; the
-    model's acceptance probability is every policy's direct-method part."""
+    model's acceptance probability is every policy's direct-method part. ``clip`` caps the
+    IPS and SNIPS weights, ``dr_clip`` DR's (``offpolicy.estimate``)."""
     log = decision_log(rows)
     direct = direct_method(rows, scores["model"], score_kind, seed)
     estimates = {
-        policy: estimate(log, first_choice(log, s), direct.q_hat, clip=clip)
+        policy: estimate(log, first_choice(log, s), direct.q_hat, clip=clip, dr_clip=dr_clip)
         for policy, s in scores.items()
     }
     for policy, e in estimates.items():

@@ -8,7 +8,10 @@ first-offer acceptance ``V = E[P(accept | t)]``, estimated per booking ``i`` fro
 
 - the importance weight ``w_i = 1[a_i = t_i] / p0(a_i)`` (0 when the log has no evidence
   about the target's choice, the booking then lacks *support*), optionally clipped at ``M``
-  (``w_i = min(w_i, M)``: less variance, a downward bias on a non-negative reward);
+  (``w_i = min(w_i, M)``: less variance, a bias). IPS and SNIPS (``clip``) and DR
+  (``dr_clip``) are clipped separately: clipping IPS biases it towards 0 by the clipped
+  weight times the reward, clipping DR only by the clipped weight times the direct method's
+  error ``r - q``, which a calibrated ``q`` keeps near 0 (benchmarks/reports/ope.md);
 - a direct-method estimate ``q(i, j)`` of the acceptance probability of every candidate ``j``
   (the model's own, ``evaluation.direct``).
 
@@ -160,6 +163,8 @@ class PolicyEstimate:
     excluded: int
     clip: float | None
     clipped: int
+    dr_clip: float | None
+    dr_clipped: int
     level: float
     choice: IntArray
     ips_terms: FloatArray
@@ -169,7 +174,8 @@ class PolicyEstimate:
     def metrics(self) -> dict[str, float]:
         """Flat numbers for logging: ``dr``, ``dr_ci_low``, ``dr_ci_high``, the same for
         ``ips`` and ``snips``, ``dm``, ``ess``, ``support``, ``supported``, ``bookings``,
-        ``excluded``, ``clipped`` (weights cut by the clip) and ``clip`` when set."""
+        ``excluded``, ``clipped`` and ``dr_clipped`` (weights cut by ``clip``, by
+        ``dr_clip``), and ``clip``, ``dr_clip`` when set."""
         out: dict[str, float] = {}
         for name in ESTIMATORS:
             low, high = getattr(self, f"{name}_ci")
@@ -182,9 +188,12 @@ class PolicyEstimate:
             "bookings": float(self.bookings),
             "excluded": float(self.excluded),
             "clipped": float(self.clipped),
+            "dr_clipped": float(self.dr_clipped),
         }
         if self.clip is not None:
             out["clip"] = self.clip
+        if self.dr_clip is not None:
+            out["dr_clip"] = self.dr_clip
         return out
 
 
@@ -194,6 +203,7 @@ def estimate(
     q_hat: npt.ArrayLike,
     *,
     clip: float | None = None,
+    dr_clip: float | None = None,
     level: float = 0.95,
 ) -> PolicyEstimate:
     """IPS, SNIPS and DR estimates (with intervals), ESS and support of a deterministic policy.
@@ -203,8 +213,10 @@ def estimate(
         choice: per booking of ``log``, the candidate row the target offers first
             (``first_choice``).
         q_hat: per candidate row, the direct-method acceptance probability in [0, 1].
-        clip: cap on the importance weights (None: no clipping). A cap below the largest
-            weight biases IPS and DR towards 0 and narrows their intervals.
+        clip: cap on the importance weights of IPS and SNIPS (None: no clipping). A cap
+            below the largest weight biases IPS towards 0 and narrows its interval.
+        dr_clip: cap on the weights of DR's correction term (None: no clipping); it biases
+            DR only as much as ``q_hat`` is wrong on the clipped bookings.
         level: confidence level of the intervals.
 
     Raises:
@@ -217,21 +229,20 @@ def estimate(
         raise InputError("estimate: one choice per booking and one q_hat per candidate row")
     if len(q) and not (np.all(q >= 0) and np.all(q <= 1)):
         raise InputError("estimate: q_hat must be probabilities in [0, 1]; calibrate scores")
-    if clip is not None and not clip > 0:
-        raise InputError(f"estimate: clip must be > 0 (got {clip}); leave it out for none")
+    for name, cap in (("clip", clip), ("dr_clip", dr_clip)):
+        if cap is not None and not cap > 0:
+            raise InputError(f"estimate: {name} must be > 0 (got {cap}); leave it out for none")
     if not 0 < level < 1:
         raise InputError(f"estimate: level must lie in (0, 1), got {level}")
     z = float(norm.ppf(0.5 + level / 2))
     r = log.accepted
     match = t == log.row
-    w = np.where(match, 1.0 / log.propensity, 0.0)
-    clipped = 0
-    if clip is not None:
-        clipped = int((w > clip).sum())
-        w = np.minimum(w, clip)
+    raw = np.where(match, 1.0 / log.propensity, 0.0)
+    w, clipped = _clipped(raw, clip)
+    w_dr, dr_clipped = _clipped(raw, dr_clip)
     ips_terms = w * r
     dm_terms = q[t] if len(t) else np.zeros(0)
-    dr_terms = dm_terms + w * (r - q[log.row]) if len(t) else np.zeros(0)
+    dr_terms = dm_terms + w_dr * (r - q[log.row]) if len(t) else np.zeros(0)
     n = log.bookings
     ips, ips_ci = _mean_ci(ips_terms, z)
     dr, dr_ci = _mean_ci(dr_terms, z)
@@ -258,6 +269,8 @@ def estimate(
         excluded=log.excluded,
         clip=clip,
         clipped=clipped,
+        dr_clip=dr_clip,
+        dr_clipped=dr_clipped,
         level=level,
         choice=t,
         ips_terms=ips_terms,
@@ -299,7 +312,7 @@ def paired_difference(a: PolicyEstimate, b: PolicyEstimate) -> PairedDifference:
     """The difference ``a - b`` of two policies scored on the same logged bookings.
 
     Both estimates must come from ``estimate`` on the same ``FirstOffers`` (same bookings,
-    same logged offers) with the same clip and level. The difference is taken booking by
+    same logged offers) with the same clips and level. The difference is taken booking by
     booking: ``d_i = dr_a(i) - dr_b(i)`` (and likewise for IPS), so what both policies share
     (the same choice on a booking, the same luck of its logged outcome) cancels and the
     interval (normal, on the ``d_i``) is much narrower than the two separate intervals would
@@ -308,14 +321,14 @@ def paired_difference(a: PolicyEstimate, b: PolicyEstimate) -> PairedDifference:
     ``dr_ci[0]`` against minus the tolerance (docs/evaluation.md).
 
     Raises:
-        InputError: the two estimates are not on the same bookings, clip or level.
+        InputError: the two estimates are not on the same bookings, clips or level.
     """
     if a.bookings != b.bookings or not np.array_equal(a.logged_row, b.logged_row):
         raise InputError("paired_difference: both estimates must be on the same logged bookings")
-    if a.clip != b.clip or a.level != b.level:
+    if (a.clip, a.dr_clip, a.level) != (b.clip, b.dr_clip, b.level):
         raise InputError(
-            f"paired_difference: both estimates need the same clip and level (clip {a.clip} "
-            f"vs {b.clip}, level {a.level} vs {b.level})"
+            "paired_difference: both estimates need the same clip, dr_clip and level "
+            f"({a.clip}, {a.dr_clip}, {a.level} vs {b.clip}, {b.dr_clip}, {b.level})"
         )
     z = float(norm.ppf(0.5 + a.level / 2))
     dr, dr_ci = _mean_ci(a.dr_terms - b.dr_terms, z)
@@ -340,6 +353,13 @@ def _codes(values: npt.ArrayLike) -> tuple[IntArray, int]:
         return inverse.astype(np.int64), len(uniq)
     uniq, inverse = np.unique(arr.astype(object).astype(str), return_inverse=True)
     return inverse.astype(np.int64), len(uniq)
+
+
+def _clipped(weights: FloatArray, cap: float | None) -> tuple[FloatArray, int]:
+    """``weights`` capped at ``cap`` and how many were cut."""
+    if cap is None:
+        return weights, 0
+    return np.minimum(weights, cap), int((weights > cap).sum())
 
 
 def _half_width(terms: FloatArray, z: float) -> float:
