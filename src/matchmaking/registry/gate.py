@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
+from matchmaking.evaluation.logged import DEFAULT_DR_CLIP
 
 DEFAULT_GATE_FILE = Path(__file__).resolve().parent.parent / "config" / "gate.yaml"
 
@@ -59,6 +60,7 @@ class GateThresholds(BaseModel):
     estimator: Literal["dr", "ips"] = "dr"
     confidence: float = Field(0.95, gt=0, lt=1)
     clip: float | None = Field(None, gt=0)
+    dr_clip: float | None = Field(DEFAULT_DR_CLIP, gt=0)
     min_supported_bookings: int = Field(ge=1)
     min_ess: float = Field(ge=1)
     seed: int = 7

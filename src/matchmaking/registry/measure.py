@@ -87,6 +87,7 @@ def measure(name: str, mv: ModelVersion, holdout: Holdout, thresholds: GateThres
         first_choice(holdout.log, scores),
         direct.q_hat,
         clip=thresholds.clip,
+        dr_clip=thresholds.dr_clip,
         level=thresholds.confidence,
     )
     low, high = getattr(est, f"{thresholds.estimator}_ci")

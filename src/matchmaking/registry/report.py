@@ -62,7 +62,8 @@ def render_report(verdict: Verdict, thresholds: GateThresholds, dry_run: bool) -
         f"- holdout: `{verdict.holdout}` ({manifest.get('start')}..{manifest.get('end')}, "
         f"digest {str(manifest.get('digest'))[:12]}), decision log only (no simulator truth)",
         f"- estimator: {t.estimator} ({_ESTIMATOR_NAMES[t.estimator]}) of first-offer "
-        f"acceptance, {level} normal intervals, weight clip {t.clip or 'none'}",
+        f"acceptance, {level} normal intervals, weight clip {t.clip or 'none'} (IPS), "
+        f"{t.dr_clip or 'none'} (DR correction)",
         f"- current Production: {'v' + production.version if production else 'none (floors only)'}",
         f"- reason: {result.reason}",
         "",
@@ -162,6 +163,7 @@ def log_run(
         "estimator": thresholds.estimator,
         "confidence": str(thresholds.confidence),
         "clip": "none" if thresholds.clip is None else str(thresholds.clip),
+        "dr_clip": "none" if thresholds.dr_clip is None else str(thresholds.dr_clip),
     }
     values = {f"difference.{k}": v for k, v in (verdict.difference or {}).items()}
     for prefix, measured in (("candidate", candidate), ("production", production)):
