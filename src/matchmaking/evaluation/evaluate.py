@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from matchmaking import tracking
@@ -37,6 +38,7 @@ from matchmaking.evaluation.logged import (
 )
 from matchmaking.evaluation.offpolicy import INTERVAL_METHOD
 from matchmaking.evaluation.plots import (
+    close_figure,
     plot_calibration,
     plot_estimates,
     plot_importance,
@@ -318,7 +320,7 @@ def _log_run(settings: Settings, result: EvaluationResult, s: _Scored) -> None:
         mlflow.log_table(result.table.reset_index(names="policy"), "summary.json")
         importance = s.scorer.feature_importance()
         if importance is not None:
-            mlflow.log_figure(
+            _log_figure(
                 plot_importance(list(s.scorer.feature_names), importance),
                 "plots/feature_importance.png",
             )
@@ -328,14 +330,18 @@ def _log_run(settings: Settings, result: EvaluationResult, s: _Scored) -> None:
             if s.truth_rows is not None:  # how calibrated the truth itself is, for reference
                 probs["oracle (simulator)"] = s.truth_rows.loc[offered, "p_accept"].to_numpy()
             labels = s.rows.loc[offered, "accepted"].astype("float64").to_numpy()
-            mlflow.log_figure(plot_calibration(labels, probs), "plots/calibration.png")
+            _log_figure(plot_calibration(labels, probs), "plots/calibration.png")
         if s.ope is not None:
             truth = s.diagnostics.ope["true_value"] if s.diagnostics is not None else None
-            mlflow.log_figure(
-                plot_estimates(s.ope.table(), truth), "plots/off_policy_estimates.png"
-            )
+            _log_figure(plot_estimates(s.ope.table(), truth), "plots/off_policy_estimates.png")
         if s.diagnostics is not None:
-            mlflow.log_figure(plot_policies(s.diagnostics.table), "plots/sim_replay.png")
+            _log_figure(plot_policies(s.diagnostics.table), "plots/sim_replay.png")
+
+
+def _log_figure(figure: Figure, path: str) -> None:
+    """Log ``figure`` as an artifact and close it (pyplot keeps every open figure)."""
+    mlflow.log_figure(figure, path)
+    close_figure(figure)
 
 
 def result_from_run(client: MlflowClient, run_id: str) -> EvaluationResult:

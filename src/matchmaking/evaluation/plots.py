@@ -15,6 +15,11 @@ from matplotlib.figure import Figure
 from matchmaking.evaluation.metrics import calibration_curve
 
 
+def close_figure(figure: Figure) -> None:
+    """Release a figure once logged (pyplot keeps every figure it made until closed)."""
+    plt.close(figure)
+
+
 def plot_importance(names: list[str], gains: npt.NDArray[np.float64]) -> Figure:
     order = np.argsort(gains)
     fig, ax = plt.subplots(figsize=(7, 5))
