@@ -236,10 +236,10 @@ def _propensity_bound(settings: Any, city: str, holdout: Path) -> tuple[float, f
     import numpy as np
 
     from matchmaking import lake
-    from matchmaking.evaluation.evaluate import holdout_frame
     from matchmaking.evaluation.metrics import auc
+    from matchmaking.evaluation.simulator import holdout_with_truth
 
-    rows, _ = holdout_frame(settings, city, holdout)
+    rows, _ = holdout_with_truth(settings, city, holdout)
     hidden = lake.read_driver_truth(settings.lake_dir, city).to_pandas()
     rows = rows.merge(hidden, on="driver_id", how="left", validate="many_to_one")
     offered = rows["offered"].to_numpy(dtype=bool)
@@ -289,9 +289,15 @@ def step_quality(root: Path, city: str) -> Result:
         settings, city, trained.model_uri, ho.dataset_dir, seed=EVAL_SEED, log_run=False
     )
     timings["evaluate"] = time.perf_counter() - t
+    # the replay (simulator) per policy; AUC on the logged labels (the oracle's needs the truth)
     table = {
-        policy: {k: float(v) for k, v in values.items()}
-        for policy, values in result.table.iterrows()
+        policy: {
+            "acceptance": result.metric(f"sim.replay.{policy}.acceptance"),
+            "auc": result.metric(
+                f"sim.oracle.{policy}.auc" if policy == "oracle" else f"logged.{policy}.auc"
+            ),
+        }
+        for policy in ("model", "oracle", "nearest_eta", "highest_rating")
     }
     return {
         "city": city,

@@ -214,10 +214,13 @@ def evaluate(
     features: Annotated[
         str, typer.Option(help="Holdout feature dataset (a later window): a dir or a URI.")
     ],
-    seed: Annotated[int, typer.Option(help="Seed of the replay's outcome draws.")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the replay's draws and of a ranker's calibration folds.")
+    ] = 7,
     progress: ProgressOption = None,
 ) -> None:
-    """Offline metrics and a dispatch replay against the oracle and two baselines."""
+    """Logged-data metrics and off-policy estimates for the model and two baselines; the oracle
+    and a dispatch replay too where the lake has the simulator's truth/."""
     from matchmaking.evaluation.evaluate import artifact_lines, format_summary
     from matchmaking.evaluation.evaluate import evaluate as run_evaluate
 

@@ -68,10 +68,6 @@ class Settings(BaseSettings):
         return storage.join(self.lake_dir, "raw")
 
     @property
-    def truth_dir(self) -> Location:
-        return storage.join(self.lake_dir, "truth")
-
-    @property
     def features_dir(self) -> Location:
         return storage.join(self.lake_dir, "features")
 

@@ -154,7 +154,7 @@ def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[Evalua
             f"Production v{prod.version if prod else '-'}"
         )
     results = [_evaluation(client, str(item["evaluate_run_id"])) for item in evaluated]
-    echo("\n== evaluation on the holdout (replay: one offer per booking, same draws per policy)")
+    echo("\n== evaluation on the holdout (logged data, off-policy estimates, simulator checks)")
     echo(format_summary(results))
     for r in results:
         echo(f"   {r.city}: " + "\n   ".join([f"evaluate run {r.run_id}", *artifact_lines(r)]))
@@ -165,28 +165,6 @@ def _show(settings: Settings, evaluated: list[dict[str, object]]) -> list[Evalua
 
 def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
     """An ``EvaluationResult`` rebuilt from the metrics the evaluate run logged."""
-    import pandas as pd
+    from matchmaking.evaluation.evaluate import result_from_run
 
-    from matchmaking.evaluation.evaluate import SUMMARY_COLUMNS, EvaluationResult
-
-    run = client.get_run(run_id)
-    rows: dict[str, dict[str, float]] = {}
-    matching: dict[str, float] = {}
-    for key, value in run.data.metrics.items():
-        policy, _, metric = key.partition(".")
-        if policy == "matching":
-            matching[metric] = value
-        elif metric and policy != "drift":  # drift.* are the holdout's PSI, not a policy
-            rows.setdefault(policy, {})[metric] = value
-    order = sorted(rows, key=lambda p: (p != "model", p != "oracle", p))
-    table = pd.DataFrame.from_dict(rows, orient="index").reindex(
-        index=order, columns=list(SUMMARY_COLUMNS)
-    )
-    return EvaluationResult(
-        city=run.data.params["city"],
-        model_uri=run.data.params["model_uri"],
-        run_id=run_id,
-        table=table,
-        matching=matching,
-        artifact_uri=run.info.artifact_uri,
-    )
+    return result_from_run(client, run_id)

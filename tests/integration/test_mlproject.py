@@ -134,7 +134,7 @@ def test_readme_command_runs_as_written_from_the_repository_root(
 
     ev = by_entry["evaluate"]
     assert ev.data.params.get("model_uri") == f"models:/matchmaking-jakarta/{version}"
-    assert 0.5 < ev.data.metrics["model.auc"] <= 1.0
+    assert 0.5 < ev.data.metrics["logged.model.auc"] <= 1.0
 
 
 def test_mlflow_run_without_a_tracking_uri_refuses_mlflow_default_store(
@@ -249,7 +249,8 @@ def test_main_entry_point_chains_the_steps_and_registers_a_version(
     )
     assert len(evaluations) == 1
     ev = evaluations[0]
-    assert 0.5 < ev.data.metrics["model.auc"] <= 1.0
-    assert ev.data.metrics["oracle.acceptance"] >= ev.data.metrics["nearest_eta.acceptance"]
+    assert 0.5 < ev.data.metrics["logged.model.auc"] <= 1.0
+    sim = ev.data.metrics
+    assert sim["sim.replay.oracle.acceptance"] >= sim["sim.replay.nearest_eta.acceptance"]
     plots = {a.path for a in client.list_artifacts(ev.info.run_id, "plots")}
-    assert "plots/policy_comparison.png" in plots
+    assert "plots/sim_replay.png" in plots

@@ -163,7 +163,7 @@ def test_process_train_and_evaluate_from_s3(worlds: Worlds, tmp_path: Path) -> N
     )
     assert storage.digest(Path(table)) == read_dataset(features_uri)[1]["driver_table_digest"]
     result = evaluate(settings, CITY, trained.model_uri, holdout.dataset_dir, seed=7)
-    assert 0.5 < result.metric("model", "auc") <= 1.0
+    assert 0.5 < result.metric("logged.model.auc") <= 1.0
     inputs = mlflow.get_run(str(result.run_id)).inputs.dataset_inputs
     assert json.loads(inputs[0].dataset.source)["uri"] == holdout.dataset_dir
 

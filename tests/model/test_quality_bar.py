@@ -20,8 +20,14 @@ def test_model_is_near_the_oracle_and_beats_nearest_eta(processed_world: Process
     s = processed_world.settings
     trained = train(s, CITY, processed_world.train.dataset_dir, load_params())
     result = evaluate(s, CITY, trained.model_uri, processed_world.holdout.dataset_dir, seed=7)
-    acc = {p: result.metric(p, "acceptance") for p in ("model", "oracle", "nearest_eta")}
-    auc = {p: result.metric(p, "auc") for p in ("model", "oracle")}
+    # simulator diagnostics: the replay under the truth, the oracle's AUC
+    acc = {
+        p: result.metric(f"sim.replay.{p}.acceptance") for p in ("model", "oracle", "nearest_eta")
+    }
+    auc = {
+        "model": result.metric("logged.model.auc"),
+        "oracle": result.metric("sim.oracle.oracle.auc"),
+    }
     assert acc["oracle"] - acc["model"] <= 0.015, acc
     assert acc["model"] - acc["nearest_eta"] >= 0.03, acc
     assert auc["oracle"] - auc["model"] <= 0.015, auc

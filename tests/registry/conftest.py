@@ -1,9 +1,13 @@
-"""A small two-city world, and three trained models on the real tracking server.
+"""A small two-city world, and four trained models on the real tracking server.
 
-Training is the slow part, so it happens once per session: a weak model (3 boosting rounds), a
-good one, and one trained on shuffled labels, all on Jakarta. Each test then registers the
-versions it needs under its own model-name prefix by pointing new versions at those logged
-models (``register_copy``), which costs a registry call, not a training.
+The world's ``truth/`` tree (the simulator's hidden probabilities) is deleted as soon as the
+simulator wrote it: a real dispatch system has none, so processing, training, the gate (which
+decides on the logged holdout alone) and serving run without it in every registry test.
+
+Training is the slow part, so it happens once per session: a weak model (2 boosting rounds), a
+one-round one, a good one, and one trained on shuffled labels, all on Jakarta. Each test then
+registers the versions it needs under its own model-name prefix by pointing new versions at
+those logged models (``register_copy``), which costs a registry call, not a training.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
 
 from matchmaking.config import Settings
+from matchmaking.lake import storage
 from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, build_dataset
 from matchmaking.registry.conventions import FEATURES_URI_TAG, model_name
 from matchmaking.schema import LABEL_COLUMN
@@ -47,6 +52,7 @@ class Trained:
     world: World
     server_uri: str
     weak: TrainResult
+    one_round: TrainResult
     good: TrainResult
     shuffled: TrainResult
     scratch: Path  # per-test state (lock files) goes here, never into the shared world
@@ -58,11 +64,20 @@ def registry_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     settings = Settings(data_dir=root)
     cities = ["jakarta", "bangkok"]
     generate_world(cities, START, DAYS, 11, settings.lake_dir, 0.002, 350, progress=False)
+    truth = storage.local_path(settings.lake_dir) / "truth"
+    assert truth.is_dir(), "the simulator wrote no truth/: nothing to delete, the test proves less"
+    shutil.rmtree(truth)  # before processing: process, train, promote and serve run without it
     train_dirs, holdout_dirs = {}, {}
     for city in cities:
         train_dirs[city] = build_dataset(settings, city, *TRAIN, max_bad_share=0.05).dataset_dir
         holdout_dirs[city] = build_dataset(settings, city, *HOLDOUT, max_bad_share=0.05).dataset_dir
     return World(root, train_dirs, holdout_dirs)
+
+
+def truth_deleted(world: World) -> bool:
+    """Whether the world's lake has no ``truth/`` tree (nor any file naming it)."""
+    lake = world.root / "lake"
+    return lake.is_dir() and not any(p.name == "truth" for p in lake.rglob("*"))
 
 
 def shuffled_copy(dataset_dir: Path, out: Path, seed: int = 0) -> Path:
@@ -93,11 +108,24 @@ def trained(
     base = TrainParams(objectives=["binary"], valid_days=1, num_boost_round=150)
     jakarta = registry_world.train_dirs["jakarta"]
     weak = train(settings, "jakarta", jakarta, base.model_copy(update={"num_boost_round": 2}))
+    one_round = train(settings, "jakarta", jakarta, base.model_copy(update={"num_boost_round": 1}))
     good = train(settings, "jakarta", jakarta, base.model_copy(update={"seed": 7}))
     shuffled_dir = shuffled_copy(jakarta, registry_world.root / f"shuffled-{uuid.uuid4().hex}")
     shuffled = train(settings, "jakarta", shuffled_dir, base, reuse_existing=False)
     scratch = tmp_path_factory.mktemp("registry-scratch")
-    return Trained(registry_world, tracking_server.uri, weak, good, shuffled, scratch)
+    return Trained(registry_world, tracking_server.uri, weak, one_round, good, shuffled, scratch)
+
+
+def tiny_copy(dataset_dir: Path, out: Path, bookings: int) -> Path:
+    """A published copy of a feature dataset keeping only its first ``bookings`` bookings."""
+    shutil.copytree(dataset_dir, out)
+    rows = pd.read_parquet(out / FEATURES_FILE)
+    keep = rows["booking_id"].drop_duplicates().iloc[:bookings]
+    rows[rows["booking_id"].isin(keep)].to_parquet(out / FEATURES_FILE, index=False)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["digest"] = f"tiny{bookings}-" + manifest["digest"][:40]
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return out
 
 
 def settings_for(trained: Trained) -> Settings:

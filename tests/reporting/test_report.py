@@ -18,6 +18,7 @@ from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import STEPS
 from matchmaking.reporting.drift import METRIC_PREFIX, load_drift_config
 from matchmaking.reporting.model import (
+    EVALUATE_METRICS,
     PROMOTED,
     REFUSED,
     ROLLBACK,
@@ -109,7 +110,7 @@ def test_numbers_equal_the_logged_metrics(fleet: Fleet) -> None:
             assert str(ev.day) == logged.params["holdout_end"]
             row = _row(section, run_id)
             for metric in ("auc", "logloss", "acceptance", "completion"):
-                value = logged.metrics[f"model.{metric}"]
+                value = logged.metrics[EVALUATE_METRICS[metric]]
                 assert ev.metrics[metric] == value
                 assert f">{value:.4f}<" in row, (city, metric, value)
         health = {h.run_id: h for h in c.health}

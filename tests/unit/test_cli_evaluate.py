@@ -157,6 +157,6 @@ def test_score_kind_is_the_version_tag_not_the_value_range(
     )
     uri = f"models:/{source.model_name}/{copy.version}"
     result = run_evaluate(models.settings, "jakarta", uri, models.holdout["jakarta"], log_run=False)
-    assert math.isfinite(result.metric("model", "logloss")) is probabilistic
-    assert math.isfinite(result.metric("model", "calibration_error")) is probabilistic
-    assert math.isfinite(result.metric("model", "auc"))  # scored either way
+    assert math.isfinite(result.metric("logged.model.logloss")) is probabilistic
+    assert math.isfinite(result.metric("logged.model.calibration_error")) is probabilistic
+    assert math.isfinite(result.metric("logged.model.auc"))  # scored either way

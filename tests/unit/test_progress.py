@@ -215,7 +215,7 @@ def test_evaluate_shows_its_steps_and_where_the_plots_and_report_went(
     )
     plots = Path(urlsplit(lines["plots"].split(" ", 1)[0]).path)
     report = Path(urlsplit(lines["report"].split(" ", 1)[0]).path)
-    assert {p.name for p in plots.iterdir()} >= {"feature_importance.png", "policy_comparison.png"}
+    assert {p.name for p in plots.iterdir()} >= {"feature_importance.png", "sim_replay.png"}
     assert "auc" in report.read_text()
     assert (report.parent / "summary.json").is_file()
 

@@ -1,8 +1,17 @@
-"""``matchmaking evaluate``: a model against the oracle and two baselines on a later holdout."""
+"""``matchmaking evaluate``: a model and two baselines on a later holdout, from logged data.
+
+What any dispatch log supports (``evaluation.logged``): logged-data metrics on the offered rows
+(``logged.<policy>.*``) and off-policy estimates of each policy's first-offer acceptance with
+intervals (``ope.<policy>.*``). When the lake holds the simulator's ``truth/`` for the holdout,
+the simulator diagnostics are logged too (``evaluation.simulator``: ``sim.oracle.*``,
+``sim.replay.*``, ``sim.matching.*``, ``sim.ope.*``); without it nothing fails and no ``sim.*``
+metric exists. Metric names and what they mean: docs/evaluation.md.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -11,16 +20,31 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
 
-from matchmaking import lake, tracking
+from matchmaking import tracking
 from matchmaking.config import Settings
 from matchmaking.errors import InputError, ModelNotFoundError
-from matchmaking.evaluation import metrics as m
-from matchmaking.evaluation.matching import match_replay
-from matchmaking.evaluation.plots import plot_calibration, plot_importance, plot_policies
-from matchmaking.evaluation.replay import draw_outcomes, replay
+from matchmaking.evaluation import simulator
+from matchmaking.evaluation.logged import (
+    DEFAULT_DR_CLIP,
+    OffPolicy,
+    has_decision_log,
+    logged_metrics,
+    off_policy,
+    policy_scores,
+    read_holdout,
+)
+from matchmaking.evaluation.offpolicy import INTERVAL_METHOD
+from matchmaking.evaluation.plots import (
+    close_figure,
+    plot_calibration,
+    plot_estimates,
+    plot_importance,
+    plot_policies,
+)
 from matchmaking.lake import storage
-from matchmaking.lake.datasets import read_dataset
 from matchmaking.lake.storage import Location
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import CITY_TAG
@@ -30,33 +54,57 @@ from matchmaking.scorer import Scorer, load_scorer
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("model", "oracle", "nearest_eta", "highest_rating")
-SUMMARY_COLUMNS = (
-    "auc",
-    "logloss",
-    "calibration_error",
-    "ndcg_at_1",
-    "ndcg_at_5",
-    "hit_at_1",
-    "acceptance",
-    "completion",
-    "pickup_eta_p50_min",
-    "pickup_eta_p90_min",
-    "heading_home_share",
-)
+#: Families of per-policy metrics, as logged: ``<family>.<policy>.<metric>``.
+POLICY_FAMILIES = ("logged", "ope", "sim.oracle", "sim.replay", "sim.ope")
+SIM_PREFIX = "sim."
+#: Run tag: whether the simulator diagnostics ran (``yes``) or the lake had no truth (``no``).
+SIMULATOR_TAG = "simulator_diagnostics"
 
 
 @dataclass
 class EvaluationResult:
+    """What an evaluation measured, by logged metric name (``logged.model.auc``, ...)."""
+
     city: str
     model_uri: str
     run_id: str | None
-    table: pd.DataFrame  # one row per policy, SUMMARY_COLUMNS
-    matching: dict[str, float]  # greedy vs batch matching with the model's scores
+    metrics: dict[str, float]
     artifact_uri: str | None = None  # the run's artifacts: plots/*.png, summary.txt, summary.json
 
-    def metric(self, policy: str, name: str) -> float:
-        return float(self.table.loc[policy, name])
+    def metric(self, name: str) -> float:
+        """The metric ``name`` (NaN when it was not measured: no truth, no decision log...)."""
+        return float(self.metrics.get(name, math.nan))
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the simulator diagnostics ran (the lake had ``truth/``)."""
+        return any(k.startswith(SIM_PREFIX) for k in self.metrics)
+
+    @property
+    def matching(self) -> dict[str, float]:
+        """Greedy vs batch matching (a simulator diagnostic; empty without truth)."""
+        prefix = f"{SIM_PREFIX}matching."
+        return {k.removeprefix(prefix): v for k, v in self.metrics.items() if k.startswith(prefix)}
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per policy, a column per ``<family>.<metric>`` (``logged.auc``,
+        ``ope.dr``, ``sim.replay.acceptance``...)."""
+        return policy_table(self.metrics)
+
+
+def policy_table(metrics: Mapping[str, float]) -> pd.DataFrame:
+    """Per-policy metrics (``<family>.<policy>.<metric>``) as a policy x ``<family>.<metric>``
+    frame; the model first, then the oracle, then the rest."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        for family in POLICY_FAMILIES:
+            if key.startswith(f"{family}.") and key.count(".") == family.count(".") + 2:
+                policy, metric = key.removeprefix(f"{family}.").split(".")
+                rows.setdefault(policy, {})[f"{family}.{metric}"] = value
+                break
+    order = sorted(rows, key=lambda p: (p != "model", p != "oracle", p))
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(index=order)
 
 
 def load_model(model_uri: str, tags: Mapping[str, str] | None = None) -> Scorer:
@@ -91,8 +139,6 @@ def model_tags(model_uri: str) -> dict[str, str]:
     Raises:
         ModelNotFoundError: the registered model, version, alias or run does not exist.
     """
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     try:
         if model_uri.startswith("models:/"):
@@ -132,58 +178,21 @@ def check_model_city(model_uri: str, city: str, tags: Mapping[str, str] | None =
         )
 
 
-def holdout_frame(
-    settings: Settings, city: str, features_dir: Location
-) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Features of the holdout joined with the ground truth, grouped by booking."""
-    rows, manifest = read_dataset(features_dir)
-    if manifest.get("city") != city:
-        raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
-    start, end = (
-        date.fromisoformat(str(manifest["start"])),
-        date.fromisoformat(str(manifest["end"])),
-    )
-    truth = lake.read_truth(settings.lake_dir, city, start, end).to_pandas()
-    rows = rows.merge(truth, on=["booking_id", "driver_id"], how="inner", validate="one_to_one")
-    rows = rows.sort_values(["requested_at", "booking_id", "eta_rank"], kind="stable")
-    return rows.reset_index(drop=True), manifest
+@dataclass(frozen=True)
+class _Scored:
+    """One evaluation's inputs and intermediate results, for logging the run."""
 
-
-def policy_scores(
-    rows: pd.DataFrame, model_scores: npt.NDArray[np.float64]
-) -> dict[str, npt.NDArray[np.float64]]:
-    return {
-        "model": model_scores,
-        "oracle": rows["p_accept"].to_numpy(dtype=np.float64),
-        "nearest_eta": -rows["eta_min"].to_numpy(dtype=np.float64),
-        "highest_rating": rows["rating"].to_numpy(dtype=np.float64)
-        - 1e-6 * rows["eta_min"].to_numpy(),
-    }
-
-
-def compare(
-    rows: pd.DataFrame, model_scores: npt.NDArray[np.float64], probabilistic: bool, seed: int
-) -> pd.DataFrame:
-    """All metrics for the model, the oracle and the baselines on the same rows and draws."""
-    group = pd.factorize(rows["booking_id"])[0].astype(np.int64)
-    offered = rows["offered"].to_numpy(dtype=bool)
-    labels = rows.loc[offered, "accepted"].astype("float64").to_numpy()
-    outcomes = draw_outcomes(rows["p_accept"].to_numpy(), rows["p_cancel"].to_numpy(), seed)
-    eta = rows["eta_min"].to_numpy(dtype=np.float64)
-    home = rows["home_gain_km"].to_numpy(dtype=np.float64)
-    relevance = rows["p_accept"].to_numpy(dtype=np.float64)
-    table: dict[str, dict[str, float]] = {}
-    for policy, scores in policy_scores(rows, model_scores).items():
-        row: dict[str, float] = {"auc": m.auc(labels, scores[offered])}
-        is_prob = policy == "oracle" or (policy == "model" and probabilistic)
-        row["logloss"] = m.logloss(labels, scores[offered]) if is_prob else float("nan")
-        row["calibration_error"] = (
-            m.calibration_error(labels, scores[offered]) if is_prob else float("nan")
-        )
-        row.update(m.ranking_metrics(group, scores, relevance))
-        row.update(replay(group, scores, outcomes, eta, home))
-        table[policy] = row
-    return pd.DataFrame.from_dict(table, orient="index")
+    rows: pd.DataFrame
+    manifest: dict[str, object]
+    features_dir: Location
+    scorer: Scorer
+    model_scores: npt.NDArray[np.float64]
+    seed: int
+    clip: float | None
+    dr_clip: float | None
+    ope: OffPolicy | None
+    truth_rows: pd.DataFrame | None
+    diagnostics: simulator.Diagnostics | None
 
 
 def evaluate(
@@ -194,8 +203,16 @@ def evaluate(
     seed: int = 7,
     log_run: bool = True,
     progress: Progress = SILENT,
+    clip: float | None = None,
+    dr_clip: float | None = DEFAULT_DR_CLIP,
 ) -> EvaluationResult:
-    """Score the holdout with the model, compare with oracle and baselines, log plots.
+    """Score the holdout with the model; logged-data metrics and off-policy estimates for the
+    model and the baselines; simulator diagnostics when the lake has the holdout's truth.
+
+    Args:
+        seed: the replay's outcome draws (simulator) and a ranker's calibration folds.
+        clip: cap on the IPS and SNIPS importance weights (None: unclipped).
+        dr_clip: cap on the DR correction's weights (None: unclipped; docs/evaluation.md).
 
     Raises:
         InputError: the model or the holdout belongs to another city.
@@ -204,91 +221,138 @@ def evaluate(
     tracking.configure(settings)
     tags = model_tags(model_uri)
     check_model_city(model_uri, city, tags)
-    progress.step(f"reading the holdout {features_dir} and its ground truth")
-    rows, manifest = holdout_frame(settings, city, features_dir)
+    progress.step(f"reading the holdout {features_dir}")
+    rows, manifest = read_holdout(city, features_dir)
     progress.step(f"loading {model_uri}")
     scorer = load_model(model_uri, tags)
-    model_scores = scorer.predict(rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64))
+    matrix = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    model_scores = np.asarray(scorer.predict(matrix), dtype=np.float64)
     probabilistic = scorer.score_kind == "probability"
-    progress.step(
-        f"replaying {rows['booking_id'].nunique():,} bookings under {len(POLICIES)} policies"
-    )
-    table = compare(rows, np.asarray(model_scores, dtype=np.float64), probabilistic, seed)
-    table = table[[*SUMMARY_COLUMNS, "bookings"]]
-    matching = match_replay(
-        rows["booking_id"].to_numpy(dtype=object),
-        rows["driver_id"].to_numpy(dtype=object),
-        rows["requested_at"].to_numpy(),
-        np.asarray(model_scores, dtype=np.float64),
-        rows["p_accept"].to_numpy(dtype=np.float64),
-        probabilistic=probabilistic,
-    )
-    run_id = None
-    artifact_uri: str | None = None
+    scores = policy_scores(rows, model_scores)
+    n_bookings = rows["booking_id"].nunique()
+    progress.step(f"logged-data metrics and off-policy estimates on {n_bookings:,} bookings")
+    logged = logged_metrics(rows, scores, probabilistic)
+    metrics = {f"logged.{p}.{k}": float(v) for p, r in logged.iterrows() for k, v in r.items()}
+    ope: OffPolicy | None = None
+    if has_decision_log(rows):
+        ope = off_policy(rows, scores, scorer.score_kind, clip=clip, dr_clip=dr_clip, seed=seed)
+        table = ope.table()
+        metrics |= {f"ope.{p}.{k}": float(v) for p, r in table.iterrows() for k, v in r.items()}
+        metrics |= ope.versus_baselines()
+    else:
+        logger.warning(
+            "%s: the holdout %s has no logged propensities (published before they were "
+            "logged): no off-policy estimate; process the window again to get them",
+            city,
+            features_dir,
+        )
+    truth_rows: pd.DataFrame | None = None
+    diagnostics: simulator.Diagnostics | None = None
+    start = date.fromisoformat(str(manifest["start"]))
+    end = date.fromisoformat(str(manifest["end"]))
+    if simulator.truth_available(settings, city, start, end):
+        progress.step(f"replaying {n_bookings:,} bookings under the truth (simulator diagnostics)")
+        truth_rows = simulator.join_truth(settings, city, rows, manifest)
+        estimates = ope.estimates if ope is not None else None
+        diagnostics = simulator.diagnose(truth_rows, model_scores, probabilistic, seed, estimates)
+        metrics |= diagnostics.metrics()
+    else:
+        logger.info("%s: no truth/ for %s..%s: no simulator diagnostics", city, start, end)
+    result = EvaluationResult(city=city, model_uri=model_uri, run_id=None, metrics=metrics)
     if log_run:
         progress.step("logging metrics, plots and the report to MLflow")
-        tracking.use_experiment(settings, city)
-        with mlflow.start_run(run_name=f"evaluate-{city}") as run:
-            run_id = run.info.run_id
-            artifact_uri = run.info.artifact_uri
-            mlflow.set_tags(
-                tracking.reproducibility_tags(
-                    step="evaluate", city=city, model_uri=model_uri, data_digest=manifest["digest"]
-                )
-            )
-            mlflow.log_params(
-                {
-                    "city": city,
-                    "model_uri": model_uri,
-                    "seed": seed,
-                    "holdout_start": manifest["start"],
-                    "holdout_end": manifest["end"],
-                }
-            )
-            mlflow.log_input(
-                tracking.lineage_dataset(
-                    storage.as_uri(features_dir),
-                    f"features-{city}-holdout",
-                    str(manifest["digest"]),
-                ),
-                context="evaluation",
-            )
-            for policy, values in table.iterrows():
-                mlflow.log_metrics(
-                    {f"{policy}.{k}": float(v) for k, v in values.items() if np.isfinite(v)}
-                )
-            mlflow.log_metrics({f"matching.{k}": float(v) for k, v in matching.items()})
-            # PSI of each feature, holdout vs the model's training window (docs/monitoring.md).
-            mlflow.log_metrics(evaluation_drift(model_uri, rows))
-            mlflow.log_text(table.to_string(float_format=lambda v: f"{v:.4f}"), "summary.txt")
-            mlflow.log_table(table.reset_index(names="policy"), "summary.json")
-            importance = scorer.feature_importance()
-            if importance is not None:
-                mlflow.log_figure(
-                    plot_importance(list(scorer.feature_names), importance),
-                    "plots/feature_importance.png",
-                )
-            offered = rows["offered"].to_numpy(dtype=bool)
-            if probabilistic:
-                mlflow.log_figure(
-                    plot_calibration(
-                        rows.loc[offered, "accepted"].astype("float64").to_numpy(),
-                        {
-                            "model": np.asarray(model_scores)[offered],
-                            "oracle": rows.loc[offered, "p_accept"].to_numpy(),
-                        },
-                    ),
-                    "plots/calibration.png",
-                )
-            mlflow.log_figure(plot_policies(table), "plots/policy_comparison.png")
+        scored = _Scored(
+            rows,
+            manifest,
+            features_dir,
+            scorer,
+            model_scores,
+            seed,
+            clip,
+            dr_clip,
+            ope,
+            truth_rows,
+            diagnostics,
+        )
+        _log_run(settings, result, scored)
     progress.done()
+    return result
+
+
+def _log_run(settings: Settings, result: EvaluationResult, s: _Scored) -> None:
+    """The ``evaluate-<city>`` run: params, lineage, metrics, the summary and the plots."""
+    city, model_uri, manifest = result.city, result.model_uri, s.manifest
+    tracking.use_experiment(settings, city)
+    with mlflow.start_run(run_name=f"evaluate-{city}") as run:
+        result.run_id = run.info.run_id
+        result.artifact_uri = run.info.artifact_uri
+        mlflow.set_tags(
+            tracking.reproducibility_tags(
+                step="evaluate", city=city, model_uri=model_uri, data_digest=manifest["digest"]
+            )
+        )
+        mlflow.set_tag(SIMULATOR_TAG, "yes" if s.diagnostics is not None else "no")
+        params: dict[str, object] = {
+            "city": city,
+            "model_uri": model_uri,
+            "seed": s.seed,
+            "holdout_start": manifest["start"],
+            "holdout_end": manifest["end"],
+            "ope_clip": "none" if s.clip is None else s.clip,
+            "ope_dr_clip": "none" if s.dr_clip is None else s.dr_clip,
+        }
+        if s.ope is not None:
+            params |= {"ope_interval": INTERVAL_METHOD, "ope_direct_method": s.ope.direct.method}
+        for column in ("logging_policy", "logging_policy_version"):  # who made the log
+            if column in s.rows.columns:
+                params[column] = ",".join(sorted(map(str, s.rows[column].dropna().unique())))
+        mlflow.log_params(params)
+        mlflow.log_input(
+            tracking.lineage_dataset(
+                storage.as_uri(s.features_dir), f"features-{city}-holdout", str(manifest["digest"])
+            ),
+            context="evaluation",
+        )
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if math.isfinite(v)})
+        # PSI of each feature, holdout vs the model's training window (docs/monitoring.md).
+        mlflow.log_metrics(evaluation_drift(model_uri, s.rows))
+        mlflow.log_text(summary_text(result), "summary.txt")
+        mlflow.log_table(result.table.reset_index(names="policy"), "summary.json")
+        importance = s.scorer.feature_importance()
+        if importance is not None:
+            _log_figure(
+                plot_importance(list(s.scorer.feature_names), importance),
+                "plots/feature_importance.png",
+            )
+        offered = s.rows["offered"].to_numpy(dtype=bool)
+        if s.scorer.score_kind == "probability":
+            probs = {"model": s.model_scores[offered]}
+            if s.truth_rows is not None:  # how calibrated the truth itself is, for reference
+                probs["oracle (simulator)"] = s.truth_rows.loc[offered, "p_accept"].to_numpy()
+            labels = s.rows.loc[offered, "accepted"].astype("float64").to_numpy()
+            _log_figure(plot_calibration(labels, probs), "plots/calibration.png")
+        if s.ope is not None:
+            truth = s.diagnostics.ope["true_value"] if s.diagnostics is not None else None
+            _log_figure(plot_estimates(s.ope.table(), truth), "plots/off_policy_estimates.png")
+        if s.diagnostics is not None:
+            _log_figure(plot_policies(s.diagnostics.table), "plots/sim_replay.png")
+
+
+def _log_figure(figure: Figure, path: str) -> None:
+    """Log ``figure`` as an artifact and close it (pyplot keeps every open figure)."""
+    mlflow.log_figure(figure, path)
+    close_figure(figure)
+
+
+def result_from_run(client: MlflowClient, run_id: str) -> EvaluationResult:
+    """An ``EvaluationResult`` rebuilt from what an evaluate run logged."""
+    run = client.get_run(run_id)
     return EvaluationResult(
-        city=city,
-        model_uri=model_uri,
+        city=run.data.params["city"],
+        model_uri=run.data.params["model_uri"],
         run_id=run_id,
-        table=table,
-        matching=matching,
-        artifact_uri=artifact_uri,
+        metrics={k: v for k, v in run.data.metrics.items() if not k.startswith("drift.")},
+        artifact_uri=run.info.artifact_uri,
     )
 
 
@@ -297,42 +361,80 @@ def artifact_lines(result: EvaluationResult) -> list[str]:
     if result.artifact_uri is None:
         return []
     base = result.artifact_uri.rstrip("/")
+    plots = "feature importance, calibration, off-policy estimates"
+    if result.simulated:
+        plots += ", simulator replay"
     return [
-        f"plots: {base}/plots/ (feature importance, calibration, policy comparison)",
+        f"plots: {base}/plots/ ({plots})",
         f"report: {base}/summary.txt (as a table: summary.json)",
     ]
 
 
-def format_summary(results: list[EvaluationResult]) -> str:
-    """The per-city table the CLI and the demo print."""
+#: What the printed summary shows: logged data first, then the simulator's diagnostics.
+LOGGED_SUMMARY = ("logged.auc", "logged.ndcg_at_1", "ope.dr", "ope.snips", "ope.ips")
+SIM_SUMMARY = (
+    "sim.ope.true_value",
+    "sim.replay.acceptance",
+    "sim.replay.completion",
+    "sim.replay.pickup_eta_p50_min",
+    "sim.replay.heading_home_share",
+)
+
+
+def _frame(results: list[EvaluationResult], columns: tuple[str, ...]) -> pd.DataFrame:
     frames = []
     for r in results:
-        t = r.table[
-            [
-                "auc",
-                "ndcg_at_1",
-                "hit_at_1",
-                "acceptance",
-                "completion",
-                "pickup_eta_p50_min",
-                "heading_home_share",
-            ]
-        ].copy()
+        t = r.table.reindex(columns=list(columns))
+        t = t[t.notna().any(axis=1)]
+        if "ope.dr" in columns:
+            low, high = r.table.get("ope.dr_ci_low"), r.table.get("ope.dr_ci_high")
+            if low is not None and high is not None:
+                ci = [
+                    f"[{lo:.4f}, {hi:.4f}]"
+                    for lo, hi in zip(low[t.index], high[t.index], strict=True)
+                ]
+                t.insert(t.columns.get_loc("ope.dr") + 1, "ope.dr_95ci", ci)
+            support = r.table.get("ope.support")
+            if support is not None:
+                t["ope.support"] = support[t.index]
         t.insert(0, "city", r.city)
         frames.append(t.reset_index(names="policy"))
-    text = pd.concat(frames).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    return pd.concat(frames) if frames else pd.DataFrame()
+
+
+def summary_text(result: EvaluationResult) -> str:
+    """The run's ``summary.txt``: every per-policy metric, one table."""
+    return result.table.to_string(float_format=lambda v: f"{v:.4f}")
+
+
+def format_summary(results: list[EvaluationResult]) -> str:
+    """The per-city tables the CLI and the demo print: logged data and off-policy estimates
+    (first-offer acceptance, 95% interval), then the simulator diagnostics when there are."""
+    fmt = {"float_format": lambda v: f"{v:.4f}", "index": False}
     lines = [
-        text,
-        "",
-        "greedy vs batch matching (30 s windows, model scores, expected acceptances):",
+        "logged data: AUC and NDCG@1 on offered rows; off-policy first-offer acceptance "
+        "(DR with its 95% interval, SNIPS, IPS; support = share of bookings whose choice the "
+        "log can vouch for):",
+        _frame(results, LOGGED_SUMMARY).to_string(**fmt),
     ]
-    for r in results:
-        mt = r.matching
-        lines.append(
-            f"  {r.city}: greedy {mt.get('greedy_acceptance', float('nan')):.4f}  "
-            f"batch {mt.get('batch_acceptance', float('nan')):.4f}  "
-            f"difference {mt.get('batch_minus_greedy', float('nan')):+.4f} "
-            f"({int(mt.get('contested_windows', 0))} of {int(mt.get('windows', 0))} windows "
-            "contested)"
-        )
+    simulated = [r for r in results if r.simulated]
+    if simulated:
+        lines += [
+            "",
+            "simulator diagnostics (the world's hidden truth; production has none): true "
+            "first-offer acceptance, replay with one offer per booking and the same draws:",
+            _frame(simulated, SIM_SUMMARY).to_string(**fmt),
+            "",
+            "greedy vs batch matching (simulator; 30 s windows, model scores, expected "
+            "acceptances):",
+        ]
+        for r in simulated:
+            mt = r.matching
+            lines.append(
+                f"  {r.city}: greedy {mt.get('greedy_acceptance', float('nan')):.4f}  "
+                f"batch {mt.get('batch_acceptance', float('nan')):.4f}  "
+                f"difference {mt.get('batch_minus_greedy', float('nan')):+.4f} "
+                f"({int(mt.get('contested_windows', 0))} of {int(mt.get('windows', 0))} windows "
+                "contested)"
+            )
     return "\n".join(lines)

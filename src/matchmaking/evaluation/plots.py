@@ -15,6 +15,11 @@ from matplotlib.figure import Figure
 from matchmaking.evaluation.metrics import calibration_curve
 
 
+def close_figure(figure: Figure) -> None:
+    """Release a figure once logged (pyplot keeps every figure it made until closed)."""
+    plt.close(figure)
+
+
 def plot_importance(names: list[str], gains: npt.NDArray[np.float64]) -> Figure:
     order = np.argsort(gains)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -46,5 +51,29 @@ def plot_policies(table: pd.DataFrame) -> Figure:
         ax.bar(table.index.astype(str), table[col].to_numpy())
         ax.set_title(col)
         ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_estimates(table: pd.DataFrame, truth: pd.Series | None = None) -> Figure:
+    """Each policy's off-policy estimates of first-offer acceptance (IPS, SNIPS, DR) with
+    their intervals; ``truth`` (simulator only): the true value per policy, as a line."""
+    estimators = ("ips", "snips", "dr")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(table))
+    for i, name in enumerate(estimators):
+        mid = table[name].to_numpy(dtype=np.float64)
+        low = mid - table[f"{name}_ci_low"].to_numpy(dtype=np.float64)
+        high = table[f"{name}_ci_high"].to_numpy(dtype=np.float64) - mid
+        ax.errorbar(
+            x + (i - 1) * 0.2, mid, yerr=[low, high], fmt="o", capsize=4, label=name.upper()
+        )
+    if truth is not None:
+        values = truth.reindex(table.index).to_numpy(dtype=np.float64)
+        ax.hlines(values, x - 0.35, x + 0.35, colors="k", linestyles="--", label="true (sim)")
+    ax.set_xticks(x, table.index.astype(str))
+    ax.set_ylabel("first-offer acceptance")
+    ax.set_title("Off-policy estimates (95% intervals)")
+    ax.legend()
     fig.tight_layout()
     return fig

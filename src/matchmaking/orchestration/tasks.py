@@ -207,4 +207,4 @@ def promote_city(cfg: PipelineConfig, evaluated: CityResult, actor: str) -> City
     if outcome.exit_code not in (0, GateFailedError.exit_code):
         raise MatchmakingError(f"{city}: promotion gate could not run: {outcome.detail}")
     logger.info("%s v%s: %s (%s)", city, outcome.version, outcome.status, outcome.detail)
-    return {k: v for k, v in asdict(outcome).items() if k != "metrics"}
+    return {k: v for k, v in asdict(outcome).items() if k not in ("metrics", "report")}

@@ -1,7 +1,8 @@
 """Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
 
-They parse options, call ``promote.promote`` / ``rollback.rollback``, print the fleet summary and
-exit with the highest failure code (7 = a gate refused a candidate).
+They parse options, call ``promote.promote`` / ``rollback.rollback``, print each city's gate
+report (promote) and the fleet summary, and exit with the highest failure code (7 = a gate
+refused a candidate).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def promote_command(
     except MatchmakingError as exc:
         typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc
+    for outcome in outcomes:  # each city's gate report: estimates, intervals, every check
+        if outcome.report:
+            typer.echo(outcome.report)
     _finish(outcomes)
 
 

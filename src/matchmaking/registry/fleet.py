@@ -34,6 +34,7 @@ class CityOutcome:
     exit_code: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    report: str = ""  # the gate's markdown report (promote only)
 
 
 def exit_code(outcomes: list[CityOutcome]) -> int:

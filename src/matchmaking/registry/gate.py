@@ -1,37 +1,69 @@
 """The promotion gate: thresholds (``config/gate.yaml``) and the pure check.
 
-The gate only compares numbers; measuring them (holdout replay, canary, latency) is
-``matchmaking.registry.measure``'s job.
+The gate decides on logged evidence only: the logged-data AUC of the candidate, off-policy
+estimates of first-offer acceptance (``evaluation.offpolicy``) of the candidate and of the
+current Production version on the same logged holdout with the same estimator, their paired
+per-booking difference with its interval, how much of the log supports each estimate, and the
+logged ETA of each model's first choice. Nothing here reads the simulator's truth or its
+``sim.*`` metrics. Measuring the numbers is ``matchmaking.registry.measure``'s job; the rules
+are documented in docs/promotion.md.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
+from matchmaking.evaluation.logged import DEFAULT_DR_CLIP
 
 DEFAULT_GATE_FILE = Path(__file__).resolve().parent.parent / "config" / "gate.yaml"
 
-#: The model-policy metrics the gate reads from ``evaluation.evaluate.compare``.
-GATE_METRICS = ("auc", "acceptance", "completion", "pickup_eta_p50_min")
+#: What the gate reads of each version (``measure.Measured.metrics``):
+#: ``auc`` on the holdout's offered rows and logged labels; ``acceptance`` (with
+#: ``acceptance_ci_low`` / ``acceptance_ci_high``), the off-policy estimate of first-offer
+#: acceptance; ``supported`` (bookings whose logged first offer is the model's first choice),
+#: ``support`` (their share), ``ess`` (effective sample size of the weights) and ``bookings``
+#: (bookings in the log); ``first_choice_eta_p50_min``, the p50 logged ETA of the model's first
+#: choice over the holdout's bookings.
+GATE_METRICS = (
+    "auc",
+    "acceptance",
+    "acceptance_ci_low",
+    "acceptance_ci_high",
+    "supported",
+    "support",
+    "ess",
+    "bookings",
+    "first_choice_eta_p50_min",
+)
+#: What the gate reads of the paired difference candidate - Production (``measure.paired``).
+DIFFERENCE_METRICS = ("acceptance", "acceptance_ci_low", "acceptance_ci_high", "bookings")
 
 
 class GateThresholds(BaseModel):
-    """Floors, tolerances against Production, canary and latency bounds."""
+    """Floors, non-inferiority margins against Production, how certain an estimate must be,
+    canary and latency bounds (docs/promotion.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
     min_auc: float = Field(ge=0, le=1)
     min_acceptance: float = Field(ge=0, le=1)
     max_acceptance_drop: float = Field(ge=0)
-    max_completion_drop: float = Field(ge=0)
     max_eta_p50_increase_min: float = Field(ge=0)
-    replay_seed: int = 7
+    estimator: Literal["dr", "ips"] = "dr"
+    confidence: float = Field(0.95, gt=0, lt=1)
+    clip: float | None = Field(None, gt=0)
+    dr_clip: float | None = Field(DEFAULT_DR_CLIP, gt=0)
+    min_supported_bookings: int = Field(ge=1)
+    min_ess: float = Field(ge=1)
+    seed: int = 7
     canary_bookings: int = Field(3, ge=1)
     latency_bookings: int = Field(200, ge=1)
     max_latency_p99_ms: float = Field(gt=0)
@@ -77,19 +109,39 @@ class GateResult:
         return "; ".join(self.reasons) if self.reasons else "all checks passed"
 
 
+def _at_least(value: float, floor: float) -> bool:
+    """``value >= floor``, false for NaN (a number that could not be measured never passes)."""
+    return math.isfinite(value) and value >= floor
+
+
+def _support_reason(who: str, metrics: Mapping[str, float], t: GateThresholds) -> str:
+    return (
+        f"too uncertain: {who}'s off-policy estimate rests on {metrics['supported']:.0f} "
+        f"supported bookings of {metrics['bookings']:.0f} (ESS {metrics['ess']:.1f}); the gate "
+        f"needs >= {t.min_supported_bookings} and ESS >= {t.min_ess}: use a longer holdout"
+    )
+
+
 def check(
     thresholds: GateThresholds,
-    candidate: dict[str, float],
-    production: dict[str, float] | None,
+    candidate: Mapping[str, float],
+    production: Mapping[str, float] | None,
     canary: Canary,
+    difference: Mapping[str, float] | None = None,
 ) -> GateResult:
-    """Apply floors, no-regression tolerances (when Production exists), canary and latency.
+    """Apply floors, support, non-inferiority against Production (when it exists), canary and
+    latency; every check is recorded in ``checks`` and every failed one gives a reason.
 
     Args:
-        candidate: the candidate's model-policy metrics on the holdout (``GATE_METRICS``).
-        production: the same metrics of the current Production version on the same holdout and
-            seed, or None when the city has no Production version (floors only).
+        candidate: the candidate's ``GATE_METRICS`` on the logged holdout.
+        production: the same of the current Production version on the same holdout with the
+            same estimator, or None when the city has no Production version (floors, support,
+            canary and latency only).
+        difference: the paired difference candidate - Production (``DIFFERENCE_METRICS``);
+            required with ``production``: without it (or with a NaN interval) the
+            non-inferiority check fails, it never passes by default.
     """
+    t = thresholds
     result = GateResult(passed=True)
 
     def require(name: str, ok: bool, why: str) -> None:
@@ -99,39 +151,51 @@ def check(
             result.reasons.append(why)
 
     auc, acc = candidate["auc"], candidate["acceptance"]
-    require(
-        "floor_auc",
-        math.isfinite(auc) and auc >= thresholds.min_auc,
-        f"AUC {auc:.4f} below the floor {thresholds.min_auc}",
-    )
+    require("floor_auc", _at_least(auc, t.min_auc), f"AUC {auc:.4f} below the floor {t.min_auc}")
     require(
         "floor_acceptance",
-        math.isfinite(acc) and acc >= thresholds.min_acceptance,
-        f"replay acceptance {acc:.4f} below the floor {thresholds.min_acceptance}",
+        _at_least(acc, t.min_acceptance),
+        f"estimated first-offer acceptance ({t.estimator}) {acc:.4f} below the floor "
+        f"{t.min_acceptance}",
+    )
+    require(
+        "support",
+        _at_least(candidate["supported"], t.min_supported_bookings)
+        and _at_least(candidate["ess"], t.min_ess),
+        _support_reason("the candidate", candidate, t),
     )
     if production is not None:
-        drop = production["acceptance"] - acc
+        require(
+            "support_production",
+            _at_least(production["supported"], t.min_supported_bookings)
+            and _at_least(production["ess"], t.min_ess),
+            _support_reason("Production", production, t),
+        )
+        low = difference["acceptance_ci_low"] if difference is not None else math.nan
+        diff = difference["acceptance"] if difference is not None else math.nan
+        high = difference["acceptance_ci_high"] if difference is not None else math.nan
         require(
             "no_regression_acceptance",
-            drop <= thresholds.max_acceptance_drop,
-            f"acceptance {acc:.4f} vs Production {production['acceptance']:.4f} "
-            f"(drop {drop:.4f} > {thresholds.max_acceptance_drop})",
+            _at_least(low, -t.max_acceptance_drop),
+            "no paired estimate against Production (it could not be scored on the holdout)"
+            if difference is None
+            else f"first-offer acceptance vs Production: paired difference {diff:+.4f}, "
+            f"{t.confidence:.0%} interval [{low:+.4f}, {high:+.4f}] "
+            + (
+                f"lies below -{t.max_acceptance_drop} (worse beyond the margin)"
+                if high < -t.max_acceptance_drop
+                else f"reaches below -{t.max_acceptance_drop} (cannot rule out a drop beyond "
+                "the margin)"
+            ),
         )
-        comp = candidate["completion"]
-        cdrop = production["completion"] - comp
-        require(
-            "no_regression_completion",
-            cdrop <= thresholds.max_completion_drop,
-            f"completion {comp:.4f} vs Production {production['completion']:.4f} "
-            f"(drop {cdrop:.4f} > {thresholds.max_completion_drop})",
-        )
-        eta = candidate["pickup_eta_p50_min"]
-        rise = eta - production["pickup_eta_p50_min"]
+        eta = candidate["first_choice_eta_p50_min"]
+        rise = eta - production["first_choice_eta_p50_min"]
         require(
             "no_regression_eta_p50",
-            rise <= thresholds.max_eta_p50_increase_min,
-            f"p50 pickup ETA {eta:.2f} min vs Production {production['pickup_eta_p50_min']:.2f} "
-            f"(+{rise:.2f} > {thresholds.max_eta_p50_increase_min})",
+            math.isfinite(rise) and rise <= t.max_eta_p50_increase_min,
+            f"p50 ETA of the first choice {eta:.2f} min vs Production "
+            f"{production['first_choice_eta_p50_min']:.2f} "
+            f"(+{rise:.2f} > {t.max_eta_p50_increase_min})",
         )
     require(
         "canary",
@@ -141,8 +205,8 @@ def check(
     )
     require(
         "latency",
-        canary.loaded and canary.latency_p99_ms <= thresholds.max_latency_p99_ms,
+        canary.loaded and canary.latency_p99_ms <= t.max_latency_p99_ms,
         f"p99 single-booking scoring latency {canary.latency_p99_ms:.1f} ms > "
-        f"{thresholds.max_latency_p99_ms} ms",
+        f"{t.max_latency_p99_ms} ms",
     )
     return result

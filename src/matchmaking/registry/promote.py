@@ -2,8 +2,9 @@
 
 Per city, under the promotion lock (``registry.lock``; ``registry.fence`` checks it again right
 before Production moves): pick the candidate (default: the newest version), find the holdout
-(``registry.holdout``), replay candidate and current Production on the same holdout rows with
-the same seed, score a canary request, time single-booking calls (``registry.measure``), apply
+(``registry.holdout``), estimate candidate and current Production on the same logged holdout
+with the same off-policy estimator and pair them booking by booking, score a canary request,
+time single-booking calls (``registry.measure``), apply
 the gate (``registry.gate``), log a ``promote`` run with a markdown report
 (``registry.report``), then either move alias + stage (pass) or tag the candidate with the
 reason (fail). Fleet mode (``registry.fleet``) runs the cities one after the other; a failing
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from matchmaking.config import Settings
 from matchmaking.errors import GateFailedError, InputError, ModelNotFoundError, TrackingError
-from matchmaking.evaluation.evaluate import holdout_frame
+from matchmaking.evaluation.logged import read_holdout
 from matchmaking.lake.storage import Location
 from matchmaking.registry.context import (
     PromotionContext,
@@ -47,7 +48,7 @@ from matchmaking.registry.fence import fence
 from matchmaking.registry.fleet import CityOutcome, for_each_city, registered_cities
 from matchmaking.registry.gate import GateThresholds, check, load_thresholds
 from matchmaking.registry.holdout import resolve_holdout
-from matchmaking.registry.measure import measure
+from matchmaking.registry.measure import Holdout, measure, paired
 from matchmaking.registry.production import (
     current_production,
     get_version,
@@ -124,13 +125,19 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
             city, "promote", "unchanged", prev, prev, "candidate is already in Production"
         )
     holdout_dir = resolve_holdout(ctx.settings, city, cand_mv, prod_mv, ctx.holdout)
-    rows, manifest = holdout_frame(ctx.settings, city, holdout_dir)
-    candidate = measure(name, cand_mv, rows, gate)
-    production = measure(name, prod_mv, rows, gate) if prod_mv else None
+    rows, manifest = read_holdout(city, holdout_dir)
+    holdout = Holdout.of(rows)
+    candidate = measure(name, cand_mv, holdout, gate)
+    production = measure(name, prod_mv, holdout, gate) if prod_mv else None
+    difference = paired(candidate, production, gate) if production else None
     result = check(
-        gate, candidate.metrics, production.metrics if production else None, candidate.canary
+        gate,
+        candidate.metrics,
+        production.metrics if production else None,
+        candidate.canary,
+        difference,
     )
-    verdict = Verdict(name, candidate, production, result, holdout_dir, manifest)
+    verdict = Verdict(name, candidate, production, difference, result, holdout_dir, manifest)
     report = render_report(verdict, gate, ctx.dry_run)
     logger.info("%s v%s: gate %s (%s)", name, cand_mv.version, result.passed, result.reason)
     outcome = CityOutcome(
@@ -140,14 +147,19 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
         candidate.version,
         prev,
         result.reason,
-        metrics={**candidate.metrics, "latency_p99_ms": candidate.canary.latency_p99_ms},
+        metrics={
+            **candidate.metrics,
+            **{f"difference.{k}": v for k, v in (difference or {}).items()},
+            "latency_p99_ms": candidate.canary.latency_p99_ms,
+        },
     )
+    outcome.report = report
     if not result.passed:
         outcome.exit_code = GateFailedError.exit_code
     if ctx.dry_run:
         outcome.status = "would promote" if result.passed else "would refuse"
         return outcome
-    outcome.run_id = run_id = log_run(ctx, city, verdict, report)
+    outcome.run_id = run_id = log_run(ctx, city, verdict, report, gate)
     tags = {
         GATE_RESULT_TAG: GATE_PASSED if result.passed else GATE_FAILED,
         GATE_REASON_TAG: result.reason[:5000],

@@ -25,10 +25,26 @@ from matchmaking.reporting.drift import DayDrift, DriftConfig
 
 DEFAULT_REPORT_FILE = Path(__file__).resolve().parent.parent / "config" / "report.yaml"
 
-# Evaluate metrics of the model on logged data (offered rows, logged labels).
-LOGGED_METRICS = ("auc", "logloss", "calibration_error")
+# Evaluate metrics of the model on logged data (offered rows, logged labels) and its
+# off-policy (doubly robust) first-offer acceptance from the decision log.
+LOGGED_METRICS = ("auc", "logloss", "calibration_error", "dr")
 # Evaluate metrics that use the simulator's hidden ground truth: diagnostics, not production.
 SIMULATOR_METRICS = ("ndcg_at_1", "hit_at_1", "acceptance", "completion", "pickup_eta_p50_min")
+# The evaluate run's metric behind each of the report's names (``matchmaking evaluate``).
+EVALUATE_METRICS = {
+    "auc": "logged.model.auc",
+    "logloss": "logged.model.logloss",
+    "calibration_error": "logged.model.calibration_error",
+    "dr": "ope.model.dr",
+    "dr_ci_low": "ope.model.dr_ci_low",
+    "dr_ci_high": "ope.model.dr_ci_high",
+    "ndcg_at_1": "sim.oracle.model.ndcg_at_1",
+    "hit_at_1": "sim.oracle.model.hit_at_1",
+    "acceptance": "sim.replay.model.acceptance",
+    "completion": "sim.replay.model.completion",
+    "pickup_eta_p50_min": "sim.replay.model.pickup_eta_p50_min",
+    "baseline.acceptance": "sim.replay.nearest_eta.acceptance",
+}
 PROMOTED, REFUSED, ROLLBACK, SET, REPAIRED = "promoted", "refused", "rollback", "set", "repaired"
 MOVES = (PROMOTED, ROLLBACK, SET, REPAIRED)
 _WINDOW = re.compile(r"(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})")
@@ -54,7 +70,7 @@ class Evaluation:
     version: str
     day: date
     window: tuple[date, date]
-    metrics: dict[str, float]  # model.<metric> without the prefix; nearest_eta.* as baseline.*
+    metrics: dict[str, float]  # EVALUATE_METRICS' names (nearest-ETA's as baseline.*), drift.*
     run_id: str
 
 
@@ -181,14 +197,7 @@ def evaluations(runs: list[RunRecord], versions: list[VersionRecord]) -> list[Ev
         start, end = _day(r.params.get("holdout_start")), _day(r.params.get("holdout_end"))
         if start is None or end is None:
             continue
-        metrics = {
-            k.removeprefix("model."): v for k, v in r.metrics.items() if k.startswith("model.")
-        }
-        metrics |= {
-            f"baseline.{k.removeprefix('nearest_eta.')}": v
-            for k, v in r.metrics.items()
-            if k.startswith("nearest_eta.")
-        }
+        metrics = {k: r.metrics[name] for k, name in EVALUATE_METRICS.items() if name in r.metrics}
         metrics |= {k: v for k, v in r.metrics.items() if k.startswith("drift.")}
         version = _model_version(r.params.get("model_uri", ""), versions)
         out.append(Evaluation(version, end, (start, end), metrics, r.run_id))

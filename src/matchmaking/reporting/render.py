@@ -435,8 +435,9 @@ def _evaluations(c: CityReport) -> str:
     note = (
         '<p class="muted">* simulator diagnostics: they use the synthetic world\'s hidden '
         "ground truth (true acceptance probabilities, replayed outcomes), which production does "
-        "not have. AUC, log loss and calibration error use the logged labels of offered rows. "
-        "Off-policy estimates from the decision log are not available yet.</p>"
+        "not have. AUC, log loss and calibration error use the logged labels of offered rows; "
+        "dr is the off-policy (doubly robust) estimate of first-offer acceptance from the "
+        "decision log alone (docs/evaluation.md).</p>"
     )
     return _table(headers, rows, tid=f"evaluations-{_e(c.city)}") + note
 
@@ -510,8 +511,9 @@ def render(report: FleetReport) -> str:
         + f"; {len(report.cities)} cities, {looks} need a look; {moves} Production moves. "
         f"Registry and tracking calls: {_e(calls) or 'none'}.</p>"
         '<div class="note">Not in this report yet: online acceptance by version and arm from the '
-        "decision log, and off-policy estimates: they do not exist yet (their own issues). The "
-        "offline metrics below are marked where they use the simulator's ground truth.</div>"
+        "decision log (its own issue). Off-policy estimates (dr) come from the logged data "
+        "alone; the offline metrics below are marked where they use the simulator's ground "
+        "truth.</div>"
     )
     fleet = '<h2 id="fleet-page">Fleet</h2><p>Click a header to sort.</p>' + fleet_table(report)
     sections = "".join(city_section(report, c) for c in report.cities)
