@@ -148,6 +148,13 @@ def check_rows(num_feature: int) -> FloatArray:
     return rows
 
 
+def _missing(exc: MlflowException) -> bool:
+    """Whether a download failed because the file is not there (not because the store failed):
+    the artifact repositories wrap the server's RESOURCE_DOES_NOT_EXIST in their own error."""
+    text = str(exc)
+    return is_not_found(exc) or "RESOURCE_DOES_NOT_EXIST" in text or "No such" in text
+
+
 def fetch_serving_files(
     client: MlflowClient, ref: VersionRef, registry_uri: str, dst: Path
 ) -> tuple[Path, Path | None]:
@@ -179,7 +186,7 @@ def fetch_serving_files(
             )
             local.append(Path(got))
         except MlflowException as exc:
-            if is_not_found(exc) or "No such file" in str(exc):
+            if _missing(exc):
                 local.append(None)
                 continue
             raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
