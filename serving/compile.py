@@ -93,6 +93,9 @@ class Compiler:
         self._own_dir: Path | None = None
         self.cache_dir = cache_dir
         self._pool: cf.ProcessPoolExecutor | None = None
+        # One thread per worker process waits for its compilation, loads and checks the result:
+        # a thousand cold models queue here, never a thousand threads.
+        self._threads = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compile")
         self._lock = threading.Lock()
         self._pending: set[tuple[str, str]] = set()
         self._closed = False
@@ -120,9 +123,7 @@ class Compiler:
                 return False
             self._pending.add(key)
             self.metrics.compiles_pending.set(len(self._pending))
-        threading.Thread(
-            target=self._run, args=(model, publish, key), name=f"compile-{model.name}", daemon=True
-        ).start()
+        self._threads.submit(self._run, model, publish, key)
         return True
 
     def pending(self) -> int:
@@ -134,6 +135,7 @@ class Compiler:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+        self._threads.shutdown(wait=False, cancel_futures=True)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         if self._own_dir is not None:
