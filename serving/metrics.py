@@ -123,6 +123,12 @@ class Metrics:
             buckets=POLL_BUCKETS,
             registry=r,
         )
+        self.registry_poll_calls = Gauge(
+            "matchmaking_registry_poll_calls",
+            "Registry calls made by the last poll (the search pages, plus one per model whose "
+            "Production version moved and its download).",
+            registry=r,
+        )
         self.registry_models_seen = Gauge(
             "matchmaking_registry_models_seen",
             "Registered models of this prefix in the last poll's search.",

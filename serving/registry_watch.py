@@ -97,6 +97,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
         self._status = RegistryStatus(None, None, None, None)
+        self._thread_calls = threading.local()  # registry calls made by this thread
         # city -> (monotonic time until which the failure stands, the error): a city whose load
         # failed is not retried by every request, only once per FAILURE_TTL_S.
         self._failures: dict[str, tuple[float, MatchmakingError]] = {}
@@ -189,6 +190,7 @@ class ModelStore:
         """One registry round: one paged search for every model, swaps where Production moved,
         then the hot cities not loaded yet."""
         started = time.perf_counter()
+        calls_before = self._calls_here()
         try:
             snapshot = self.search()
         except TrackingError:
@@ -203,6 +205,7 @@ class ModelStore:
                 except MatchmakingError as exc:
                     logger.warning("hot city %s not loaded: %s", city_id, exc)
         self.metrics.registry_poll_seconds.observe(time.perf_counter() - started)
+        self.metrics.registry_poll_calls.set(self._calls_here() - calls_before)
 
     def search(self) -> dict[str, Registered]:
         """Every registered model of the prefix with its Production version: one paged
@@ -216,7 +219,7 @@ class ModelStore:
         head = f"{self.prefix}-"
         try:
             while True:
-                self.metrics.registry_calls.labels("search").inc()
+                self._count("search")
                 page = self.client.search_registered_models(
                     filter_string=f"name LIKE '{head}%'",
                     max_results=SEARCH_PAGE,
@@ -298,7 +301,7 @@ class ModelStore:
             mv = registered.staged
             source = f"stage:{conventions.PRODUCTION_STAGE}"
         else:
-            self.metrics.registry_calls.labels("get_model_version").inc()
+            self._count("get_model_version")
             try:
                 mv = self.client.get_model_version(name, version)
             except MlflowException as exc:
@@ -343,8 +346,17 @@ class ModelStore:
         return True
 
     def _load_version(self, ref: VersionRef, city: Market) -> LoadedModel:
-        self.metrics.registry_calls.labels("download").inc()
+        self._count("download")
         return load_version(self.client, ref, city, self.uri)
+
+    def _count(self, call: str) -> None:
+        """Count one registry call (``/metrics``, and this thread's tally for the poll)."""
+        self.metrics.registry_calls.labels(call).inc()
+        self._thread_calls.n = self._calls_here() + 1
+
+    def _calls_here(self) -> int:
+        n: int = getattr(self._thread_calls, "n", 0)
+        return n
 
     def _peek(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -356,7 +368,7 @@ class ModelStore:
 
     def _resolve(self, city_id: str) -> VersionRef:
         """Ask the registry for one model's Production version, recording whether it answered."""
-        self.metrics.registry_calls.labels("resolve").inc()
+        self._count("resolve")
         try:
             ref = resolve_production(self.client, self.model_name(city_id))
         except TrackingError as exc:

@@ -152,7 +152,10 @@ def poll_calls(reg: Registered, cities: list[str]) -> list[tuple[str, str]]:
             assert len(store.loaded()) == len(cities)
             proxy.take()
             store.poll_once()
-            return proxy.take()
+            calls = proxy.take()
+            counted = store.metrics.registry.get_sample_value("matchmaking_registry_poll_calls")
+            assert counted == len(calls), "the service's own count is what went on the wire"
+            return calls
         finally:
             store.close()
 
