@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,11 +45,14 @@ import numpy as np
 import yaml
 
 from benchmarks.serving import (
+    LoadResult,
+    WrkResult,
     free_port,
     http_request,
     machine,
     make_requests,
     run_load,
+    run_wrk,
     train_model,
     wait_http,
 )
@@ -248,8 +252,13 @@ def measure(
             compiled_at_cold_end=sum(m["engine"] == "lleaves" for m in state["models"]),
         )
         logger.info("N=%d: warm closed loop, then half peak", n)
-        payloads = [http_request(port, "/v1/rank", json.dumps(b).encode()) for b in bodies]
-        peak = run_load(f"warm peak, {n} models", port, payloads)
+        raw = [json.dumps(b).encode() for b in bodies]
+        payloads = [http_request(port, "/v1/rank", r) for r in raw]
+        peak: LoadResult | WrkResult
+        if shutil.which("wrk"):
+            peak = run_wrk(f"warm peak, {n} models", port, "/v1/rank", raw, work)
+        else:
+            peak = run_load(f"warm peak, {n} models", port, payloads)
         half = run_load(f"warm half peak, {n} models", port, payloads, rate=peak.rps / 2)
         out.update(
             peak_rps=peak.rps,
@@ -389,8 +398,9 @@ def main(report: Path) -> None:
         f"compilation on (1 background worker), poll every {POLL_S:g} s",
         "- Cold: the first request of each model in turn (client-side, 50 candidates); the "
         "booster answers while the compiled forest is built in the background",
-        "- Warm: closed loop at concurrency 8 over all N models (peak), then an open loop at half "
-        "that peak, latency from the scheduled send time (asyncio client on the same 2 cores)",
+        "- Warm: closed loop at concurrency 8 over all N models (peak; wrk, 1 thread, when "
+        "installed), then an open loop at half that peak, latency from the scheduled send time "
+        "(asyncio client); clients and server share the 2 cores",
         f"- Registry: the service's counters over {IDLE_S:g} s of polling; 'previous poller': "
         "one alias lookup per loaded model, timed against the same server in the same run",
         f"- Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
