@@ -4,13 +4,14 @@ The pieces: ``deps`` (the service state and the token check), ``routes`` (one ro
 resource: ops, models, scoring), ``scoring`` (the pure steps: check, rank, fall back, match),
 ``hotpath`` (the ASGI shortcut to ``/v1/rank``), ``errors`` (the one table from error families
 to HTTP answers). The lifespan opens the model store, preloads the hot cities and starts the
-registry poller.
+registry poller (woken early by a registry webhook delivery, ``routes/registry``).
 
 The request path of ``POST /v1/rank``: read the body (JSON only, size-limited), decode it once
 into the typed request (msgspec, ``schemas.decode_rank``), check what the schema cannot
 (configured limits, duplicate drivers, coordinates inside the city), take the city's model
-reference, build the feature matrix with the shared feature code, predict single-threaded,
-write JSON with msgspec.
+reference (``/v1/cities/{city}/rank`` and the ``X-Matchmaking-City`` header must name the
+body's city; a city another shard owns is a 421), build the feature matrix with the shared
+feature code, predict single-threaded, write JSON with msgspec.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from serving.hotpath import HotPath
 from serving.logs import RequestContextMiddleware
 from serving.metrics import Metrics
 from serving.registry_watch import ModelStore
-from serving.routes import models, ops, scoring
+from serving.routes import models, ops, registry, scoring
 from serving.schemas import request_schemas
 from serving.settings import ServeSettings
 
@@ -69,9 +70,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(scoring.router, dependencies=protected)
+    app.include_router(registry.router)  # authenticated by the webhook's HMAC signature
     app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     # Innermost first: the hot path runs inside the request-id/access-log middleware.
-    app.add_middleware(HotPath, path="/v1/rank", handler=scoring.handle_rank, service=service)
+    app.add_middleware(
+        HotPath, route=scoring.rank_route, handler=scoring.handle_rank, service=service
+    )
     app.add_middleware(
         RequestContextMiddleware,
         access_log=settings.access_log,
@@ -90,22 +94,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     old_env = _apply_registry_limits(settings)
     store = ModelStore(settings, service.metrics)
     logger.info(
-        "scoring service: registry %s, hot cities %s, max %d models, poll every %gs",
+        "scoring service: registry %s, hot cities %s, max %d models, poll every %gs%s%s",
         store.uri,
         ",".join(settings.hot_cities) or "-",
         settings.max_models,
         settings.poll_interval_s,
+        f", pool {settings.shard!r}" if settings.shard else "",
+        ", webhook on" if settings.webhook_secret else "",
     )
-    await anyio.to_thread.run_sync(store.preload)
-    service.store = store
-    poller = asyncio.create_task(_poll_forever(store, settings.poll_interval_s))
+    service.poll_now = asyncio.Event()
     try:
-        yield
+        await anyio.to_thread.run_sync(store.preload)
+        service.store = store
+        poller = asyncio.create_task(
+            _poll_forever(store, settings.poll_interval_s, service.poll_now)
+        )
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            service.store = None
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
-        service.store = None
+        await anyio.to_thread.run_sync(store.close)
         _restore_env(old_env)
 
 
@@ -143,9 +155,12 @@ def _restore_env(old: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-async def _poll_forever(store: ModelStore, interval_s: float) -> None:
+async def _poll_forever(store: ModelStore, interval_s: float, now: asyncio.Event) -> None:
+    """Poll every ``interval_s``, or at once when ``now`` is set (a webhook delivery)."""
     while True:
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), interval_s)
+        now.clear()
         try:
             await anyio.to_thread.run_sync(store.poll_once)
         except Exception:  # the poller must outlive any single failure

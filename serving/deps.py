@@ -7,6 +7,7 @@ hot path of ``/v1/rank`` (``serving.hotpath``) is handed the same object.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Annotated
@@ -20,6 +21,7 @@ from serving.metrics import Metrics
 from serving.models import LoadedModel
 from serving.registry_watch import ModelStore
 from serving.settings import ServeSettings
+from serving.shards import ShardMap
 
 
 class TokenCheck:
@@ -56,8 +58,11 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.check_token = TokenCheck(settings)
+        self.shards = ShardMap.from_settings(settings)
         self.store: ModelStore | None = None
         self.started_at = time.time()
+        # Set (on the event loop) to start a registry poll now: a webhook delivery.
+        self.poll_now: asyncio.Event | None = None
 
     def require_store(self) -> ModelStore:
         if self.store is None:
@@ -65,7 +70,13 @@ class Service:
         return self.store
 
     async def model_for(self, city: str) -> LoadedModel:
-        """The city's model: from memory, else loaded from the registry off the event loop."""
+        """The city's model: from memory, else loaded from the registry off the event loop
+        (the booster only: compilation follows in the background).
+
+        Raises:
+            ServiceError: 421 when another pool owns the city (``serving.shards``).
+        """
+        self.shards.check(city)
         store = self.require_store()
         model = store.get(city)
         if model is None:

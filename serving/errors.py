@@ -80,6 +80,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Unknown city, or the city has no Production model."),
         (413, "Body larger than the configured limit."),
         (415, "Content-Type is not application/json."),
+        (421, "The city belongs to another scoring pool (shard), named in the message."),
         (422, "Invalid body: field-level reasons in error.details."),
         (503, "The registry is unreachable and the city's model is not loaded."),
     )

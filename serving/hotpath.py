@@ -13,7 +13,7 @@ from serving.deps import Service
 
 
 class HotPath:
-    """Pure ASGI shortcut to one ``POST`` route.
+    """Pure ASGI shortcut to one ``POST`` route (``/v1/rank`` and ``/v1/cities/{city}/rank``).
 
     Same handler, same auth check, same error mapping as through FastAPI, minus its routing and
     dependency machinery (about a tenth of a request's cost). The FastAPI route stays
@@ -23,20 +23,21 @@ class HotPath:
     def __init__(
         self,
         app: Any,
-        path: str,
+        route: Callable[[str], str | None],
         handler: Callable[[Request, Service], Awaitable[Response]],
         service: Service,
     ) -> None:
         self.app = app
-        self.path = path
+        self.route = route  # request path -> the route template it matches, or None
         self.handler = handler
         self.service = service
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        template = self.route(scope["path"]) if scope["type"] == "http" else None
+        if template is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["route"] = self.path
+        scope.setdefault("state", {})["route"] = template
         request = Request(scope, receive)
         try:
             self.service.check_token(request.headers.get("authorization"))

@@ -21,6 +21,9 @@ LATENCY_BUCKETS = (
     2.5,
 )
 
+COMPILE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class Metrics:
     """Every metric the service exports on ``/metrics``."""
@@ -85,6 +88,56 @@ class Metrics:
         self.registry_last_success = Gauge(
             "matchmaking_registry_last_success_timestamp_seconds",
             "Unix time of the last successful registry poll.",
+            registry=r,
+        )
+        self.model_engine = Gauge(
+            "matchmaking_model_engine",
+            "1 for the engine scoring each loaded model: lleaves (compiled forest) or lightgbm "
+            "(the plain booster, until its compiled forest is swapped in).",
+            ["city", "model", "engine"],
+            registry=r,
+        )
+        self.compile_seconds = Histogram(
+            "matchmaking_compile_seconds",
+            "Time from load to the compiled forest swapped in (background, off the request path).",
+            buckets=COMPILE_BUCKETS,
+            registry=r,
+        )
+        self.compile_failures = Counter(
+            "matchmaking_compile_failures",
+            "Compilations that failed or disagreed with the booster (the booster kept serving).",
+            registry=r,
+        )
+        self.compiles_pending = Gauge(
+            "matchmaking_compiles_pending", "Compilations queued or running.", registry=r
+        )
+        self.registry_calls = Counter(
+            "matchmaking_registry_calls",
+            "Registry calls made by the service, by call (search: the poll's paged search).",
+            ["call"],
+            registry=r,
+        )
+        self.registry_poll_seconds = Histogram(
+            "matchmaking_registry_poll_seconds",
+            "Duration of one registry poll (the paged search and the swaps it starts).",
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.registry_poll_calls = Gauge(
+            "matchmaking_registry_poll_calls",
+            "Registry calls made by the last poll (the search pages, plus one per model whose "
+            "Production version moved and its download).",
+            registry=r,
+        )
+        self.registry_models_seen = Gauge(
+            "matchmaking_registry_models_seen",
+            "Registered models of this prefix in the last poll's search.",
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "matchmaking_registry_webhooks",
+            "MLflow webhook deliveries received, by result (accepted, rejected).",
+            ["result"],
             registry=r,
         )
         self.fallbacks = Counter(

@@ -1,8 +1,10 @@
 """Finding a city's Production version in the registry and loading it for fast scoring.
 
-A version is loaded through the platform's model seam (``matchmaking.scorer.load_scorer``: the
-raw booster, no pyfunc, no pandas), then compiled to native code by lleaves when available and
-warmed; the driver table published with it (``conventions.DRIVER_TABLE_ARTIFACT``) comes along.
+A version is loaded through the platform's model seam (``matchmaking.scorer.open_lightgbm_file``:
+the raw booster, no pyfunc, no pandas) from the two files serving needs
+(``conventions.SERVING_ARTIFACTS``: the LightGBM model file and the driver table published with
+it), and warmed. It serves with LightGBM's predict at once; the forest compiled to native code
+by lleaves is built later, off the request path (``serving.compile``), and swapped in.
 Which version is in Production is ``registry.production.resolve_production``'s answer, the one
 resolver promotion uses too: the alias ``production``, else the latest version in stage
 ``Production``. What the scores are (``score_kind``) is the version's tag.
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -34,18 +35,15 @@ from matchmaking.features.online import (
 from matchmaking.markets import Market
 from matchmaking.registry.conventions import (
     CITY_TAG,
-    DRIVER_TABLE_ARTIFACT,
     DRIVER_TABLE_NAME,
+    LIGHTGBM_MODEL_FILE,
     SCORE_KIND_TAG,
+    SERVING_ARTIFACTS,
 )
+from matchmaking.registry.production import is_not_found
 from matchmaking.registry.production import resolve_production as resolve
 from matchmaking.schema import FEATURE_NAMES
-from matchmaking.scorer import (
-    LightGBMScorer,
-    ScoreKind,
-    load_scorer,
-    score_kind_of,
-)
+from matchmaking.scorer import LightGBMScorer, ScoreKind, open_lightgbm_file, score_kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +65,12 @@ Predictor = Callable[[FloatArray], FloatArray]
 
 @dataclass
 class LoadedModel:
-    """One city's model, ready to score: never mutated after it is published.
+    """One registered model's version, ready to score: never mutated after it is published.
 
-    ``compiled`` is the forest compiled to native code by lleaves (when installed and enabled),
-    checked against the booster at load; ``predict`` uses it, else the booster.
+    ``compiled`` is the forest compiled to native code by lleaves, checked against the booster;
+    ``predict`` uses it when present, else the booster. A model is first published without it
+    (``engine`` ``lightgbm``) and republished with it (``with_compiled``) once the background
+    compilation is done.
     """
 
     city: Market
@@ -80,6 +80,11 @@ class LoadedModel:
     compiled: Predictor | None = None
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    compile_seconds: float | None = None
+
+    def with_compiled(self, compiled: Predictor, seconds: float) -> LoadedModel:
+        """A copy that predicts with ``compiled`` (the published object stays as it was)."""
+        return replace(self, compiled=compiled, compile_seconds=seconds)
 
     @property
     def name(self) -> str:
@@ -133,36 +138,69 @@ _CHECK_ROWS = 256
 _CHECK_TOLERANCE = 1e-9
 
 
-def compile_forest(booster: lgb.Booster, cache: Path | None) -> Predictor | None:
-    """The forest compiled by lleaves (``None`` when lleaves is not installed or disagrees).
-
-    The object file is cached at ``cache`` when given (compiling takes a second or two).
-    """
-    try:
-        import lleaves
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mm-lleaves-") as tmp:
-        path = Path(tmp) / "model.txt"
-        booster.save_model(str(path))
-        model = lleaves.Model(model_file=str(path))
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-        model.compile(cache=None if cache is None else str(cache))
-
-    def predict(matrix: FloatArray) -> FloatArray:
-        return np.asarray(model.predict(matrix, n_jobs=1), dtype=np.float64)
-
+def check_rows(num_feature: int) -> FloatArray:
+    """Rows spanning every feature's range (and missing values), for compiled-vs-booster checks."""
     rng = np.random.default_rng(0)
-    rows = rng.normal(0.0, 1.0, (_CHECK_ROWS, booster.num_feature())) * rng.choice(
-        [0.1, 1.0, 10.0, 1000.0, 100_000.0], (_CHECK_ROWS, booster.num_feature())
+    rows = rng.normal(0.0, 1.0, (_CHECK_ROWS, num_feature)) * rng.choice(
+        [0.1, 1.0, 10.0, 1000.0, 100_000.0], (_CHECK_ROWS, num_feature)
     )
     rows[::5, ::3] = np.nan
-    gap = float(np.max(np.abs(predict(rows) - booster.predict(rows, num_threads=1))))
-    if gap > _CHECK_TOLERANCE:
-        logger.error("compiled forest differs from the booster by %.3g: not using it", gap)
-        return None
-    return predict
+    return rows
+
+
+def _missing(exc: MlflowException) -> bool:
+    """Whether a download failed because the file is not there (not because the store failed):
+    the artifact repositories wrap the server's RESOURCE_DOES_NOT_EXIST in their own error."""
+    text = str(exc)
+    return is_not_found(exc) or "RESOURCE_DOES_NOT_EXIST" in text or "No such" in text
+
+
+def fetch_serving_files(
+    client: MlflowClient, ref: VersionRef, registry_uri: str, dst: Path
+) -> tuple[Path, Path | None]:
+    """Download only the model file and the driver table of a version (``SERVING_ARTIFACTS``),
+    never the whole model directory (environment files, input examples, signature).
+
+    Returns the local model file and driver table (None when the version has no table).
+
+    Raises:
+        TrackingError: the registry or the artifact store failed.
+        ModelNotFoundError: the version has no ``LIGHTGBM_MODEL_FILE``.
+    """
+    import mlflow.artifacts
+
+    try:
+        # The version's own artifact location, resolved against our registry explicitly (a
+        # models:/ URI would resolve the logged model through the global tracking URI).
+        root = client.get_model_version_download_uri(ref.name, ref.version).rstrip("/")
+    except (MlflowException, OSError) as exc:
+        raise TrackingError(f"could not locate {ref.name} v{ref.version}: {exc}") from exc
+    local: list[Path | None] = []
+    for path in SERVING_ARTIFACTS:
+        try:
+            got = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{root}/{path}",
+                dst_path=str(dst / Path(path).parent),
+                tracking_uri=registry_uri,
+                registry_uri=registry_uri,
+            )
+            local.append(Path(got))
+        except MlflowException as exc:
+            if _missing(exc):
+                local.append(None)
+                continue
+            raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
+        except FileNotFoundError:
+            local.append(None)
+        except OSError as exc:
+            raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
+    model_file, table = local
+    if model_file is None or not model_file.is_file():
+        raise ModelNotFoundError(
+            f"{ref.name} v{ref.version} has no {LIGHTGBM_MODEL_FILE} in its model directory: "
+            "not a LightGBM model logged with mlflow.lightgbm; retrain it with `matchmaking train`"
+        )
+    return model_file, table if table is not None and table.is_file() else None
 
 
 def load_version(
@@ -170,10 +208,11 @@ def load_version(
     ref: VersionRef,
     city: Market,
     registry_uri: str,
-    compile_cache: Path | None = None,
-    compile_forests: bool = True,
 ) -> LoadedModel:
-    """Download a version, load its booster and driver table, warm it; off the request path.
+    """Fetch a version's model file and driver table, open the booster, warm it.
+
+    No compilation here: the model serves with LightGBM's own predict as soon as this returns;
+    ``serving.compile.Compiler`` builds the native forest in the background and swaps it in.
 
     Raises:
         TrackingError: the artifacts could not be downloaded.
@@ -188,26 +227,18 @@ def load_version(
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"mm-serve-{city.id}-"))
     try:
-        try:
-            # The version's own artifact location, downloaded against our registry explicitly
-            # (a models:/ URI would resolve the logged model through the global tracking URI).
-            source = client.get_model_version_download_uri(ref.name, ref.version)
-            tags = {**ref.tags, SCORE_KIND_TAG: ref.score_kind}  # as resolved (and warned)
-            scorer = load_scorer(
-                source, tags, version=ref.version, tracking_uri=registry_uri, dst=tmp
-            )
-        except (MlflowException, OSError) as exc:
-            raise TrackingError(f"could not download {ref.name} v{ref.version}: {exc}") from exc
-        scorer = replace(scorer, num_threads=1)
-        local = scorer.files or tmp
+        model_file, table_path = fetch_serving_files(client, ref, registry_uri, tmp)
+        tags = {**ref.tags, SCORE_KIND_TAG: ref.score_kind}  # as resolved (and warned)
+        scorer = open_lightgbm_file(
+            model_file, tags, version=ref.version, what=f"{ref.name} v{ref.version}", num_threads=1
+        )
         names = scorer.feature_names
         if names != FEATURE_NAMES:
             raise ModelNotFoundError(
                 f"{ref.name} v{ref.version} expects features {names}, the service builds "
                 f"{FEATURE_NAMES}; retrain it with this version of the feature contract"
             )
-        table_path = local / DRIVER_TABLE_ARTIFACT
-        if table_path.exists():
+        if table_path is not None:
             drivers = DriverTable.from_parquet(table_path)
         else:
             logger.warning(
@@ -219,13 +250,7 @@ def load_version(
             drivers = DriverTable.empty()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    compiled = None
-    if compile_forests:
-        cache = None
-        if compile_cache is not None:
-            cache = compile_cache / f"{ref.name}-v{ref.version}-{ref.run_id or 'run'}.so"
-        compiled = compile_forest(scorer.booster, cache)  # type: ignore[arg-type]
-    model = LoadedModel(city=city, ref=ref, scorer=scorer, drivers=drivers, compiled=compiled)
+    model = LoadedModel(city=city, ref=ref, scorer=scorer, drivers=drivers)
     model.warm()
     model.load_seconds = time.perf_counter() - started
     logger.info(

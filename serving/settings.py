@@ -11,10 +11,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from matchmaking.config import Settings
+
+#: In the shard map, the pool that owns every city no other pool names.
+ANY_CITY = "*"
+
+
+def check_shard_map(shards: dict[str, list[str]], shard: str | None, hot: list[str]) -> None:
+    """Refuse a shard map that cannot route (``ValueError`` saying what to fix)."""
+    if not shards:
+        if shard is not None:
+            raise ValueError(
+                f"MATCHMAKING_SERVE_SHARD is {shard!r} but MATCHMAKING_SERVE_SHARDS is empty: "
+                "give the shard map (pool -> cities) to every pool"
+            )
+        return
+    if shard is None or shard not in shards:
+        raise ValueError(
+            f"MATCHMAKING_SERVE_SHARD must name this pool, one of {sorted(shards)} (got {shard!r})"
+        )
+    owner: dict[str, str] = {}
+    catch_all = [pool for pool, cities in shards.items() if ANY_CITY in cities]
+    if len(catch_all) > 1:
+        raise ValueError(f"pools {catch_all} all claim '{ANY_CITY}'; at most one pool may")
+    for pool, cities in shards.items():
+        for city in cities:
+            if city != ANY_CITY and owner.setdefault(city, pool) != pool:
+                raise ValueError(f"city {city!r} is in pools {owner[city]!r} and {pool!r}")
+    mine = set(shards[shard])
+    foreign = [c for c in hot if c not in mine and (ANY_CITY not in mine or c in owner)]
+    if foreign:
+        raise ValueError(
+            f"hot cities {foreign} are not in pool {shard!r}'s shard {sorted(mine)}: list "
+            "only the pool's own cities in MATCHMAKING_SERVE_HOT_CITIES"
+        )
 
 
 class ServeSettings(BaseSettings):
@@ -32,7 +65,12 @@ class ServeSettings(BaseSettings):
     hot_cities: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Cities loaded at startup, comma-separated."
     )
-    max_models: int = Field(default=64, ge=1, description="City models kept in memory (LRU).")
+    max_models: int = Field(
+        default=64,
+        ge=1,
+        description="Registered models kept in memory (LRU; the hot cities' are never evicted). "
+        "Must hold the hot set: a larger hot set is refused at startup.",
+    )
     poll_interval_s: float = Field(
         default=30.0, gt=0, description="Seconds between registry checks for new versions."
     )
@@ -59,8 +97,29 @@ class ServeSettings(BaseSettings):
         default=True,
         description="Compile each forest with lleaves (when installed) off the request path.",
     )
+    compile_workers: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Worker processes compiling forests in the background, at most at once.",
+    )
     compile_cache_dir: Path | None = Field(
         default=None, description="Where compiled forests are cached by version (default: none)."
+    )
+    shards: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="The shard map, JSON: pool name -> the cities it owns ('*': every city no "
+        "other pool names). Empty: one pool serves every city.",
+    )
+    shard: str | None = Field(
+        default=None,
+        description="This pool's name in the shard map; a city another pool owns is refused "
+        "with 421 naming that pool.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret of the MLflow registry webhook: when set, signed deliveries to "
+        "POST /v1/registry/webhook start a registry poll at once (polling stays the fallback).",
     )
     access_log: bool = Field(default=True, description="Structured access log lines.")
     access_log_sample: float = Field(
@@ -85,6 +144,20 @@ class ServeSettings(BaseSettings):
         if isinstance(value, str):
             return [c.strip() for c in value.split(",") if c.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> ServeSettings:
+        hot = list(dict.fromkeys(self.hot_cities))
+        if len(hot) > self.max_models:
+            raise ValueError(
+                f"MATCHMAKING_SERVE_HOT_CITIES names {len(hot)} cities but "
+                f"MATCHMAKING_SERVE_MAX_MODELS is {self.max_models}: a hot set larger than the "
+                "model cache would be loaded and evicted forever and the pod would never be "
+                f"ready; raise MAX_MODELS to at least {len(hot)} or split the cities over "
+                "shards (docs/serving.md#shards)"
+            )
+        check_shard_map(self.shards, self.shard, hot)
+        return self
 
     def resolved_tracking_uri(self) -> str:
         """The registry URI in force (this setting, else the platform's resolution)."""

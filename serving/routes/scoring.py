@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from serving import scoring
 from serving.bodies import body_schema, json_response, read_json_body
 from serving.deps import Service, ServiceDep
-from serving.errors import ERROR_RESPONSES
+from serving.errors import ERROR_RESPONSES, FieldErrors
 from serving.schemas import (
     MatchRequest,
     MatchResponse,
@@ -24,10 +24,45 @@ from serving.schemas import (
     decode_match,
     decode_rank,
 )
+from serving.shards import CITY_HEADER
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["scoring"])
+
+#: The sharded routes: the city in the path, for an ingress to route on (``serving.shards``).
+CITY_PREFIX = "/v1/cities/"
+CITY_RANK = "/v1/cities/{city}/rank"
+CITY_MATCH = "/v1/cities/{city}/match"
+
+
+def rank_route(path: str) -> str | None:
+    """The rank route template ``path`` matches (the hot path's router), else None."""
+    if path == "/v1/rank":
+        return path
+    if path.startswith(CITY_PREFIX) and path.endswith("/rank") and path.count("/") == 4:
+        return CITY_RANK
+    return None
+
+
+def check_route(request: Request, city: str, loc: list[str | int]) -> None:
+    """The city a router saw (the path's, the ``X-Matchmaking-City`` header) must be the
+    body's: a request routed to one city's pool never scores another city.
+
+    Raises:
+        FieldErrors: 422 naming the body's city field.
+    """
+    path = request.scope["path"]
+    problems = []
+    if path.startswith(CITY_PREFIX):
+        named = path.split("/")[3]
+        if named != city:
+            problems.append(f"is {city!r}, but the path names {named!r}")
+    header = request.headers.get(CITY_HEADER)
+    if header is not None and header.strip() != city:
+        problems.append(f"is {city!r}, but the {CITY_HEADER} header names {header.strip()!r}")
+    if problems:
+        raise FieldErrors([{"loc": loc, "msg": m, "type": "city_mismatch"} for m in problems])
 
 
 async def handle_rank(request: Request, service: Service) -> Response:
@@ -39,6 +74,7 @@ async def handle_rank(request: Request, service: Service) -> Response:
         decode_rank(await read_json_body(request, settings.max_body_bytes)), settings
     )
     city = job.city.id
+    check_route(request, city, ["booking", "city"])
     try:
         model = await service.model_for(city)
     except scoring.FALLBACK_ERRORS as exc:
@@ -63,6 +99,7 @@ async def handle_match(request: Request, service: Service) -> Response:
     job = scoring.match_job(
         decode_match(await read_json_body(request, settings.max_body_bytes)), settings
     )
+    check_route(request, job.city.id, ["city"])
     model = await service.model_for(job.city.id)
     body = scoring.match(job, model)
     service.metrics.latency.labels("match", job.city.id).observe(time.perf_counter() - started)
@@ -79,6 +116,29 @@ async def handle_match(request: Request, service: Service) -> Response:
 async def rank(request: Request, service: ServiceDep) -> Response:
     """Rank a booking's candidate drivers, best first."""
     return await handle_rank(request, service)
+
+
+@router.post(
+    CITY_RANK,
+    response_model=RankResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=body_schema(RankRequest),
+)
+async def rank_in_city(city: str, request: Request, service: ServiceDep) -> Response:
+    """``/v1/rank`` with the city in the path, for an ingress that routes cities to pools
+    (the body's ``booking.city`` must be the same city)."""
+    return await handle_rank(request, service)
+
+
+@router.post(
+    CITY_MATCH,
+    response_model=MatchResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=body_schema(MatchRequest),
+)
+async def match_in_city(city: str, request: Request, service: ServiceDep) -> Response:
+    """``/v1/match`` with the city in the path (the body's ``city`` must be the same)."""
+    return await handle_match(request, service)
 
 
 @router.post(

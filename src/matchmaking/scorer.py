@@ -140,6 +140,37 @@ def _load_lightgbm(model_dir: Path, flavor: Mapping[str, object]) -> object:
     return lgb.Booster(model_file=str(model_dir / str(flavor["data"])))
 
 
+def open_lightgbm_file(
+    model_file: Path,
+    tags: Mapping[str, str] | None = None,
+    *,
+    version: str | None = None,
+    what: str | None = None,
+    num_threads: int | None = None,
+) -> LightGBMScorer:
+    """The scorer of a LightGBM model file on local disk (``registry.conventions.
+    LIGHTGBM_MODEL_FILE`` of a logged model), for callers that fetched only that file.
+
+    Raises:
+        ModelNotFoundError: the file is not a LightGBM model.
+    """
+    import lightgbm as lgb
+
+    tags = dict(tags or {})
+    what = what or str(model_file)
+    try:
+        booster = lgb.Booster(model_file=str(model_file))
+    except lgb.basic.LightGBMError as exc:
+        raise ModelNotFoundError(f"{what} is not a LightGBM model file: {exc}") from exc
+    return LightGBMScorer(
+        booster=booster,
+        score_kind=score_kind_of(tags, what),
+        version=version,
+        tags=tags,
+        num_threads=num_threads,
+    )
+
+
 # MLflow flavor -> how its logged model is opened (the flavor's ``data`` file).
 LOADERS: dict[str, Callable[[Path, Mapping[str, object]], object]] = {
     "lightgbm": _load_lightgbm,

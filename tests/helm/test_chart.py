@@ -528,3 +528,137 @@ def test_schema_rejects_a_bad_market_country(tmp_path: Path) -> None:
     bad = {"markets": {"countries": {"Philippines": {"currency": "PHP", "time_zone": "x"}}}}
     with pytest.raises(helm.HelmValuesError, match=r"Philippines|countries"):
         render(bad)
+
+
+# -- scoring pools (shards) -------------------------------------------------------------------
+
+SHARDS = CHART / "values-shards.yaml"
+
+
+@pytest.fixture(scope="module")
+def shard_values(production_values: dict[str, Any]) -> dict[str, Any]:
+    """values-production.yaml then values-shards.yaml, as the sharded deployment applies them."""
+    return merge(production_values, load_values(SHARDS))
+
+
+@pytest.fixture(scope="module")
+def shard_docs(shard_values: dict[str, Any]) -> list[Manifest]:
+    return render(shard_values)
+
+
+def pool_settings(
+    docs: list[Manifest], name: str, monkeypatch: pytest.MonkeyPatch
+) -> ServeSettings:
+    """The settings a pool's service reads from its ConfigMap (validated as at startup)."""
+    for key, value in find(docs, "ConfigMap", name)["data"].items():
+        monkeypatch.setenv(key, value)
+    return ServeSettings()
+
+
+def test_shard_values_lint_and_validate(
+    shard_values: dict[str, Any], shard_docs: list[Manifest]
+) -> None:
+    report = helm.lint(
+        CHART, shard_values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}"
+    )
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+    for doc in shard_docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    assert (
+        list(
+            walk_schema(load_values(SHARDS), json.loads((CHART / "values.schema.json").read_text()))
+        )
+        == []
+    )
+
+
+def test_each_pool_is_its_own_deployment_sized_to_its_cities(
+    shard_values: dict[str, Any], shard_docs: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = shard_values["shards"]
+    owners: dict[str, str] = {}
+    for shard in shards:
+        name = f"{SCORING}-{shard['name']}"
+        for kind in (
+            "Deployment",
+            "Service",
+            "ConfigMap",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+        ):
+            find(shard_docs, kind, name)
+        with monkeypatch.context() as m:
+            settings = pool_settings(shard_docs, name, m)
+        assert settings.shard == shard["name"]
+        assert settings.shards == {s["name"]: s["cities"] for s in shards}
+        hot = shard.get("hotCities") or [c for c in shard["cities"] if c != "*"]
+        assert settings.hot_cities == hot
+        assert settings.max_models >= len(hot), "the pool's cache must hold its hot cities"
+        if "*" in shard["cities"]:
+            assert settings.max_models == shard["maxModels"]
+        else:
+            assert settings.max_models == len(shard["cities"])
+        for city in shard["cities"]:
+            owners[city] = name
+        # The pool's Service selects its own pods and no other pool's.
+        svc = find(shard_docs, "Service", name)["spec"]["selector"]
+        for other in shards:
+            labels = find(shard_docs, "Deployment", f"{SCORING}-{other['name']}")["spec"][
+                "template"
+            ]["metadata"]["labels"]
+            assert (svc.items() <= labels.items()) == (other is shard), (
+                shard["name"],
+                other["name"],
+            )
+        hpa = find(shard_docs, "HorizontalPodAutoscaler", name)["spec"]
+        assert hpa["minReplicas"] == shard.get(
+            "minReplicas", shard_values["autoscaling"]["minReplicas"]
+        )
+    assert not [
+        d for d in shard_docs if d["metadata"]["name"] == SCORING and d["kind"] == "Deployment"
+    ]
+
+
+def test_the_ingress_routes_each_city_to_its_pool(
+    shard_values: dict[str, Any], shard_docs: list[Manifest]
+) -> None:
+    ingress = find(shard_docs, "Ingress", SCORING)
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == shard_values["ingress"]["host"]
+    routes = {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+    services = {d["metadata"]["name"] for d in shard_docs if d["kind"] == "Service"}
+    for shard in shard_values["shards"]:
+        for city in shard["cities"]:
+            if city != "*":
+                assert routes[f"/v1/cities/{city}/"] == f"{SCORING}-{shard['name']}"
+    assert routes["/"] == f"{SCORING}-rest", "the body-only route goes to the catch-all pool"
+    assert set(routes.values()) <= services
+    assert all(p["pathType"] == "Prefix" for p in rule["http"]["paths"])
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (
+            {"shards": [{"name": "a", "cities": ["jakarta", "bandung"], "maxModels": 1}]},
+            r"shards\[a\]\.maxModels is 1 but the pool has 2 hot cities",
+        ),
+        (
+            {"config": {"hotCities": ["jakarta", "bangkok", "hanoi"], "maxModels": 2}},
+            r"config\.maxModels is 2 but config\.hotCities names 3 cities",
+        ),
+    ],
+)
+def test_a_cache_smaller_than_the_hot_set_fails_the_render(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render(values)
+
+
+def test_production_values_hold_their_hot_set(production_values: dict[str, Any]) -> None:
+    config = production_values["config"]
+    assert config["maxModels"] >= len(config["hotCities"])
+    from matchmaking.markets import catalogue
+
+    assert config["maxModels"] >= len(catalogue()), "round-robin over the catalogue stays warm"

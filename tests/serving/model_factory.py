@@ -141,3 +141,27 @@ def set_alias(tracking_uri: str, name: str, version: str, alias: str = "producti
     MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
         name, alias, version
     )
+
+
+def register_copies(
+    tracking_uri: str, names: Sequence[str], booster: lgb.Booster, driver_table: Path
+) -> dict[str, str]:
+    """Many registered models sharing one logged model (as a fleet of copies of one model is):
+    the model is logged once, then each name gets a version of it at alias ``production``.
+    Returns name -> version."""
+    first = register_model(tracking_uri, names[0], booster, driver_table)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = client.get_model_version(names[0], first)
+    versions = {names[0]: first}
+    for name in names[1:]:
+        client.create_registered_model(name)
+        copy = client.create_model_version(
+            name,
+            mv.source,
+            run_id=mv.run_id,
+            model_id=mv.model_id or mv.source.removeprefix("models:/"),
+            tags=dict(mv.tags),
+        )
+        client.set_registered_model_alias(name, "production", str(copy.version))
+        versions[name] = str(copy.version)
+    return versions

@@ -100,3 +100,24 @@ def test_invalid_port_setting_is_a_config_error_naming_the_variable(tmp_path: Pa
     assert "MATCHMAKING_SERVE_" in done.stderr
     assert "port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_hot_set_larger_than_the_cache_is_refused_at_startup(tmp_path: Path) -> None:
+    """Never an endless load-evict loop with readiness that never passes: the process stops
+    before serving, exit 2 (bad config), saying what to raise."""
+    env = {
+        **os.environ,
+        "MATCHMAKING_SERVE_HOT_CITIES": "jakarta,bangkok,ho-chi-minh-city",
+        "MATCHMAKING_SERVE_MAX_MODELS": "2",
+    }
+    done = subprocess.run(
+        [str(MATCHMAKING), "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "names 3 cities but MATCHMAKING_SERVE_MAX_MODELS is 2" in done.stderr
+    assert "at least 3" in done.stderr and "Traceback" not in done.stderr

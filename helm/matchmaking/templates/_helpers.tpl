@@ -91,3 +91,65 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "matchmaking.mlflow.claimName" -}}
 {{- default (printf "%s-artifacts" (include "matchmaking.mlflow.fullname" .)) .Values.mlflow.artifacts.pvc.existingClaim }}
 {{- end }}
+
+{{/*
+The scoring pools, as a YAML list: one pool named like the chart's scoring service when
+`shards` is empty, else one per shard (<fullname>-scoring-<shard>). Each pool's model cache
+holds its hot cities (by default all of its cities); a smaller maxModels fails the render.
+*/}}
+{{- define "matchmaking.pools" -}}
+{{- $pools := list }}
+{{- $c := .Values.config }}
+{{- if .Values.shards }}
+{{- range .Values.shards }}
+{{- $hot := .hotCities | default (without .cities "*") }}
+{{- $catchAll := has "*" .cities }}
+{{- $fit := len $hot }}
+{{- if $catchAll }}{{ $fit = max $c.maxModels (len $hot) }}{{ end }}
+{{- $maxModels := .maxModels | default $fit }}
+{{- if lt (int $maxModels) (len $hot) }}
+{{- fail (printf "shards[%s].maxModels is %d but the pool has %d hot cities: its cache must hold them (leave maxModels out to size it to its cities)" .name (int $maxModels) (len $hot)) }}
+{{- end }}
+{{- $pools = append $pools (dict
+    "fullname" (printf "%s-%s" (include "matchmaking.scoring.fullname" $) .name | trunc 63 | trimSuffix "-")
+    "shard" .name
+    "hotCities" $hot
+    "maxModels" (max 1 (int $maxModels))
+    "replicaCount" (.replicaCount | default $.Values.replicaCount)
+    "minReplicas" (.minReplicas | default $.Values.autoscaling.minReplicas)
+    "maxReplicas" (.maxReplicas | default $.Values.autoscaling.maxReplicas)
+    "resources" (.resources | default $.Values.resources)) }}
+{{- end }}
+{{- else }}
+{{- if lt (int $c.maxModels) (len $c.hotCities) }}
+{{- fail (printf "config.maxModels is %d but config.hotCities names %d cities: the cache must hold the hot set (the service refuses to start otherwise)" (int $c.maxModels) (len $c.hotCities)) }}
+{{- end }}
+{{- $pools = append $pools (dict
+    "fullname" (include "matchmaking.scoring.fullname" .)
+    "shard" ""
+    "hotCities" $c.hotCities
+    "maxModels" (int $c.maxModels)
+    "replicaCount" .Values.replicaCount
+    "minReplicas" .Values.autoscaling.minReplicas
+    "maxReplicas" .Values.autoscaling.maxReplicas
+    "resources" .Values.resources) }}
+{{- end }}
+{{- toYaml $pools }}
+{{- end }}
+
+{{/* The shard map every pool is given (MATCHMAKING_SERVE_SHARDS): pool -> cities, as JSON. */}}
+{{- define "matchmaking.shardMap" -}}
+{{- $map := dict }}
+{{- range .Values.shards }}{{ $_ := set $map .name .cities }}{{ end }}
+{{- toJson $map }}
+{{- end }}
+
+{{/* Selector labels of one scoring pool: include "matchmaking.pool.selectorLabels" (list $ $pool) */}}
+{{- define "matchmaking.pool.selectorLabels" -}}
+{{- $root := index . 0 -}}
+{{- $pool := index . 1 -}}
+{{ include "matchmaking.selectorLabels" (list $root "scoring") }}
+{{- if $pool.shard }}
+matchmaking.io/pool: {{ $pool.shard }}
+{{- end }}
+{{- end }}

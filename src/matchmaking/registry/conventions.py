@@ -147,3 +147,8 @@ DRIVER_TABLE_ARTIFACT = f"{EXTRA_FILES_DIR}/{DRIVER_TABLE_NAME}"
 #: Artifacts of runs: the training run's gain importance, the promote run's gate report.
 FEATURE_IMPORTANCE_ARTIFACT = "feature_importance.json"
 REPORT_ARTIFACT = "promotion_report.md"
+#: The LightGBM model file inside a version's model directory (what ``mlflow.lightgbm`` writes
+#: as its flavor's ``data``): with the driver table, the only files the scoring service fetches.
+LIGHTGBM_MODEL_FILE = "model.lgb"
+#: The files of a version the scoring service needs, relative to its model directory.
+SERVING_ARTIFACTS = (LIGHTGBM_MODEL_FILE, DRIVER_TABLE_ARTIFACT)
