@@ -72,18 +72,18 @@ def daily_summary(offers: pd.DataFrame) -> pd.DataFrame:
     ``window_sums`` adds an offer log's values, so history computed from the summaries of the
     days before a row equals, bit for bit, history computed from the offers themselves.
     """
-    drivers = offers["driver_id"].to_numpy(dtype=object)
-    days = offers["day"].to_numpy().astype("datetime64[D]")
-    keys = pd.MultiIndex.from_arrays([drivers, days])
-    codes, uniques = pd.factorize(keys, sort=True)
-    totals = np.zeros((len(uniques), 1 + len(HISTORY_VALUES)))
+    driver_codes, driver_ids = pd.factorize(offers["driver_id"].to_numpy(dtype=object))
+    day_codes, day_values = pd.factorize(offers["day"].to_numpy().astype("datetime64[D]"))
+    codes, pairs = pd.factorize(driver_codes.astype(np.int64) * max(len(day_values), 1) + day_codes)
+    totals = np.zeros((len(pairs), 1 + len(HISTORY_VALUES)))
     np.add.at(totals[:, 0], codes, 1.0)
     for j, name in enumerate(HISTORY_VALUES):
         np.add.at(totals[:, 1 + j], codes, offers[name].to_numpy(dtype=np.float64))
+    pairs = np.asarray(pairs, dtype=np.int64)
     return pd.DataFrame(
         {
-            "driver_id": np.asarray(uniques.get_level_values(0), dtype=object),
-            "day": np.asarray(uniques.get_level_values(1)).astype("datetime64[D]"),
+            "driver_id": np.asarray(driver_ids, dtype=object)[pairs // max(len(day_values), 1)],
+            "day": np.asarray(day_values).astype("datetime64[D]")[pairs % max(len(day_values), 1)],
             "offers": totals[:, 0],
             **{name: totals[:, 1 + j] for j, name in enumerate(HISTORY_VALUES)},
         }

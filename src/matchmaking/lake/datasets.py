@@ -170,6 +170,20 @@ def read_manifest(dataset: Location) -> dict[str, object]:
     return manifest
 
 
+def read_published_manifest(dataset: Location) -> dict[str, object]:
+    """The manifest of a published dataset (see ``read_dataset``).
+
+    Raises:
+        StorageError: the dataset has no ``_SUCCESS`` marker (not published).
+    """
+    if not storage.exists(storage.join(dataset, SUCCESS_FILE)):
+        raise StorageError(
+            f"{dataset} is not a published feature dataset (no _SUCCESS); "
+            "run `matchmaking process` first and pass the directory it prints"
+        )
+    return read_manifest(dataset)
+
+
 def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
     """Load a published feature dataset and its manifest.
 
@@ -180,12 +194,7 @@ def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
         StorageError: the dataset has no ``_SUCCESS`` marker (not published).
     """
     dataset = storage.location(dataset)
-    if not storage.exists(storage.join(dataset, SUCCESS_FILE)):
-        raise StorageError(
-            f"{dataset} is not a published feature dataset (no _SUCCESS); "
-            "run `matchmaking process` first and pass the directory it prints"
-        )
-    manifest = read_manifest(dataset)
+    manifest = read_published_manifest(dataset)
     tables = [read_table(path) for path in day_files(dataset, manifest)]
     if len(tables) == 1:
         return tables[0].to_pandas(), manifest
