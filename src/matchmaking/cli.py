@@ -18,6 +18,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, InputError, MatchmakingError, cli_lines, field_problems
 from matchmaking.progress import PROGRESS_ENV_VAR, command_progress, export_choice, progress_wanted
 from matchmaking.registry.commands import promote_command, rollback_command
+from matchmaking.world.dispatch import DEFAULT_TEMPERATURE_MIN
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ def world_generate(
     bookings_per_day: Annotated[
         int | None, typer.Option(min=1, help="Override: bookings per city-day (ignores --scale).")
     ] = None,
+    dispatch_temperature: Annotated[
+        float,
+        typer.Option(
+            help="The historical dispatcher's softmax temperature, minutes of logged ETA "
+            "(>= 0.1): candidates are offered in a random order drawn with weights "
+            "exp(-ETA / temperature), logged with their propensities; lower is closer to "
+            "nearest-ETA, higher explores more (docs/data.md)."
+        ),
+    ] = DEFAULT_TEMPERATURE_MIN,
     progress: ProgressOption = None,
 ) -> None:
     """Generate drivers, bookings, candidates, dispatch logs and the hidden ground truth."""
@@ -98,6 +108,7 @@ def world_generate(
         scale=scale,
         bookings_per_day=bookings_per_day,
         progress=progress_wanted(progress),
+        dispatch_temperature=dispatch_temperature,
     )
     typer.echo(summary.to_table())
 

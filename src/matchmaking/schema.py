@@ -52,6 +52,9 @@ BOOKINGS = pa.schema(
         # completed | rider_cancelled | expired (all offers declined) | no_driver
         pa.field("status", pa.string(), nullable=False),
         pa.field("assigned_driver_id", pa.string(), nullable=True),
+        # The dispatch policy that made the offers, and its version (changes with its params).
+        pa.field("logging_policy", pa.string(), nullable=False),
+        pa.field("logging_policy_version", pa.string(), nullable=False),
     ]
 )
 
@@ -68,6 +71,11 @@ CANDIDATES = pa.schema(
         pa.field("offered", pa.bool_(), nullable=False),
         pa.field("offer_order", pa.int16(), nullable=False),  # 0 = not offered, else 1, 2, ...
         pa.field("accepted", pa.bool_(), nullable=True),  # null when not offered
+        # Logged propensities (for off-policy evaluation; never features): P(the logging policy
+        # offers this candidate first), > 0 for every candidate and summing to 1 per booking;
+        # and, for an offered row, P(this offer at its offer_order | the offers before it).
+        pa.field("first_offer_propensity", pa.float64(), nullable=False),
+        pa.field("offer_propensity", pa.float64(), nullable=True),  # null when not offered
     ]
 )
 
@@ -192,6 +200,15 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
 ID_COLUMNS: tuple[str, ...] = ("booking_id", "driver_id")
+# What the logging policy logged (raw CANDIDATES and BOOKINGS): carried beside the features in
+# the published dataset for off-policy evaluation. Never features (tests/unit/test_features.py).
+LOGGED_POLICY_COLUMNS: tuple[str, ...] = (
+    "offer_order",
+    "first_offer_propensity",
+    "offer_propensity",
+    "logging_policy",
+    "logging_policy_version",
+)
 TIME_COLUMN = "requested_at"
 GROUP_COLUMN = "booking_id"
 LABEL_COLUMN = "accepted"

@@ -84,3 +84,26 @@ def test_cities_lists_the_catalogue(tmp_path: Path) -> None:
     res = _run("world", "cities", "--country", "vn", tmp_path=tmp_path)
     assert res.returncode == 0
     assert "ho-chi-minh-city" in res.stdout and "jakarta" not in res.stdout
+
+
+def test_dispatch_temperature_reaches_the_logged_policy(tmp_path: Path) -> None:
+    """--dispatch-temperature is the logging policy's parameter: it changes the logged version."""
+    import pyarrow.parquet as pq
+
+    versions = []
+    for temperature in ("0.75", "2.0"):
+        lake = tmp_path / f"lake-{temperature}"
+        res = _generate(
+            tmp_path,
+            *("--cities", "hue", "--days", "1", "--bookings-per-day", "50"),
+            *("--dispatch-temperature", temperature, "--out", str(lake)),
+        )
+        assert res.returncode == 0, res.stderr
+        (bookings,) = lake.glob("raw/city=hue/date=*/bookings.parquet")
+        table = pq.read_table(bookings, columns=["logging_policy", "logging_policy_version"])
+        assert set(table.column("logging_policy").to_pylist()) == {"softmax-eta"}
+        versions.append(set(table.column("logging_policy_version").to_pylist()))
+    assert len(versions[0]) == len(versions[1]) == 1 and versions[0] != versions[1]
+    res = _generate(tmp_path, "--dispatch-temperature", "0", "--out", str(tmp_path / "bad"))
+    assert res.returncode == 2 and "dispatch temperature" in res.stderr, res.stderr
+    assert not (tmp_path / "bad").exists()

@@ -28,6 +28,9 @@ CITIES = default_catalogue().markets
         ({"scale": -1.0}, InputError, "scale"),
         ({"seed": -1}, InputError, "seed"),
         ({"bookings_per_day": 0}, InputError, "bookings per day"),
+        ({"dispatch_temperature": 0.0}, InputError, "dispatch temperature"),
+        ({"dispatch_temperature": 0.05}, InputError, "dispatch temperature"),
+        ({"dispatch_temperature": float("nan")}, InputError, "dispatch temperature"),
     ],
 )
 def test_invalid_arguments_fail_before_writing(

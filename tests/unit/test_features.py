@@ -15,7 +15,7 @@ from matchmaking.features.core import (
 )
 from matchmaking.features.geo import direction_cosine, haversine_km, haversine_km_scalar
 from matchmaking.features.history import window_counts, window_sums
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import CANDIDATES, FEATURE_NAMES, LOGGED_POLICY_COLUMNS
 
 # Jakarta-ish coordinates; 0.01 degree of latitude is about 1.1 km.
 PICKUP = (-6.20, 106.82)
@@ -171,3 +171,15 @@ def test_scalar_haversine_equals_the_vector_one() -> None:
     vector = haversine_km(*pts.T)
     scalar = [haversine_km_scalar(*map(float, p)) for p in pts]
     np.testing.assert_allclose(scalar, vector, rtol=1e-12, atol=1e-9)
+
+
+def test_logged_propensities_are_never_features() -> None:
+    """The logging policy's columns describe how the data was collected, not the candidate:
+    a model fed them would learn the old dispatcher (and serving has no such input)."""
+    assert {"first_offer_propensity", "offer_propensity"} <= set(CANDIDATES.names)
+    assert {"offer_order", "first_offer_propensity", "offer_propensity"} <= set(
+        LOGGED_POLICY_COLUMNS
+    )
+    assert {"logging_policy", "logging_policy_version"} <= set(LOGGED_POLICY_COLUMNS)
+    assert set(FEATURE_NAMES).isdisjoint(LOGGED_POLICY_COLUMNS)
+    assert not [n for n in FEATURE_NAMES if "propensity" in n or "offer_order" in n]

@@ -69,6 +69,8 @@ def _raw(seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Da
                 "dropoff_lng": plng + rng.uniform(-0.06, 0.06),
                 "trip_km": rng.uniform(3, 15),
                 "fare": float(rng.integers(20, 90) * 1000),
+                "logging_policy": "uniform",
+                "logging_policy_version": "1",
             }
         )
         chosen = rng.choice(12, 5, replace=False)
@@ -87,6 +89,9 @@ def _raw(seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Da
                     "eta_rank": int(np.flatnonzero(order == j)[0]) + 1,
                     "offered": False,
                     "accepted": None,
+                    "offer_order": 0,
+                    "first_offer_propensity": 0.2,
+                    "offer_propensity": np.nan,
                 }
             )
     return pd.DataFrame(bookings), pd.DataFrame(candidates), drivers, offers

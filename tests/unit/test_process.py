@@ -20,7 +20,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, StorageError
 from matchmaking.lake.datasets import day_files, read_dataset, window_digest
 from matchmaking.processing.step import build_dataset, process
-from matchmaking.schema import FEATURE_NAMES, SUCCESS_MARKER
+from matchmaking.schema import FEATURE_NAMES, LOGGED_POLICY_COLUMNS, SUCCESS_MARKER
 from matchmaking.world.generate import generate_world
 
 DAY = date(2026, 8, 3)
@@ -177,3 +177,100 @@ def test_a_gap_in_the_history_is_named(settings: Settings) -> None:
         build_dataset(settings, "jakarta", DAY, DAY, 0.05)
     assert "window days" not in str(err.value)
     assert "holds 2026-08-01, 2026-08-03" in str(err.value)
+
+
+def _rewrite(path: Path, df: pd.DataFrame) -> None:
+    """Write ``df`` back as a loosely typed producer would (every field nullable)."""
+    loose = pa.schema([f.with_nullable(True) for f in pq.read_schema(path)])
+    pq.write_table(pa.Table.from_pandas(df, schema=loose, preserve_index=False), path)
+
+
+def test_bad_logged_propensities_are_quarantined_with_counts(settings: Settings) -> None:
+    """Each way the logged policy can be broken is its own reason; a booking whose first-offer
+    propensities are not a distribution goes whole (its candidates follow as orphans)."""
+    path = _raw(settings, DAY, "candidates")
+    cand = pq.read_table(path).to_pandas()
+    sizes = cand.groupby("booking_id", sort=False).size()
+    # Distinct bookings with at least 3 candidates and an offer, one fault each.
+    ids = [b for b in sizes.index[sizes >= 3] if cand.loc[cand["booking_id"] == b, "offered"].any()]
+    zero, rescaled, missing, stray, above_one = ids[:5]
+    rows = {b: cand.index[cand["booking_id"] == b] for b in ids[:5]}
+    not_offered = {b: rows[b][~cand.loc[rows[b], "offered"]] for b in rows}
+    offered = {b: rows[b][cand.loc[rows[b], "offered"]] for b in rows}
+    cand.loc[not_offered[zero][0], "first_offer_propensity"] = 0.0
+    cand.loc[rows[rescaled], "first_offer_propensity"] *= 0.9  # each fine, the sum is not
+    cand.loc[offered[missing][0], "offer_propensity"] = np.nan
+    cand.loc[not_offered[stray][0], "offer_propensity"] = 0.3
+    cand.loc[offered[above_one][0], "offer_propensity"] = 1.5
+    _rewrite(path, cand)
+
+    result = build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=0.05)
+    assert result.quarantine_counts == {
+        "bookings.propensity_sum": 2,
+        "candidates.bad_propensity": 2,
+        "candidates.propensity_inconsistent": 2,
+        "candidates.orphan_booking": len(rows[zero]) - 1 + len(rows[rescaled]),
+    }
+    quarantine = pq.read_table(result.dataset_dir / "quarantine.parquet").to_pandas()
+    by_reason = quarantine.groupby("reason")["booking_id"].agg(set)
+    assert by_reason["propensity_sum"] == {zero, rescaled}
+    assert by_reason["bad_propensity"] == {zero, above_one}
+    assert by_reason["propensity_inconsistent"] == {missing, stray}
+    published, _ = read_dataset(result.dataset_dir)
+    kept = published["booking_id"].value_counts()
+    assert zero not in kept and rescaled not in kept
+    for b in (missing, stray, above_one):  # a row-level fault takes only its row
+        assert kept[b] == len(rows[b]) - 1
+    assert published["first_offer_propensity"].between(0, 1, inclusive="right").all()
+
+
+def test_a_booking_without_its_policy_name_is_quarantined(settings: Settings) -> None:
+    path = _raw(settings, DAY, "bookings")
+    bookings = pq.read_table(path).to_pandas()
+    bookings.loc[bookings.index[:2], "logging_policy_version"] = None
+    _rewrite(path, bookings)
+    result = build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=0.05)
+    assert result.quarantine_counts["bookings.null_field"] == 2
+
+
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [
+        ("candidates", "first_offer_propensity"),
+        ("candidates", "offer_propensity"),
+        ("bookings", "logging_policy"),
+        ("bookings", "logging_policy_version"),
+    ],
+)
+def test_raw_table_without_the_logged_policy_fails_naming_it(
+    settings: Settings, table: str, column: str
+) -> None:
+    """A source that does not log its dispatch policy cannot be evaluated off-policy: the step
+    fails on the file and the column, it does not quarantine every row."""
+    path = _raw(settings, DAY, table)
+    pq.write_table(pq.read_table(path).drop_columns([column]), path)
+    with pytest.raises(DataQualityError) as err:
+        build_dataset(settings, "jakarta", DAY, DAY, max_bad_share=1.0)
+    assert f"{path}: column '{column}' is missing" in str(err.value)
+    assert not settings.features_dir.exists()
+
+
+def test_the_dataset_carries_the_logged_policy_beside_the_features(settings: Settings) -> None:
+    """Evaluation reads propensities, offer order and policy from the holdout dataset; the
+    manifest's feature list (what training and serving use) does not include them."""
+    result = build_dataset(settings, "jakarta", DAY, DAY, 0.05)
+    rows, manifest = read_dataset(result.dataset_dir)
+    assert manifest["features"] == list(FEATURE_NAMES)
+    assert set(LOGGED_POLICY_COLUMNS) <= set(rows.columns)
+    raw_cand = pq.read_table(_raw(settings, DAY, "candidates")).to_pandas()
+    raw_book = pq.read_table(_raw(settings, DAY, "bookings")).to_pandas()
+    raw = raw_cand.merge(raw_book[["booking_id", *LOGGED_POLICY_COLUMNS[3:]]], on="booking_id")
+    key = ["booking_id", "driver_id"]
+    got = rows.set_index(key).sort_index()
+    want = raw.set_index(key).loc[got.index]
+    assert len(got) == len(raw_cand)
+    for column in LOGGED_POLICY_COLUMNS:
+        pd.testing.assert_series_equal(
+            got[column], want[column], check_dtype=False, check_names=False
+        )
+    assert got["offer_propensity"].isna().eq(~got["offered"]).all()

@@ -8,9 +8,10 @@ import pandas as pd
 
 from matchmaking.features.core import CandidateInputs, build_matrix
 from matchmaking.features.history import window_sums
-from matchmaking.schema import FEATURE_NAMES
+from matchmaking.schema import FEATURE_NAMES, LOGGED_POLICY_COLUMNS
 
-# Columns kept beside the features in the published dataset.
+# Columns kept beside the features in the published dataset (with ``eta_seconds`` and the
+# logging policy's columns, schema.LOGGED_POLICY_COLUMNS, which evaluation reads).
 KEY_COLUMNS = ("booking_id", "driver_id", "requested_at", "day", "offered", "accepted")
 BOOKING_COLUMNS = (
     "booking_id",
@@ -21,6 +22,8 @@ BOOKING_COLUMNS = (
     "dropoff_lng",
     "trip_km",
     "fare",
+    "logging_policy",
+    "logging_policy_version",
 )
 DRIVER_COLUMNS = (
     "driver_id",
@@ -134,7 +137,8 @@ def build_features(
         speed_by_hour: the city's road speed (km/h) by local hour, 24 values.
 
     Returns:
-        One row per candidate: KEY_COLUMNS, ``eta_seconds`` and the features in contract order.
+        One row per candidate: KEY_COLUMNS, ``eta_seconds``, the logging policy's columns
+        (``schema.LOGGED_POLICY_COLUMNS``: never features) and the features in contract order.
     """
     rows = candidates.merge(
         bookings[list(BOOKING_COLUMNS)], on="booking_id", how="inner", suffixes=("", "_b")
@@ -203,6 +207,8 @@ def feature_frame(
             "offered": rows["offered"].to_numpy(dtype=bool),
             "accepted": rows["accepted"].astype("boolean"),
             "eta_seconds": col("eta_seconds"),
+            # offer_order, propensities (NaN offer_propensity when not offered), policy.
+            **{name: rows[name].to_numpy() for name in LOGGED_POLICY_COLUMNS},
         }
     )
     features = pd.DataFrame(matrix, columns=list(FEATURE_NAMES))

@@ -16,6 +16,8 @@ from matchmaking.features.geo import haversine_km
 
 MAX_ETA_SECONDS = 3600.0
 MAX_KM_FROM_CENTRE = 150.0
+# A booking's first-offer propensities are one probability distribution over its candidates.
+PROPENSITY_SUM_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -62,6 +64,21 @@ def _bad_coords(df: pd.DataFrame, lat: str, lng: str, centre: tuple[float, float
     return ~finite | (dist > MAX_KM_FROM_CENTRE)
 
 
+def _is_probability(p: pd.Series) -> pd.Series:
+    """``p`` is in (0, 1]: a probability with which a policy can have made a choice."""
+    return pd.Series(np.isfinite(p) & (p > 0) & (p <= 1), index=p.index)
+
+
+def _bad_propensity_sums(candidates: pd.DataFrame) -> pd.Series:
+    """Booking ids whose candidates' ``first_offer_propensity`` do not sum to 1 (duplicate
+    rows counted once; a missing or non-finite value breaks the sum)."""
+    once = candidates.loc[~candidates.duplicated(subset=["booking_id", "driver_id"])]
+    p = once["first_offer_propensity"].astype("float64").fillna(np.inf)
+    sums = p.groupby(once["booking_id"].astype(str)).sum()
+    bad = ~((sums - 1.0).abs() <= PROPENSITY_SUM_TOLERANCE)
+    return pd.Series(sums.index[bad.to_numpy()], dtype=object)
+
+
 def _quarantine_rows(table: str, df: pd.DataFrame, reason: pd.Series) -> pd.DataFrame:
     bad = df.loc[reason.notna()]
     return pd.DataFrame(
@@ -86,7 +103,9 @@ def validate(
     """Split raw rows into clean ones and a quarantine table with one reason per bad row.
 
     A candidate row is also quarantined when its booking was (reason ``orphan_booking``) or its
-    driver is not in the roster or was quarantined (``unknown_driver``).
+    driver is not in the roster or was quarantined (``unknown_driver``). A booking whose
+    candidates' first-offer propensities do not sum to 1 is quarantined as a whole
+    (``propensity_sum``): its logged policy is not a probability distribution.
     """
     drv_rules = [
         ("null_field", drivers[["driver_id", "home_lat", "home_lng", "rating"]].isna().any(axis=1)),
@@ -97,7 +116,7 @@ def validate(
     drv_reason = _first_reason(drv_rules, drivers.index)
 
     b_required = ["booking_id", "requested_at", "pickup_lat", "pickup_lng", "dropoff_lat"]
-    b_required += ["dropoff_lng", "trip_km", "fare"]
+    b_required += ["dropoff_lng", "trip_km", "fare", "logging_policy", "logging_policy_version"]
     b_rules = [
         ("null_field", bookings[b_required].isna().any(axis=1)),
         ("duplicate_booking", bookings["booking_id"].duplicated(keep="first")),
@@ -105,14 +124,16 @@ def validate(
         ("bad_coordinates", _bad_coords(bookings, "dropoff_lat", "dropoff_lng", centre)),
         ("bad_trip_km", ~(np.isfinite(bookings["trip_km"]) & (bookings["trip_km"] > 0))),
         ("bad_fare", ~(np.isfinite(bookings["fare"]) & (bookings["fare"] > 0))),
+        ("propensity_sum", _isin(bookings["booking_id"], _bad_propensity_sums(candidates))),
     ]
     b_reason = _first_reason(b_rules, bookings.index)
     good_bookings = bookings.loc[b_reason.isna(), "booking_id"]
     good_drivers = drivers.loc[drv_reason.isna(), "driver_id"]
 
     c_required = ["booking_id", "driver_id", "requested_at", "driver_lat", "driver_lng"]
-    c_required += ["eta_seconds", "offered"]
+    c_required += ["eta_seconds", "offered", "first_offer_propensity"]
     eta = candidates["eta_seconds"].astype("float64")
+    offer_p = candidates["offer_propensity"].astype("float64")
     c_rules = [
         ("null_field", candidates[c_required].isna().any(axis=1)),
         (
@@ -125,6 +146,15 @@ def validate(
             "label_inconsistent",
             candidates["offered"].fillna(False).astype(bool) == candidates["accepted"].isna(),
         ),
+        (
+            "bad_propensity",
+            ~_is_probability(candidates["first_offer_propensity"].astype("float64")),
+        ),
+        (
+            "propensity_inconsistent",
+            candidates["offered"].fillna(False).astype(bool) == offer_p.isna(),
+        ),
+        ("bad_propensity", offer_p.notna() & ~_is_probability(offer_p)),
         ("orphan_booking", ~_isin(candidates["booking_id"], good_bookings)),
         ("unknown_driver", ~_isin(candidates["driver_id"], good_drivers)),
     ]

@@ -3,7 +3,8 @@
 For each city-day, bookings are simulated in time-ordered chunks: pickups and dropoffs
 around demand hotspots, candidates found with a k-d tree over the drivers on shift in each
 5-minute bucket, true acceptance and cancellation probabilities from ``world.truth``, and a
-historical nearest-ETA dispatcher whose offers produce the logged labels. Chunks stream into
+historical dispatcher (``world.dispatch``: softmax over ETA, logged with its propensities) whose
+offers produce the logged labels. Chunks stream into
 a staged partition (``matchmaking.lake``) published atomically, truth first. Every random draw
 comes from a generator seeded by (seed, city, date, chunk), so output bytes depend on the
 seed only. See docs/data.md.
@@ -39,6 +40,13 @@ from matchmaking.schema import (
     UTC_TS,
 )
 from matchmaking.world import truth
+from matchmaking.world.dispatch import (
+    DEFAULT_TEMPERATURE_MIN,
+    SoftmaxEtaPolicy,
+    check_temperature,
+    dispatch,
+    group_rank,
+)
 from matchmaking.world.population import (
     BUSINESS,
     EVENING_PEAK,
@@ -73,7 +81,6 @@ MIN_CANDIDATES = 3  # widen the search radius below this many
 MAX_CANDIDATES = 8  # K nearest by ETA
 CIRCUITY = 1.3
 MAX_OFFERS = 3
-DISPATCH_NOISE = 0.15  # sd of the lognormal jitter on the dispatcher's ETA ordering
 ETA_LOG_NOISE = 0.04  # measurement noise between the true and the logged ETA
 TRIP_KM_RANGE = (1.5, 15.0)  # straight-line pickup -> dropoff
 ETA_HIST_MAX_S = 3600
@@ -307,19 +314,6 @@ class _BucketCache:
         return self.last
 
 
-def _group_rank(group: IntArray, order: IntArray) -> IntArray:
-    """1-based rank of each row within its group, following ``order`` (rows sorted by group)."""
-    g = group[order]
-    n = len(g)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    first = np.repeat(starts, np.diff(np.r_[starts, n]))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - first + 1
-    return rank
-
-
 @dataclass
 class ChunkResult:
     """Tables of one chunk and its counters."""
@@ -338,6 +332,7 @@ def simulate_chunk(
     cache: _BucketCache,
     midnight_utc_us: int,
     rng: np.random.Generator,
+    policy: SoftmaxEtaPolicy,
 ) -> ChunkResult:
     """Simulate consecutive bookings requested at local minutes ``t_min`` (sorted)."""
     city, roster = cw.city, cw.roster
@@ -392,11 +387,12 @@ def simulate_chunk(
     speed = cw.speed[hour[b]]
     m = len(b)
     true_eta_s = distance_km * CIRCUITY / speed * 3600.0 + rng.lognormal(math.log(25.0), 0.5, m)
-    eta_s = true_eta_s * rng.lognormal(0.0, ETA_LOG_NOISE, m)
+    # Logged to 0.1 s: the dispatcher decides on exactly what the log holds.
+    eta_s = np.round(true_eta_s * rng.lognormal(0.0, ETA_LOG_NOISE, m), 1)
 
     # K nearest by logged ETA, ranked.
     order = np.lexsort((eta_s, b))
-    rank = _group_rank(b, order)
+    rank = group_rank(b, order)
     top = rank <= MAX_CANDIDATES
     sel = order[top[order]]  # rows sorted by (booking, eta), capped at K
     b, d, s_shift = b[sel], d[sel], s_shift[sel]
@@ -420,9 +416,9 @@ def simulate_chunk(
     )
     p_cancel = truth.cancel_probability(eta_min)
 
-    # --- historical dispatcher: nearest ETA (jittered), one offer at a time --------------
-    key = eta_s * rng.lognormal(0.0, DISPATCH_NOISE, m)
-    offer_pos = _group_rank(b, np.lexsort((key, b)))
+    # --- historical dispatcher: softmax over ETA, one offer at a time ---------------------
+    logged = dispatch(b, eta_s, policy, rng)
+    offer_pos = logged.offer_pos
     would_accept = rng.random(m) < p_accept
     no_accept = MAX_OFFERS + 1
     first_acc = np.full(n, no_accept, dtype=np.int64)
@@ -479,6 +475,8 @@ def simulate_chunk(
             pa.array(n_offers.astype(np.int16)),
             pa.array(list(BOOKING_STATUSES), type=pa.string()).take(pa.array(status)),
             assigned_driver,
+            pa.repeat(pa.scalar(policy.name, pa.string()), n),
+            pa.repeat(pa.scalar(policy.version, pa.string()), n),
         ],
         schema=BOOKINGS,
     )
@@ -493,11 +491,13 @@ def simulate_chunk(
             pa.array(dlat),
             pa.array(dlng),
             pa.array(np.round(distance_km, 4)),
-            pa.array(np.round(eta_s, 1)),
+            pa.array(eta_s),
             pa.array(rank.astype(np.int16)),
             pa.array(offered),
             pa.array(np.where(offered, offer_pos, 0).astype(np.int16)),
             pa.array(accepted, mask=~offered),
+            pa.array(logged.first_offer_propensity),
+            pa.array(logged.offer_propensity, mask=~offered),
         ],
         schema=CANDIDATES,
     )
@@ -548,9 +548,11 @@ def generate_day(
     seed: int,
     out: Location,
     progress: bool = False,
+    policy: SoftmaxEtaPolicy | None = None,
 ) -> CityStats:
     """Simulate one city-day and publish its truth, then its raw partition."""
     city = cw.city
+    policy = policy or SoftmaxEtaPolicy(max_offers=MAX_OFFERS)
     ordinal = (day - _EPOCH).days
     rng = rng_for(seed, city.id, _DAY, ordinal)
     t_min = np.sort(_sample_hours(n_bookings, rng) * 60.0 + rng.random(n_bookings) * 60.0)
@@ -589,6 +591,7 @@ def generate_day(
                     cache,
                     midnight_utc_us,
                     rng_for(seed, city.id, _CHUNK, ordinal, i),
+                    policy,
                 )
                 writers["ground_truth"].write_table(res.ground_truth)
                 writers["bookings"].write_table(res.bookings)
@@ -611,6 +614,7 @@ def _validate(
     out: Location,
     scale: float,
     bookings_per_day: int | None,
+    dispatch_temperature: float,
 ) -> list[Market]:
     if not cities:
         raise InputError("no city given; pass --cities, e.g. --cities jakarta,bangkok")
@@ -628,6 +632,9 @@ def _validate(
         raise InputError(f"scale must be a positive number, got {scale}")
     if bookings_per_day is not None and bookings_per_day < 1:
         raise InputError(f"bookings per day must be at least 1, got {bookings_per_day}")
+    problem = check_temperature(dispatch_temperature)
+    if problem:
+        raise InputError(problem)
     lake.ensure_writable(out)
     return resolved
 
@@ -641,6 +648,7 @@ def generate_world(
     scale: float,
     bookings_per_day: int | None,
     progress: bool,
+    dispatch_temperature: float = DEFAULT_TEMPERATURE_MIN,
 ) -> WorldSummary:
     """Generate the world into the lake at ``out`` (``out/raw`` and ``out/truth``).
 
@@ -653,12 +661,17 @@ def generate_world(
         scale: share of each city's real daily volume to simulate.
         bookings_per_day: exact bookings per city-day; overrides ``scale``.
         progress: show a tqdm progress bar over city-days.
+        dispatch_temperature: the historical dispatcher's softmax temperature, minutes of
+            logged ETA (``world.dispatch``); lower is closer to nearest-ETA.
 
     Raises:
         UnknownCityError, InputError: invalid arguments (nothing is written).
         StorageError: ``out`` is not writable.
     """
-    resolved = _validate(cities, start, days, seed, out, scale, bookings_per_day)
+    resolved = _validate(
+        cities, start, days, seed, out, scale, bookings_per_day, dispatch_temperature
+    )
+    policy = SoftmaxEtaPolicy(temperature_min=dispatch_temperature, max_offers=MAX_OFFERS)
     out = storage.location(out)
     summary = WorldSummary(out=out, start=start, days=days, seed=seed, cities={})
     with tqdm(total=len(resolved) * days, unit="city-day", disable=not progress) as bar:
@@ -679,7 +692,7 @@ def generate_world(
                 day = start + timedelta(days=i)
                 n = bookings_for_day(cw, day, bookings_per_day)
                 bar.set_postfix_str(f"{city.id} {day}")
-                _merge(stats, generate_day(cw, day, n, seed, out, progress))
+                _merge(stats, generate_day(cw, day, n, seed, out, progress, policy))
                 stats.days += 1
                 bar.update(1)
                 logger.debug("generated %s %s: %d bookings", city.id, day, n)

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-# Calibrated so that offers made by the historical nearest-ETA dispatcher are accepted
+# Calibrated so that offers made by the historical dispatcher (world.dispatch) are accepted
 # 75-85% of the time (see tests/data/test_realism.py).
 ACCEPT_INTERCEPT = 3.85
 ETA_PER_MIN = -0.42  # each minute of pickup ETA lowers the odds
