@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (markdown table rows of the report are kept one line each)
 """Benchmark: processing and training at real volume in bounded memory (issue 14).
 
 Every measurement runs in its own child process; its peak RSS is that child's ``ru_maxrss``

@@ -51,7 +51,7 @@ from matchmaking.lake.storage import Location
 from matchmaking.markets import Market, get_market
 from matchmaking.processing import engine as eng
 from matchmaking.processing.inputs import history_from
-from matchmaking.schema import CANDIDATES, FEATURE_NAMES, RAW_TABLES
+from matchmaking.schema import DRIVERS, FEATURE_NAMES, RAW_TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -346,10 +346,12 @@ class DayProcessor:
 
     def _empty(self) -> pd.DataFrame:
         """The published columns of no rows (a day whose every row was quarantined)."""
-        cands = pa.schema([f.with_nullable(True) for f in CANDIDATES]).empty_table().to_pandas()
+        cands = _no_rows("candidates")
+        bookings = _no_rows("bookings")
+        drivers = pa.schema([f.with_nullable(True) for f in DRIVERS]).empty_table().to_pandas()
         rows = cands.assign(
-            **{c: pd.Series(dtype="float64") for c in BOOKING_COLUMNS if c not in cands},
-            **{c: pd.Series(dtype="float64") for c in DRIVER_COLUMNS if c not in cands},
+            **{c: bookings[c] for c in BOOKING_COLUMNS if c not in cands},
+            **{c: drivers[c] for c in DRIVER_COLUMNS if c not in cands},
         )
         return feature_frame(
             rows, np.zeros((0, 3)), self.info.tz, np.asarray(self.info.speed_kmh, np.float64)
