@@ -51,6 +51,7 @@ from matchmaking.lake.storage import Location
 from matchmaking.markets import Market, get_market
 from matchmaking.processing import engine as eng
 from matchmaking.processing.inputs import history_from
+from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import DRIVERS, FEATURE_NAMES, RAW_TABLES
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class DayProcessor:
         self._keys: dict[date, str] = {}
         self._roster: pd.DataFrame | None = None
         self.rejected_parent: Location | None = None  # where a rejected day's files go
+        self.progress: Progress = SILENT
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -298,8 +300,10 @@ class DayProcessor:
             return Day(day, location, datasets.read_manifest(location), reused=True)
         history = self.read_summaries(self.history_days(day))
         with eng.engine(self.config) as e:
+            self.progress.step(f"validating {day}")
             checked = self._validate(e, day)
             summary = self.ensure_summary(day, checked)
+            self.progress.step(f"building features of {day}")
             table = driver_snapshot(checked.drivers, history, np.datetime64(day))
             table = table[["driver_id", *eng.HISTORY_COLUMNS]]
 

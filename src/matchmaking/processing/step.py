@@ -77,14 +77,16 @@ def build_dataset(
     read_from = require_raw(root, city, start, end)  # the window, its history, their schema
     proc = DayProcessor(settings, city, max_bad_share)
     proc.rejected_parent = datasets.window_dir(settings.features_dir, city, start, end)
-    if read_from < start:
-        progress.step(f"summarising the history days {read_from}..{start - timedelta(days=1)}")
+    proc.progress = progress
+    days_read = (end - read_from).days + 1
+    progress.step(f"reading {days_read} daily partitions ({read_from}..{end}), one day at a time")
     for d in _days(read_from, start - timedelta(days=1)):
+        progress.step(f"summarising history day {d}")
         proc.ensure_summary(d)
     built: list[Day] = []
     for d in _days(start, end):
-        progress.step(f"processing {city} {d}")
         built.append(proc.ensure_day(d))
+        progress.step(f"{d}: {'reused' if built[-1].reused else 'published'}")
     progress.step("writing the driver table and the window's manifest")
     summaries = [proc.ensure_summary(d) for d in _days(start, end)]
     counts: Counter[str] = Counter()

@@ -283,7 +283,7 @@ def train(
     """
     spec = model_type(kind)
     features_dir = storage.location(features_dir)
-    progress.step(f"reading the manifest of {features_dir}")
+    progress.step(f"reading features {features_dir}: its manifest")
     manifest = read_published_manifest(features_dir)
     if manifest.get("city") != city:
         raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
