@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-images images lint format bench serve lock clean
+.PHONY: demo test test-fast test-images images lint format bench bench-scale serve lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk not installed: the serving benchmark falls back to its asyncio client"
 	$(BIN)/python -m benchmarks.run
+
+# Processing and training at real volume (issue 14; about 40 min, not in `bench`'s default set):
+# writes benchmarks/reports/scale.md, scratch data under .tmp/bench-scale.
+bench-scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale
 
 serve: $(STAMP)
 	# The demo cities are loaded before the first request. Every setting is the environment's,

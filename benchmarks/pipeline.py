@@ -150,7 +150,6 @@ def step_bare(dataset: Path) -> Result:
     t0 = time.perf_counter()
     import lightgbm as lgb
     import numpy as np
-    import pandas as pd
     from sklearn.metrics import roc_auc_score
 
     from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
@@ -158,7 +157,9 @@ def step_bare(dataset: Path) -> Result:
 
     imported, cpu0 = time.perf_counter(), time.process_time()
     params = load_params(overrides={"objectives": ["binary"]})
-    rows = pd.read_parquet(dataset / "features.parquet")
+    from matchmaking.lake.datasets import read_dataset
+
+    rows, _ = read_dataset(dataset)
     rows = rows.loc[rows["offered"]].sort_values(
         ["requested_at", GROUP_COLUMN, "eta_rank"], kind="stable"
     )

@@ -151,7 +151,11 @@ def process(
     ] = 0.05,
     progress: ProgressOption = None,
 ) -> None:
-    """Validate raw partitions, quarantine bad rows, publish a versioned feature dataset."""
+    """Validate raw partitions, quarantine bad rows, publish a versioned feature dataset.
+
+    The window is processed one day at a time (see `process-day`); days already published
+    with the same inputs are reused, and the dataset lists its days.
+    """
     from matchmaking.markets import get_market
     from matchmaking.processing.step import process as run_process
 
@@ -164,6 +168,34 @@ def process(
         f"features: {result.dataset_dir}\ndigest: {result.digest}\nrows: {result.rows} "
         f"(offered {result.offered_rows}), quarantined: {result.quarantined} "
         f"{result.quarantine_counts or ''}\nrun_id: {result.run_id}"
+    )
+
+
+@app.command("process-day")
+def process_day(
+    city: Annotated[str, typer.Option(help="City id.")],
+    day: Annotated[str, typer.Option(help="The local calendar day, YYYY-MM-DD.")],
+    max_bad_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fail when more raw rows than this are bad.")
+    ] = 0.05,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even when published (writes the same bytes).")
+    ] = False,
+) -> None:
+    """Process one city-day: validate its raw partitions and publish its feature partition.
+
+    History comes from the per-driver summaries of the 28 days before it (made from their raw
+    days when missing). A day published with the same raw data, code and history is reused.
+    `process --start --end` runs this for each day of the window and lists the days.
+    """
+    from matchmaking.markets import get_market
+    from matchmaking.processing.step import process_day as run_day
+
+    get_market(city)
+    result = run_day(Settings(), city, _date(day, "--day"), max_bad_share, force)
+    typer.echo(
+        f"day: {result.location}\ndigest: {result.digest}\nrows: {result.manifest['rows']} "
+        f"(offered {result.manifest['offered_rows']}){' [reused]' if result.reused else ''}"
     )
 
 

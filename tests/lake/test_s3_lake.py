@@ -25,7 +25,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, StorageError
 from matchmaking.evaluation.evaluate import evaluate
 from matchmaking.lake import storage
-from matchmaking.lake.datasets import read_dataset
+from matchmaking.lake.datasets import day_files, read_dataset, window_digest
 from matchmaking.processing.step import ProcessResult, build_dataset, process
 from matchmaking.schema import SUCCESS_MARKER
 from matchmaking.training.params import load_params
@@ -130,7 +130,13 @@ def test_feature_dataset_on_s3_has_the_local_digest(worlds: Worlds) -> None:
     local_rows, local_manifest = read_dataset(local.dataset_dir)
     pd.testing.assert_frame_equal(rows, local_rows)
     assert manifest == local_manifest
-    assert storage.digest(f"{s3.dataset_dir}/features.parquet") == s3.digest
+    # The window lists its days, each published on S3 with the digest of its bytes there.
+    days = manifest["days"]
+    assert isinstance(days, list) and len(days) == 2
+    for day, path in zip(days, day_files(s3.dataset_dir, manifest), strict=True):
+        assert isinstance(path, str) and path.startswith(f"{worlds.s3.lake_dir}/features/")
+        assert storage.digest(path) == day["digest"]
+    assert window_digest(days) == s3.digest
     # A rerun reuses the published dataset (same content address).
     again = build_dataset(worlds.s3, CITY, *TRAIN, 0.05)
     assert again.dataset_dir == s3.dataset_dir

@@ -20,14 +20,14 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from support.tracking_server import TrackingServer
 
 from matchmaking.config import Settings
 from matchmaking.lake import storage
-from matchmaking.processing.step import FEATURES_FILE, MANIFEST_FILE, build_dataset
+from matchmaking.lake.datasets import FEATURES_FILE, MANIFEST_FILE, read_dataset
+from matchmaking.processing.step import build_dataset
 from matchmaking.registry.conventions import FEATURES_URI_TAG, model_name
 from matchmaking.schema import LABEL_COLUMN
 from matchmaking.training.params import TrainParams
@@ -83,13 +83,14 @@ def truth_deleted(world: World) -> bool:
 def shuffled_copy(dataset_dir: Path, out: Path, seed: int = 0) -> Path:
     """A published copy of a feature dataset whose labels are permuted among offered rows."""
     shutil.copytree(dataset_dir, out)
-    rows = pd.read_parquet(out / FEATURES_FILE)
+    rows, _ = read_dataset(dataset_dir)  # the copy holds its own features.parquet
     offered = rows["offered"].to_numpy(dtype=bool)
     labels = rows.loc[offered, LABEL_COLUMN].to_numpy()
     rows.loc[offered, LABEL_COLUMN] = np.random.default_rng(seed).permutation(labels)
     rows.to_parquet(out / FEATURES_FILE, index=False)
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     manifest["digest"] = "shuffled-" + manifest["digest"][:40]
+    manifest.pop("days", None)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     return out
 
@@ -119,11 +120,12 @@ def trained(
 def tiny_copy(dataset_dir: Path, out: Path, bookings: int) -> Path:
     """A published copy of a feature dataset keeping only its first ``bookings`` bookings."""
     shutil.copytree(dataset_dir, out)
-    rows = pd.read_parquet(out / FEATURES_FILE)
+    rows, _ = read_dataset(dataset_dir)  # the copy holds its own features.parquet
     keep = rows["booking_id"].drop_duplicates().iloc[:bookings]
     rows[rows["booking_id"].isin(keep)].to_parquet(out / FEATURES_FILE, index=False)
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     manifest["digest"] = f"tiny{bookings}-" + manifest["digest"][:40]
+    manifest.pop("days", None)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest))
     return out
 

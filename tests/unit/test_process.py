@@ -18,7 +18,7 @@ import pytest
 
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, StorageError
-from matchmaking.lake.datasets import read_dataset
+from matchmaking.lake.datasets import day_files, read_dataset, window_digest
 from matchmaking.processing.step import build_dataset, process
 from matchmaking.schema import FEATURE_NAMES, LOGGED_POLICY_COLUMNS, SUCCESS_MARKER
 from matchmaking.world.generate import generate_world
@@ -116,8 +116,13 @@ def test_changed_raw_data_gets_a_new_digest_and_dataset(settings: Settings) -> N
     assert after.digest != before.digest
     assert after.dataset_dir != before.dataset_dir
     assert after.dataset_dir.name == after.digest[:16]
-    features = after.dataset_dir / "features.parquet"
-    assert hashlib.sha256(features.read_bytes()).hexdigest() == after.digest
+    # The window is the list of its days: each day's file hashes to its digest, the list of
+    # (day, digest) to the window's.
+    days = read_dataset(after.dataset_dir)[1]["days"]
+    assert isinstance(days, list) and [d["day"] for d in days] == [str(DAY)]
+    for day, features in zip(days, day_files(after.dataset_dir, {"days": days}), strict=True):
+        assert hashlib.sha256(features.read_bytes()).hexdigest() == day["digest"]
+    assert window_digest(days) == after.digest
     # Both versions stay published, each with its own rows.
     old, _ = read_dataset(before.dataset_dir)
     new, manifest = read_dataset(after.dataset_dir)

@@ -63,19 +63,60 @@ def offer_log(candidates: pd.DataFrame, tz: str) -> pd.DataFrame:
 
 
 HISTORY_VALUES = ("accepted", "eta_min")
+# A day's per-driver summary: what history needs of that day (``daily_summary``).
+SUMMARY_COLUMNS = ("driver_id", "day", "offers", *HISTORY_VALUES)
+
+
+def daily_summary(offers: pd.DataFrame) -> pd.DataFrame:
+    """Per (driver, local day): the number of offers, acceptances and the sum of offered ETA
+    minutes, in ``SUMMARY_COLUMNS``.
+
+    The sums are added in the order of ``offers`` (``np.add.at``), the order in which
+    ``window_sums`` adds an offer log's values, so history computed from the summaries of the
+    days before a row equals, bit for bit, history computed from the offers themselves.
+    """
+    driver_codes, driver_ids = pd.factorize(offers["driver_id"].to_numpy(dtype=object))
+    day_codes, day_values = pd.factorize(offers["day"].to_numpy().astype("datetime64[D]"))
+    codes, pairs = pd.factorize(driver_codes.astype(np.int64) * max(len(day_values), 1) + day_codes)
+    totals = np.zeros((len(pairs), 1 + len(HISTORY_VALUES)))
+    np.add.at(totals[:, 0], codes, 1.0)
+    for j, name in enumerate(HISTORY_VALUES):
+        np.add.at(totals[:, 1 + j], codes, offers[name].to_numpy(dtype=np.float64))
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "driver_id": np.asarray(driver_ids, dtype=object)[pairs // max(len(day_values), 1)],
+            "day": np.asarray(day_values).astype("datetime64[D]")[pairs % max(len(day_values), 1)],
+            "offers": totals[:, 0],
+            **{name: totals[:, 1 + j] for j, name in enumerate(HISTORY_VALUES)},
+        }
+    )
 
 
 def _history(
     offers: pd.DataFrame, driver_id: npt.NDArray[np.object_], day: npt.NDArray[np.datetime64]
 ) -> npt.NDArray[np.float64]:
-    """Columns: offers, accepts, sum of offered ETA minutes (28 days before ``day``)."""
-    return window_sums(
+    """Columns: offers, accepts, sum of offered ETA minutes (28 days before ``day``).
+
+    ``offers`` is an offer log (``offer_log``, one row per offer) or daily summaries
+    (``daily_summary``, with an ``offers`` count per row): the same numbers either way.
+    """
+    if "offers" not in offers:
+        return window_sums(
+            offers["driver_id"].to_numpy(dtype=object),
+            offers["day"].to_numpy(),
+            offers[list(HISTORY_VALUES)].to_numpy(dtype=np.float64),
+            driver_id,
+            day,
+        )
+    sums = window_sums(
         offers["driver_id"].to_numpy(dtype=object),
         offers["day"].to_numpy(),
-        offers[list(HISTORY_VALUES)].to_numpy(dtype=np.float64),
+        offers[["offers", *HISTORY_VALUES]].to_numpy(dtype=np.float64),
         driver_id,
         day,
     )
+    return sums[:, 1:]
 
 
 def build_features(
@@ -107,8 +148,27 @@ def build_features(
     )
     rows = rows.sort_values(["requested_at", "booking_id", "eta_rank"], kind="stable")
     rows = rows.reset_index(drop=True)
-    minute, dow, day = local_time(rows["requested_at"], tz)
+    _, _, day = local_time(rows["requested_at"], tz)
     history = _history(offers, rows["driver_id"].to_numpy(dtype=object), day)
+    return feature_frame(rows, history, tz, speed_by_hour)
+
+
+def feature_frame(
+    rows: pd.DataFrame,
+    history: npt.NDArray[np.float64],
+    tz: str,
+    speed_by_hour: npt.NDArray[np.float64],
+) -> pd.DataFrame:
+    """The published rows of joined, ordered candidate rows: KEY_COLUMNS, ``eta_seconds`` and
+    the features in contract order (``build_matrix``, the function serving calls too).
+
+    Args:
+        rows: candidates joined with their booking (BOOKING_COLUMNS) and driver
+            (DRIVER_COLUMNS), whole bookings only (ETA rank and gap are per booking).
+        history: per row, the driver's offers, acceptances and offered ETA minutes in the 28
+            days before the row's local day.
+    """
+    minute, dow, day = local_time(rows["requested_at"], tz)
     group, _ = pd.factorize(rows["booking_id"])
 
     def col(name: str) -> npt.NDArray[np.float64]:
@@ -158,7 +218,8 @@ def build_features(
 def driver_snapshot(
     drivers: pd.DataFrame, offers: pd.DataFrame, as_of: np.datetime64
 ) -> pd.DataFrame:
-    """The driver feature table valid on day ``as_of``: shift and 28-day history per driver.
+    """The driver feature table valid on day ``as_of``: shift and 28-day history per driver
+    (``offers``: an offer log or daily summaries, see ``_history``).
 
     Serving joins it by driver id; a driver missing from it gets no history (0 offers) and an
     unknown shift (NaN), exactly as a brand-new driver does in training.

@@ -1,6 +1,7 @@
 """``matchmaking process``: raw partitions -> validated, versioned feature dataset + MLflow run.
 
-The dataset's layout, publication and readers are the lake's (``matchmaking.lake.datasets``).
+A window is processed a day at a time (``processing.day``) and published as the list of its
+days. The dataset's layout, publication and readers are the lake's (``matchmaking.lake.datasets``).
 """
 
 from __future__ import annotations
@@ -8,31 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import mlflow
-import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from matchmaking import lake, tracking
 from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, InputError
-from matchmaking.features.batch import build_features, driver_snapshot, offer_log
 from matchmaking.lake import datasets, storage
-from matchmaking.lake.datasets import (
-    DRIVER_TABLE_FILE,
-    FEATURES_FILE,
-    MANIFEST_FILE,
-    QUARANTINE_FILE,
-)
+from matchmaking.lake.datasets import DRIVER_TABLE_FILE, MANIFEST_FILE, QUARANTINE_FILE
 from matchmaking.lake.storage import Location
-from matchmaking.markets import get_market
+from matchmaking.processing.day import Day, DayProcessor, Summary
 from matchmaking.processing.inputs import require_raw
-from matchmaking.processing.validate import validate
 from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import FEATURE_NAMES, RAW_TABLES
 
@@ -53,19 +46,17 @@ class ProcessResult:
     quarantine_counts: dict[str, int]
     history_from: date
     run_id: str | None = None
-
-
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    """The parquet file of ``df`` (the same bytes whatever the filesystem it goes to)."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True)
-    return bytes(sink.getvalue().to_pybytes())
+    days_built: int = 0
+    days_reused: int = 0
 
 
 def _window(start: date, end: date) -> None:
     if end < start:
         raise InputError(f"--end {end} is before --start {start}; give a window start <= end")
+
+
+def _days(start: date, end: date) -> list[date]:
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def build_dataset(
@@ -76,90 +67,124 @@ def build_dataset(
     max_bad_share: float,
     progress: Progress = SILENT,
 ) -> ProcessResult:
-    """Read, validate, featurise and publish one city's window (no MLflow side effects)."""
+    """Publish one city's window as the list of its days (no MLflow side effects).
+
+    Each day is built once (``processing.day``): a day already published with the same
+    inputs is reused, so a window overlapping yesterday's only builds its new days.
+    """
     _window(start, end)
-    info = get_market(city)
     root = settings.lake_dir
     read_from = require_raw(root, city, start, end)  # the window, its history, their schema
-    days = (end - read_from).days + 1
-    progress.step(f"reading {days} daily partitions ({read_from}..{end}) and the driver roster")
-    bookings = lake.read_partitions(root, city, "bookings", read_from, end).to_pandas()
-    candidates = lake.read_partitions(root, city, "candidates", read_from, end).to_pandas()
-    drivers = lake.read_drivers(root, city).to_pandas()
-
-    progress.step(f"validating {len(bookings):,} bookings and {len(candidates):,} candidates")
-    checked = validate(bookings, candidates, drivers, centre=(info.lat, info.lng))
-    logger.info(
-        "%s: %d of %d raw rows quarantined (%.2f%%)",
-        city,
-        checked.bad_rows,
-        checked.total_rows,
-        100 * checked.bad_share,
-    )
-    progress.step("building features and the driver table")
-    offers = offer_log(checked.candidates, info.tz)
-    # History comes from every clean offer read; features only for the window's rows.
-    lo = pd.Timestamp(start.isoformat(), tz=info.tz)
-    hi = pd.Timestamp((end + timedelta(days=1)).isoformat(), tz=info.tz)
-    at = checked.candidates["requested_at"]
-    rows = build_features(
-        checked.bookings,
-        checked.candidates.loc[(at >= lo) & (at < hi)],
-        checked.drivers,
-        offers,
-        info.tz,
-        np.asarray(info.speed_kmh, dtype=np.float64),
-    )
-    day = rows["day"].to_numpy().astype("datetime64[D]")
-    in_window = (day >= np.datetime64(start)) & (day <= np.datetime64(end))
-    rows = rows.loc[in_window].reset_index(drop=True)
-    snapshot = driver_snapshot(checked.drivers, offers, np.datetime64(end + timedelta(days=1)))
-
-    progress.step(f"writing {len(rows):,} feature rows")
-    parent = datasets.window_dir(settings.features_dir, city, start, end)
+    proc = DayProcessor(settings, city, max_bad_share)
+    proc.rejected_parent = datasets.window_dir(settings.features_dir, city, start, end)
+    proc.progress = progress
+    days_read = (end - read_from).days + 1
+    progress.step(f"reading {days_read} daily partitions ({read_from}..{end}), one day at a time")
+    for d in _days(read_from, start - timedelta(days=1)):
+        progress.step(f"summarising history day {d}")
+        proc.ensure_summary(d)
+    built: list[Day] = []
+    for d in _days(start, end):
+        built.append(proc.ensure_day(d))
+        progress.step(f"{d}: {'reused' if built[-1].reused else 'published'}")
+    progress.step("writing the driver table and the window's manifest")
+    summaries = [proc.ensure_summary(d) for d in _days(start, end)]
+    counts: Counter[str] = Counter()
+    bad = total = 0
+    for i, s in enumerate(summaries):
+        day_counts = dict(s.manifest["quarantine"])  # type: ignore[call-overload]
+        for k, v in day_counts.items():
+            if i == 0 or not k.startswith("drivers."):  # the roster once, not once a day
+                counts[k] += int(v)
+        bad += int(s.manifest["bad_rows"])  # type: ignore[call-overload]
+        total += int(s.manifest["total_rows"])  # type: ignore[call-overload]
+    roster_bad = sum(v for k, v in counts.items() if k.startswith("drivers."))
+    roster = len(proc.roster())
+    bad -= roster_bad * (len(summaries) - 1)
+    total -= roster * (len(summaries) - 1)
+    quarantine = _window_quarantine(summaries)
+    snapshot = pa.Table.from_pandas(proc.driver_table(end), preserve_index=False)
+    days = [
+        {
+            "day": b.day.isoformat(),
+            "path": _relative(settings, city, b.location),
+            "digest": b.digest,
+            "rows": b.manifest["rows"],
+            "offered_rows": b.manifest["offered_rows"],
+        }
+        for b in built
+    ]
+    digest = datasets.window_digest(days)
     files = {
-        FEATURES_FILE: _parquet_bytes(rows),
         DRIVER_TABLE_FILE: _parquet_bytes(snapshot),
-        QUARANTINE_FILE: _parquet_bytes(checked.quarantine),
+        QUARANTINE_FILE: _parquet_bytes(quarantine),
     }
-    digest = hashlib.sha256(files[FEATURES_FILE]).hexdigest()
+    rows = sum(int(d["rows"]) for d in days)  # type: ignore[call-overload]
+    offered = sum(int(d["offered_rows"]) for d in days)  # type: ignore[call-overload]
+    bad_share = bad / total if total else 0.0
     manifest = {
         "city": city,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "history_from": read_from.isoformat(),
         "digest": digest,
+        "days": days,
         "driver_table_digest": hashlib.sha256(files[DRIVER_TABLE_FILE]).hexdigest(),
-        "rows": len(rows),
-        "offered_rows": int(rows["offered"].sum()),
+        "rows": rows,
+        "offered_rows": offered,
         "features": list(FEATURE_NAMES),
-        "quarantine": dict(checked.counts),
-        "bad_share": checked.bad_share,
+        "quarantine": dict(counts),
+        "bad_share": bad_share,
     }
     files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    if checked.bad_share > max_bad_share:
-        rejected = storage.join(parent, f".rejected-{uuid.uuid4().hex}")
-        datasets.write_files(rejected, files)
-        raise DataQualityError(
-            f"{city} {start}..{end}: {checked.bad_share:.1%} of raw rows failed validation "
-            f"(limit {max_bad_share:.1%}): {dict(checked.counts)}. Nothing was published; "
-            f"inspect the quarantined rows kept in {rejected} and fix the source, or raise "
-            "--max-bad-share if they are expected"
-        )
-    final = datasets.publish(files, parent, digest)
+    final = datasets.publish(files, proc.rejected_parent, digest)
+    reused = sum(b.reused for b in built)
+    logger.info(
+        "%s %s..%s: %d day(s) built, %d reused; dataset %s",
+        city,
+        start,
+        end,
+        len(built) - reused,
+        reused,
+        final,
+    )
     return ProcessResult(
         city=city,
         start=start,
         end=end,
         dataset_dir=final,
         digest=digest,
-        rows=len(rows),
-        offered_rows=manifest["offered_rows"],  # type: ignore[arg-type]
-        quarantined=checked.bad_rows,
-        bad_share=checked.bad_share,
-        quarantine_counts=dict(checked.counts),
+        rows=rows,
+        offered_rows=offered,
+        quarantined=bad,
+        bad_share=bad_share,
+        quarantine_counts=dict(counts),
         history_from=read_from,
+        days_built=len(built) - reused,
+        days_reused=reused,
     )
+
+
+def _relative(settings: Settings, city: str, location: Location) -> str:
+    base = str(datasets.city_features_dir(settings.features_dir, city))
+    return str(location)[len(base) + 1 :].replace("\\", "/")
+
+
+def _window_quarantine(summaries: list[Summary]) -> pa.Table:
+    """The window days' quarantined rows (the roster's once)."""
+    tables = []
+    for i, s in enumerate(summaries):
+        table = datasets.read_table(storage.join(s.location, QUARANTINE_FILE))
+        if i and table.num_rows:
+            table = table.filter(pc.not_equal(table["table"], "drivers"))
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def process(
@@ -221,6 +246,42 @@ def process(
         )
     progress.done()
     return ProcessResult(**{**result.__dict__, "run_id": run.info.run_id})
+
+
+def process_day(
+    settings: Settings,
+    city: str,
+    day: date,
+    max_bad_share: float = 0.05,
+    force: bool = False,
+) -> Day:
+    """One city-day as an MLflow run: the day's feature partition (and the summaries of the
+    days before it that its history needs), reused when published with the same inputs."""
+    tracking.configure(settings)
+    tracking.use_experiment(settings, city)
+    with mlflow.start_run(run_name=f"process-day-{city}-{day}"):
+        mlflow.set_tags(tracking.reproducibility_tags(step="process_day", city=city))
+        mlflow.log_params({"city": city, "day": day, "max_bad_share": max_bad_share})
+        try:
+            lake.check_partitions(settings.lake_dir, city, RAW_TABLES, day, day)
+            result = DayProcessor(settings, city, max_bad_share).ensure_day(day, force=force)
+        except DataQualityError as exc:
+            mlflow.set_tag("failure", str(exc)[:5000])
+            raise
+        mlflow.set_tags(
+            {
+                "features_uri": storage.as_uri(result.location),
+                "data_digest": result.digest,
+                "reused": str(result.reused).lower(),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "rows": float(result.manifest["rows"]),  # type: ignore[arg-type]
+                "offered_rows": float(result.manifest["offered_rows"]),  # type: ignore[arg-type]
+            }
+        )
+    return result
 
 
 def _raw_digest(settings: Settings, city: str, first: date, last: date) -> str:

@@ -14,6 +14,7 @@ from matchmaking.schema import FEATURES
 DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
 
 Objective = Literal["binary", "lambdarank"]
+Subsample = Literal["uniform", "time_decay"]
 OBJECTIVES: tuple[Objective, ...] = ("binary", "lambdarank")
 
 
@@ -34,6 +35,14 @@ class TrainParams(BaseModel):
     seed: int = 42
     num_threads: int = Field(2, ge=1)
     selection_tolerance: float = Field(0.002, ge=0)
+    # At most this many labelled (offered) training rows are read; beyond it whole bookings
+    # of the training days are subsampled (the validation days are always whole), seeded by
+    # ``seed`` and the day: ``uniform`` keeps each booking with the same probability,
+    # ``time_decay`` with a probability halving every ``subsample_half_life_days`` of age
+    # (the newest training day keeps the most). None: no cap.
+    max_labelled_rows: int | None = Field(None, ge=1)
+    subsample: Subsample = "uniform"
+    subsample_half_life_days: float = Field(7.0, gt=0)
 
     def lgb_params(self, objective: Objective) -> dict[str, object]:
         """LightGBM parameters for one objective, deterministic given the seed."""

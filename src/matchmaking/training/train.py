@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from mlflow.data.pandas_dataset import from_pandas
+from mlflow.data.numpy_dataset import from_numpy
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -31,7 +31,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
 from matchmaking.lake import storage
-from matchmaking.lake.datasets import DRIVER_TABLE_FILE, read_dataset
+from matchmaking.lake.datasets import DRIVER_TABLE_FILE, read_published_manifest
 from matchmaking.lake.storage import Location
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import (
@@ -53,6 +53,7 @@ from matchmaking.registry.conventions import (
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
 from matchmaking.scorer import ScoreKind
+from matchmaking.training.data import Labelled, Read, read_labelled, split
 from matchmaking.training.params import Objective, TrainParams
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class TrainResult:
 
 
 def split_by_day(rows: pd.DataFrame, valid_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Time-based split: the last ``valid_days`` distinct days validate, the rest train."""
+    """Time-based split of a DataFrame: the last ``valid_days`` distinct days validate."""
     days = np.sort(rows["day"].unique())
     if len(days) <= valid_days:
         raise InputError(
@@ -92,7 +93,8 @@ def split_by_day(rows: pd.DataFrame, valid_days: int) -> tuple[pd.DataFrame, pd.
 
 
 def labelled(rows: pd.DataFrame) -> pd.DataFrame:
-    """Offered rows only (the only ones with labels), grouped by booking, in time order."""
+    """Offered rows of a DataFrame (the only ones with labels), grouped by booking, in time
+    order: what ``training.data.read_labelled`` reads from a dataset without the DataFrame."""
     out = rows.loc[rows["offered"]].copy()
     out[LABEL_COLUMN] = out[LABEL_COLUMN].astype("float64")
     return out.sort_values(["requested_at", GROUP_COLUMN, "eta_rank"], kind="stable")
@@ -102,27 +104,26 @@ def matrix(rows: pd.DataFrame) -> npt.NDArray[np.float64]:
     return rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
 
 
-def _group_sizes(rows: pd.DataFrame) -> npt.NDArray[np.int64]:
-    codes = pd.factorize(rows[GROUP_COLUMN])[0]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    return np.diff(np.r_[starts, len(codes)])
+def _as_labelled(rows: Labelled | pd.DataFrame) -> Labelled:
+    return rows if isinstance(rows, Labelled) else Labelled.from_frame(rows)
 
 
 def fit(
     objective: Objective,
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
+    train: Labelled | pd.DataFrame,
+    valid: Labelled | pd.DataFrame,
     params: TrainParams,
     progress: Progress = SILENT,
 ) -> Fitted:
-    """Fit one objective with early stopping on the validation window."""
-    y_train, y_valid = train[LABEL_COLUMN].to_numpy(), valid[LABEL_COLUMN].to_numpy()
+    """Fit one objective with early stopping on the validation window (float32 matrices
+    handed to LightGBM as they are; LightGBM bins them and keeps no copy)."""
+    train, valid = _as_labelled(train), _as_labelled(valid)
     names = list(FEATURE_NAMES)
-    dtrain = lgb.Dataset(matrix(train), y_train, feature_name=names, free_raw_data=False)
-    dvalid = lgb.Dataset(matrix(valid), y_valid, feature_name=names, reference=dtrain)
+    dtrain = lgb.Dataset(train.x, train.y, feature_name=names, free_raw_data=True)
+    dvalid = lgb.Dataset(valid.x, valid.y, feature_name=names, reference=dtrain)
     if objective == "lambdarank":
-        dtrain.set_group(_group_sizes(train))
-        dvalid.set_group(_group_sizes(valid))
+        dtrain.set_group(train.group_sizes())
+        dvalid.set_group(valid.group_sizes())
     started = time.perf_counter()
     rounds = progress.rounds(f"fitting {objective}", params.num_boost_round)
     booster = lgb.train(
@@ -138,8 +139,14 @@ def fit(
     )
     rounds.close()
     seconds = time.perf_counter() - started
-    scores = np.asarray(booster.predict(matrix(valid), num_iteration=booster.best_iteration))
-    return Fitted(objective, booster, auc(y_valid, scores), int(booster.best_iteration), seconds)
+    scores = np.asarray(booster.predict(valid.x, num_iteration=booster.best_iteration))
+    return Fitted(
+        objective,
+        booster,
+        auc(valid.y.astype(np.float64), scores),
+        int(booster.best_iteration),
+        seconds,
+    )
 
 
 def select(fits: list[Fitted], tolerance: float) -> tuple[Fitted, str]:
@@ -172,7 +179,7 @@ class Trained:
 
 
 def fit_acceptance(
-    train_rows: pd.DataFrame, valid_rows: pd.DataFrame, params: TrainParams, progress: Progress
+    train_rows: Labelled, valid_rows: Labelled, params: TrainParams, progress: Progress
 ) -> Trained:
     """Each configured objective fitted, the better one kept (``select``)."""
     fits = [fit(obj, train_rows, valid_rows, params, progress) for obj in params.objectives]
@@ -182,12 +189,10 @@ def fit_acceptance(
         metrics[f"valid_auc_{f.objective}"] = f.valid_auc
         metrics[f"best_iteration_{f.objective}"] = float(f.best_iteration)
         metrics[f"fit_seconds_{f.objective}"] = f.seconds
-    scores = np.asarray(
-        chosen.booster.predict(matrix(valid_rows), num_iteration=chosen.best_iteration)
-    )
+    scores = np.asarray(chosen.booster.predict(valid_rows.x, num_iteration=chosen.best_iteration))
     metrics["valid_auc"] = chosen.valid_auc
     if chosen.objective == "binary":
-        metrics["valid_logloss"] = logloss(valid_rows[LABEL_COLUMN].to_numpy(), scores)
+        metrics["valid_logloss"] = logloss(valid_rows.y.astype(np.float64), scores)
     kind: ScoreKind = "probability" if chosen.objective == "binary" else "rank_score"
     return Trained(
         chosen.booster,
@@ -206,12 +211,14 @@ class ModelType:
 
     name: str
     describes: str  # for the version description: "<objective> <describes> for <city>"
-    rows: Callable[[pd.DataFrame], pd.DataFrame]
-    fit: Callable[[pd.DataFrame, pd.DataFrame, TrainParams, Progress], Trained]
+    rows: Callable[[Location, dict[str, object], TrainParams], Read]
+    fit: Callable[[Labelled, Labelled, TrainParams, Progress], Trained]
 
 
 MODEL_TYPES: dict[str, ModelType] = {
-    DEFAULT_MODEL_TYPE: ModelType(DEFAULT_MODEL_TYPE, "acceptance model", labelled, fit_acceptance),
+    DEFAULT_MODEL_TYPE: ModelType(
+        DEFAULT_MODEL_TYPE, "acceptance model", read_labelled, fit_acceptance
+    ),
 }
 
 
@@ -276,8 +283,8 @@ def train(
     """
     spec = model_type(kind)
     features_dir = storage.location(features_dir)
-    progress.step(f"reading features {features_dir}")
-    rows, manifest = read_dataset(features_dir)
+    progress.step(f"reading features {features_dir}: its manifest")
+    manifest = read_published_manifest(features_dir)
     if manifest.get("city") != city:
         raise InputError(f"{features_dir} holds features of {manifest.get('city')!r}, not {city!r}")
     data_digest = str(manifest["digest"])
@@ -315,8 +322,9 @@ def train(
             progress.done(f"reusing {name} v{existing}")
             return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
 
-    data = spec.rows(rows)
-    train_rows, valid_rows = split_by_day(data, params.valid_days)
+    progress.step(f"reading the labelled rows of {features_dir}")
+    read = spec.rows(features_dir, manifest, params)
+    train_rows, valid_rows = split(read.data, params.valid_days)
     features_uri = storage.as_uri(features_dir)
     progress.step(f"logging {len(train_rows):,} training and {len(valid_rows):,} validation rows")
     with mlflow.start_run(run_name=f"train-{city}") as run:
@@ -332,11 +340,11 @@ def train(
             )
         )
         _log_effective_params(run, params)
-        for frame, context in ((train_rows, "training"), (valid_rows, "validation")):
-            ds = from_pandas(
-                frame[[*FEATURE_NAMES, LABEL_COLUMN]],
+        for part, context in ((train_rows, "training"), (valid_rows, "validation")):
+            ds = from_numpy(
+                {name: part.x[:, j] for j, name in enumerate(FEATURE_NAMES)},
+                targets=part.y,
                 source=tracking.dataset_source(features_uri),
-                targets=LABEL_COLUMN,
                 name=f"features-{city}-{context}",
                 digest=f"{data_digest[:16]}-{context}",
             )
@@ -347,7 +355,9 @@ def train(
         metrics: dict[str, float] = {
             "train_rows": float(len(train_rows)),
             "valid_rows": float(len(valid_rows)),
-            "train_positive_rate": float(train_rows[LABEL_COLUMN].mean()),
+            "labelled_rows": float(read.available_rows),
+            "train_rows_available": float(read.train_rows_available),
+            "train_positive_rate": float(train_rows.y.astype(np.float64).mean()),
             **chosen.metrics,
         }
         mlflow.log_metrics(metrics)
@@ -372,7 +382,7 @@ def train(
 
         progress.step(f"logging the {chosen.objective} model ({reason})")
         booster = _trimmed(chosen.booster)
-        example = valid_rows[list(FEATURE_NAMES)].head(5).astype("float64").reset_index(drop=True)
+        example = pd.DataFrame(valid_rows.x[:5].astype(np.float64), columns=list(FEATURE_NAMES))
         signature = infer_signature(example, booster.predict(example.to_numpy()))
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
             # MLflow copies extra files from local paths: a remote table is fetched here.
