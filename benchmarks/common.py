@@ -1,9 +1,10 @@
-"""What every benchmark report states about the machine it ran on."""
+"""What every benchmark report states about the machine it ran on, and how reports are written."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import logging
 import os
 import platform
 from pathlib import Path
@@ -28,3 +29,20 @@ def machine_lines(packages: tuple[str, ...]) -> list[str]:
         f"- Python {platform.python_version()}, {versions}",
         f"- OS: {platform.platform()}",
     ]
+
+
+def checks_table(checks: dict[str, bool]) -> list[str]:
+    """A report's pass/FAIL table, one row per target."""
+    return [
+        "| check | result |",
+        "| --- | --- |",
+        *[f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in checks.items()],
+        "",
+    ]
+
+
+def write_report(report: Path, lines: list[str], logger: logging.Logger) -> None:
+    """Write the report's lines (creating its folder) and log where, with the text."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines))
+    logger.info("report written to %s\n%s", report, "\n".join(lines))

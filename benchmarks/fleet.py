@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.common import checks_table, write_report
 from benchmarks.serving import (
     LoadResult,
     WrkResult,
@@ -439,14 +440,9 @@ def main(report: Path) -> None:
             "",
         ]
     lines += [
-        "| check | result |",
-        "| --- | --- |",
-        *[f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in checks.items()],
-        "",
+        *checks_table(checks),
     ]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    logger.info("report written to %s\n%s", report, "\n".join(lines))
+    write_report(report, lines, logger)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine_lines
+from benchmarks.common import checks_table, machine_lines, write_report
 
 logger = logging.getLogger("benchmarks.serving")
 
@@ -593,14 +593,9 @@ def main(report: Path) -> None:
         f"- Largest score difference vs `Booster.predict`: ours {max_diff_ours:.1e}, "
         f"mlflow {max_diff_mlflow:.1e}",
         "",
-        "| check | result |",
-        "| --- | --- |",
-        *[f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in checks.items()],
-        "",
+        *checks_table(checks),
     ]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    logger.info("report written to %s\n%s", report, "\n".join(lines))
+    write_report(report, lines, logger)
 
 
 if __name__ == "__main__":
