@@ -148,3 +148,23 @@ def test_a_broken_day_fails_alone(settings: Settings) -> None:
         ).rows
         > 0
     )
+
+
+def test_a_window_with_a_few_bad_rows_on_one_day_publishes_and_counts_them(
+    settings: Settings,
+) -> None:
+    # Days with and without quarantined rows are merged into the window's quarantine table.
+    dirty = FIRST + timedelta(days=DAYS - 2)
+    path = settings.raw_dir / "city=jakarta" / f"date={dirty}" / "candidates.parquet"
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    df.loc[df.index[:5], "eta_seconds"] = -1.0
+    pq.write_table(table.from_pandas(df, schema=table.schema), path)
+    result = build_dataset(
+        settings, "jakarta", dirty - timedelta(days=2), dirty + timedelta(1), 0.05
+    )
+    assert result.quarantined >= 5
+    assert sum(result.quarantine_counts.values()) == result.quarantined
+    quarantine = pd.read_parquet(Path(result.dataset_dir) / "quarantine.parquet")
+    assert len(quarantine) == result.quarantined
+    assert quarantine["row"].str.contains('"eta_seconds"').all()

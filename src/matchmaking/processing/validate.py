@@ -87,9 +87,13 @@ def _quarantine_rows(table: str, df: pd.DataFrame, reason: pd.Series) -> pd.Data
             "reason": reason.loc[bad.index].astype(str).to_numpy(),
             "booking_id": bad["booking_id"].astype(str).to_numpy() if "booking_id" in bad else None,
             "driver_id": bad["driver_id"].astype(str).to_numpy() if "driver_id" in bad else None,
-            "row": bad.astype(str).to_json(orient="records", lines=True).splitlines()
-            if len(bad)
-            else [],
+            # Typed, so that a day with no bad rows writes a string column as the others do.
+            "row": pd.array(
+                bad.astype(str).to_json(orient="records", lines=True).splitlines()
+                if len(bad)
+                else [],
+                dtype="str",
+            ),
         }
     )
 
