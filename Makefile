@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/matchmaking demo
 
+# Two pytest-xdist workers: the deployment tests (Airflow on LocalExecutor and CeleryExecutor)
+# mostly wait on their processes; serially the suite takes well over the 20-minute budget.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not images"
+	$(BIN)/python -m pytest -m "not images" -n 2
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow and not images"
