@@ -9,10 +9,8 @@ session's PostgreSQL-backed tracking server, and each succeeds for it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import date
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from mlflow.tracking import MlflowClient
+from support.processes import free_port, wait_for_200
 
 from matchmaking import lake
 
@@ -31,12 +30,6 @@ MATCHMAKING = Path(sys.executable).parent / "matchmaking"
 CITY = "manila"
 CENTRE = (14.5995, 120.9842)
 DAY = date(2026, 8, 1)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 900) -> str:
@@ -116,7 +109,7 @@ def test_manila_defined_only_in_a_markets_file_goes_from_world_to_rank(
     _run(["promote", "--city", CITY, "--gate-config", str(gate)], env)
     assert client.get_model_version_by_alias(name, "production").version == "1"
 
-    port = _free_port()
+    port = free_port()
     serve_env = {
         **env,
         "MATCHMAKING_SERVE_TRACKING_URI": remote_tracking,
@@ -136,7 +129,7 @@ def test_manila_defined_only_in_a_markets_file_goes_from_world_to_rank(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(proc, f"{url}/readyz")
+        wait_for_200(proc, f"{url}/readyz", timeout_s=300.0, poll_s=0.3)
         drivers = lake.read_drivers(data / "lake", CITY).column("driver_id").to_pylist()[:4]
         with httpx.Client(base_url=url, timeout=30) as http:
             r = http.post("/v1/rank", json=_rank_body(CITY, drivers))
@@ -155,18 +148,3 @@ def test_manila_defined_only_in_a_markets_file_goes_from_world_to_rank(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-
-
-def _wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"matchmaking serve exited {proc.returncode} before ready:\n{err}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} did not answer 200 within {timeout_s:.0f} s")
