@@ -102,6 +102,60 @@ RAW_TABLES: dict[str, pa.Schema] = {
 TRUTH_TABLES: dict[str, pa.Schema] = {"ground_truth": GROUND_TRUTH}
 SUCCESS_MARKER = "_SUCCESS"
 
+# ---------------------------------------------------------------------------------------------
+# What the scoring service logs (``matchmaking.lake.serving_log``): one DECISIONS row per ranked
+# candidate of every answer (shadow scorings included, ``served`` false), one OUTCOMES row per
+# event that dispatch reports for an offer. Partitioned by city, date and hour of ``decided_at``
+# / ``received_at`` (UTC) under ``<lake>/serving/<table>/``.
+# ---------------------------------------------------------------------------------------------
+
+DECISIONS = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("booking_id", pa.string(), nullable=False),
+        pa.field("city", pa.string(), nullable=False),
+        pa.field("decided_at", UTC_TS, nullable=False),
+        pa.field("endpoint", pa.string(), nullable=False),  # "rank" or "match"
+        pa.field("model_name", pa.string(), nullable=True),  # null: nearest-ETA fallback
+        pa.field("model_version", pa.string(), nullable=True),
+        pa.field("model_scope", pa.string(), nullable=False),  # "city", "country", "fallback"
+        pa.field("arm", pa.string(), nullable=False),  # DECISION_ARMS
+        pa.field("served", pa.bool_(), nullable=False),  # false: shadow, never answered
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("position", pa.int16(), nullable=False),  # 1 = offered first
+        pa.field("score", pa.float64(), nullable=True),  # null in fallback
+        pa.field("eta_seconds", pa.float64(), nullable=False),
+        # The serving policy's exact probabilities (1 / 0 when it is deterministic):
+        pa.field("first_propensity", pa.float64(), nullable=False),  # P(ranked first)
+        pa.field("propensity", pa.float64(), nullable=False),  # P(this position | those above)
+        pa.field("policy", pa.string(), nullable=False),  # e.g. "greedy", "plackett-luce"
+        pa.field("temperature", pa.float64(), nullable=True),  # null: no exploration
+    ]
+)
+DECISION_ARMS = ("champion", "challenger", "shadow", "fallback")
+
+OUTCOMES = pa.schema(
+    [
+        pa.field("booking_id", pa.string(), nullable=False),
+        pa.field("driver_id", pa.string(), nullable=False),
+        pa.field("position", pa.int16(), nullable=False),  # the offer's position, 1 = first
+        pa.field("city", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # "offer" or "trip" (OUTCOME_STAGES)
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("occurred_at", UTC_TS, nullable=False),  # when dispatch saw it
+        pa.field("received_at", UTC_TS, nullable=False),  # when the service stored it
+        pa.field("request_id", pa.string(), nullable=True),  # the decision's, when known
+    ]
+)
+# An offer's response, then (accepted offers only) the trip's end. One row per (booking, driver,
+# position, stage): a repeat is stored once (OUTCOME_KEY).
+OUTCOME_STAGES: dict[str, tuple[str, ...]] = {
+    "offer": ("accepted", "declined", "timed_out"),
+    "trip": ("completed", "rider_cancelled"),
+}
+OUTCOME_KEY: tuple[str, ...] = ("booking_id", "driver_id", "position", "stage")
+SERVING_TABLES: dict[str, pa.Schema] = {"decisions": DECISIONS, "outcomes": OUTCOMES}
+
 BOOKING_STATUSES = ("completed", "rider_cancelled", "expired", "no_driver")
 
 

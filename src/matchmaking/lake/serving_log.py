@@ -1,0 +1,179 @@
+"""The scoring service's logs in the lake: its decisions and the outcomes dispatch reports.
+
+Layout (contracts ``DECISIONS`` and ``OUTCOMES`` in ``matchmaking.schema``)::
+
+    <root>/serving/<table>/city=<c>/date=<YYYY-MM-DD>/hour=<HH>/part-<stamp>-<uuid>.parquet
+
+``table`` is ``decisions`` or ``outcomes``; date and hour are those of ``decided_at`` /
+``received_at`` in UTC. Each flush of a writer publishes one new file per (city, date, hour)
+it holds rows for, atomically (``write_file_atomic``: a hidden temp file renamed into place
+locally, one whole object on object storage), so a reader sees whole files or nothing and a
+killed writer leaves at most a hidden temp file, which readers skip. Files are never rewritten:
+a partition is the union of its files.
+
+Outcomes are idempotent on ``OUTCOME_KEY`` (booking, driver, position, stage): ``read_log``
+keeps the first stored row of each key (by ``received_at``), so a repeat delivery, even one
+that reached two replicas, counts once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from matchmaking.errors import InputError
+from matchmaking.lake import storage
+from matchmaking.lake.raw import _open, _remote_dirs, write_file_atomic
+from matchmaking.lake.storage import Location
+from matchmaking.schema import OUTCOME_KEY, SERVING_TABLES
+
+SERVING = "serving"
+_TIME_COLUMN = {"decisions": "decided_at", "outcomes": "received_at"}
+
+
+def _schema(table: str) -> pa.Schema:
+    try:
+        return SERVING_TABLES[table]
+    except KeyError:
+        known = ", ".join(SERVING_TABLES)
+        raise InputError(f"unknown serving log table {table!r}; expected one of: {known}") from None
+
+
+def hour_dir(root: Location, table: str, city: str, day: date, hour: int) -> Location:
+    """``<root>/serving/<table>/city=<c>/date=<D>/hour=<HH>``."""
+    _schema(table)
+    return storage.join(
+        root, SERVING, table, f"city={city}", f"date={day.isoformat()}", f"hour={hour:02d}"
+    )
+
+
+def write_log(root: Location, table: str, rows: pa.Table, now: datetime | None = None) -> int:
+    """Publish ``rows`` (in the table's contract) as one new file per (city, date, hour).
+
+    Returns:
+        The number of files written.
+
+    Raises:
+        InputError: unknown table, or ``rows`` does not follow the contract.
+        StorageError: the lake cannot be written (nothing of that file is visible).
+    """
+    schema = _schema(table)
+    if rows.num_rows == 0:
+        return 0
+    try:
+        rows = rows.select(schema.names).cast(schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"rows for serving log {table!r} break its contract: {exc}") from exc
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    at = rows.column(_TIME_COLUMN[table])
+    hours = pc.strftime(at, format="%Y-%m-%d %H")  # the column is UTC (contract)
+    keys = pc.binary_join_element_wise(rows.column("city"), hours, "|")
+    written = 0
+    for key in pc.unique(keys).to_pylist():
+        city, when = key.split("|")
+        day, hour = when.split(" ")
+        part = rows.filter(pc.equal(keys, key))
+        directory = hour_dir(root, table, city, date.fromisoformat(day), int(hour))
+        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        write_file_atomic(storage.join(directory, name), part)
+        written += 1
+    return written
+
+
+def _files(directory: Location) -> list[Location]:
+    """The published parquet files of one hour directory (hidden temp files skipped)."""
+    directory = storage.location(directory)
+    if isinstance(directory, Path):
+        if not directory.is_dir():
+            return []
+        return sorted(
+            p for p in directory.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")
+        )
+    fs, key = storage.filesystem(directory)
+    fs.invalidate_cache(key)
+    try:
+        names = fs.ls(key, detail=False)
+    except FileNotFoundError:
+        return []
+    out: list[Location] = []
+    for name in sorted(str(n) for n in names):
+        base = name.rsplit("/", 1)[-1]
+        if base.endswith(".parquet") and not base.startswith("."):
+            out.append(storage.join(directory, base))
+    return out
+
+
+def _subdirs(directory: Location, prefix: str) -> list[str]:
+    directory = storage.location(directory)
+    if isinstance(directory, Path):
+        if not directory.is_dir():
+            return []
+        return sorted(
+            p.name for p in directory.iterdir() if p.is_dir() and p.name.startswith(prefix)
+        )
+    return sorted(_remote_dirs(str(directory), prefix))
+
+
+def list_log_cities(root: Location, table: str) -> list[str]:
+    """Cities with any partition of ``table``, sorted."""
+    base = storage.join(root, SERVING, table)
+    return [n.removeprefix("city=") for n in _subdirs(base, "city=")]
+
+
+def _days(start: date, end: date) -> Iterable[date]:
+    for i in range((end - start).days + 1):
+        yield start + timedelta(days=i)
+
+
+def read_log(
+    root: Location,
+    table: str,
+    city: str,
+    since: date | None = None,
+    until: date | None = None,
+) -> pa.Table:
+    """Every published row of ``table`` for ``city`` with a UTC date in ``[since, until]``
+    (both inclusive, either open), in the table's contract; outcomes deduplicated on
+    ``OUTCOME_KEY`` (first received wins). An empty table when nothing was logged.
+
+    Raises:
+        InputError: unknown table, or ``until`` before ``since``.
+        DataQualityError: a published file is not valid parquet (named).
+    """
+    schema = _schema(table)
+    if since and until and until < since:
+        raise InputError(f"until {until} is before since {since}")
+    city_base = storage.join(root, SERVING, table, f"city={city}")
+    found = []
+    for name in _subdirs(city_base, "date="):
+        try:
+            day = date.fromisoformat(name.removeprefix("date="))
+        except ValueError:
+            continue
+        if (since and day < since) or (until and day > until):
+            continue
+        for hour in _subdirs(storage.join(city_base, name), "hour="):
+            for path in _files(storage.join(city_base, name, hour)):
+                found.append(_open(path, lambda f: f.read()).select(schema.names).cast(schema))
+    if not found:
+        return schema.empty_table()
+    rows = pa.concat_tables(found, promote_options="permissive").cast(schema)
+    if table == "outcomes":
+        rows = first_per_key(rows, list(OUTCOME_KEY), "received_at")
+    return rows
+
+
+def first_per_key(rows: pa.Table, key: list[str], order: str) -> pa.Table:
+    """One row per ``key``: the earliest by ``order`` (ties: the first stored)."""
+    if rows.num_rows == 0:
+        return rows
+    indexed = rows.append_column("_i", pa.array(range(rows.num_rows), pa.int64()))
+    ordered = indexed.sort_by([(order, "ascending"), ("_i", "ascending")])
+    first = ordered.group_by(key, use_threads=False).aggregate([("_i", "first")])
+    keep = pc.sort_indices(first.column("_i_first"))
+    return rows.take(pc.take(first.column("_i_first"), keep))
