@@ -156,6 +156,8 @@ def render(pairs: list[Pair], elapsed: float) -> str:
     oracle_better = [p for p in pairs if p.gain(oracle) > 0]
     agree = [p for p in pairs if p.kept == (p.gain(oracle) > 0)]
     kept = [p for p in pairs if p.kept]
+    point = [p for p in pairs if p.validation["valid_ope_dr_gain_ipw"] > 0]
+    point_gain = float(np.mean([p.gain(oracle) for p in point])) if point else float("nan")
     kept_gain = float(np.mean([p.gain(oracle) for p in kept])) if kept else float("nan")
     ratio = float(np.mean([p.train_seconds["ipw"] / p.train_seconds["none"] for p in pairs]))
     clip = pairs[0].clip if pairs else float("nan")
@@ -202,9 +204,13 @@ def render(pairs: list[Pair], elapsed: float) -> str:
         "",
         f"- The oracle says the weighted model is better in {len(oracle_better)} of "
         f"{len(pairs)} pairs.",
-        f"- `sample_weights=[none, ipw]` keeps the weighted model in {len(kept)} of "
-        f"{len(pairs)} pairs; its decision agrees with the oracle in {len(agree)} of "
-        f"{len(pairs)}" + (f" (oracle gain where kept: {_pt(kept_gain)} pt)." if kept else "."),
+        f"- `sample_weights=[none, ipw]` (the rule in force) keeps the weighted model in "
+        f"{len(kept)} of {len(pairs)} pairs; its decision agrees with the oracle in "
+        f"{len(agree)} of {len(pairs)}"
+        + (f" (oracle gain where kept: {_pt(kept_gain)} pt)." if kept else "."),
+        f"- A rule on the point estimate alone (gain > 0, not the rule in force: the lower end "
+        f"of its interval > `ipw_min_gain`) would keep it in {len(point)} of {len(pairs)}"
+        + (f" (oracle gain there: {_pt(point_gain)} pt)." if point else "."),
         f"- Training time, `ipw` run / `none` run: {ratio:.2f} (the `none` run fits both "
         "objectives, the `ipw` run one). `sample_weights=[none, ipw]` costs one more fit and "
         "an evaluation of the validation days' candidates on top of `none`.",

@@ -83,7 +83,12 @@ def test_compare_keeps_the_weighted_model_only_when_its_held_out_dr_is_higher() 
     better = compare(unweighted=bad, weighted=good, min_gain=0.0)
     assert better.keep_weighted and better.reason.startswith("ipw kept")
     assert better.metrics["valid_ope_dr_gain_ipw"] == pytest.approx(1.0)
-    assert not compare(unweighted=bad, weighted=good, min_gain=1.0).keep_weighted  # not > 1.0
+    # gains per booking 0.5, 0.5, 1.5, 1.5: mean 1, 95% interval 1 -+ 1.96 * 0.577 / 2
+    low = better.metrics["valid_ope_dr_gain_ipw_ci_low"]
+    assert low == pytest.approx(1.0 - 1.959964 * np.std([0.5, 0.5, 1.5, 1.5], ddof=1) / 2)
+    assert compare(unweighted=bad, weighted=good, min_gain=low - 1e-9).keep_weighted
+    # a better point estimate is not enough: the interval's lower end must clear the bar
+    assert not compare(unweighted=bad, weighted=good, min_gain=low + 1e-9).keep_weighted
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +145,8 @@ def test_train_records_the_weighting_choice_beside_the_objective(
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(result.run_id).data
     kept = run.tags[SAMPLE_WEIGHT_TAG]
-    gain = run.metrics["valid_ope_dr_gain_ipw"]
-    assert kept == ("ipw" if gain > params.ipw_min_gain else "none")
+    low = run.metrics["valid_ope_dr_gain_ipw_ci_low"]
+    assert kept == ("ipw" if low > params.ipw_min_gain else "none")
     assert run.params["sample_weight"] == kept and run.params["sample_weights"] == "none,ipw"
     assert run.tags["weight_selection"].startswith(f"ipw {'kept' if kept == 'ipw' else 'not'}")
     for key in ("valid_ope_dr_none", "valid_ope_dr_ipw", "valid_ope_dr_gain_ipw_ci_low"):

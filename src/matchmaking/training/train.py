@@ -237,9 +237,9 @@ def fit_acceptance(
 ) -> Trained:
     """Each configured objective fitted, the better one kept (``select``); then, when
     ``sample_weights`` lists both ``none`` and ``ipw``, that objective fitted with
-    inverse-propensity weights too and kept only when it improves the held-out doubly robust
-    estimate of first-offer acceptance on the validation days (``weighting.compare``; the
-    candidates from ``held_out``)."""
+    inverse-propensity weights too and kept only when it clearly improves the held-out doubly
+    robust estimate of first-offer acceptance on the validation days (``weighting.compare``;
+    the candidates from ``held_out``)."""
     weightings = params.sample_weights
     base: SampleWeight = "none" if "none" in weightings else "ipw"
     fits = [fit(obj, train_rows, valid_rows, params, progress, base) for obj in params.objectives]
