@@ -45,6 +45,21 @@ def test_labelled_rows_equal_the_dataframe_path(dataset: Path) -> None:
     np.testing.assert_array_equal(read.data.group_sizes(), frame.group_sizes())
 
 
+def test_labelled_rows_carry_the_logged_offer_propensity_never_as_a_feature(
+    dataset: Path,
+) -> None:
+    rows, manifest = read_dataset(dataset)
+    read = read_labelled(dataset, manifest, TrainParams()).data
+    frame = labelled(rows)
+    assert read.propensity is not None and "offer_propensity" not in FEATURE_NAMES
+    np.testing.assert_array_equal(read.propensity, frame["offer_propensity"].to_numpy())
+    first = frame["offer_order"].to_numpy() == 1  # a first offer's is its first-offer one
+    np.testing.assert_allclose(
+        read.propensity[first], frame["first_offer_propensity"].to_numpy()[first]
+    )
+    assert (read.propensity > 0).all() and (read.propensity <= 1).all()
+
+
 def test_the_cap_subsamples_whole_bookings_of_training_days_only(dataset: Path) -> None:
     manifest = read_manifest(dataset)
     full = read_labelled(dataset, manifest, TrainParams()).data

@@ -144,6 +144,16 @@ def read_table(path: Location, columns: list[str] | None = None, **kwargs: Any) 
         return pq.read_table(fh, columns=columns, **kwargs)
 
 
+def file_columns(path: Location) -> list[str]:
+    """The column names of one parquet file of a dataset (its footer only)."""
+    path = storage.location(path)
+    if isinstance(path, Path):
+        return list(pq.read_schema(path).names)
+    fs, key = storage.filesystem(path)
+    with fs.open(key, "rb") as fh:
+        return list(pq.read_schema(fh).names)
+
+
 def window_digest(days: list[dict[str, object]]) -> str:
     """A window's content address: the sha256 of its ``(day, day digest)`` list."""
     listed = [[str(d["day"]), str(d["digest"])] for d in days]

@@ -72,6 +72,8 @@ PRODUCTION_STAGE = "Production"
 
 CITY_TAG = "city"
 OBJECTIVE_TAG = "objective"
+#: ``none`` or ``ipw``: the sample weighting of the kept model (TrainParams.sample_weights).
+SAMPLE_WEIGHT_TAG = "sample_weight"
 SCORE_KIND_TAG = "score_kind"
 DATA_DIGEST_TAG = "data_digest"
 #: URI of the feature dataset the version was trained on (its manifest gives the window).

@@ -27,6 +27,10 @@ from matchmaking.training.params import TrainParams
 logger = logging.getLogger(__name__)
 
 _OFFERED = [("offered", "==", True)]
+#: The logged propensity training may weight by (schema.LOGGED_POLICY_COLUMNS, never a feature).
+PROPENSITY_COLUMN = "offer_propensity"
+#: What the held-out comparison of weightings reads of every candidate of the validation days.
+CANDIDATE_COLUMNS = ("offer_order", "first_offer_propensity")
 
 
 @dataclass
@@ -38,18 +42,23 @@ class Labelled:
         y: the label (1.0 accepted), float32.
         day: the row's local day (datetime64[D]).
         booking: a booking code per row (equal codes: one booking; contiguous).
+        propensity: the logging policy's probability of the row's offer given the offers
+            before it (``offer_propensity``; never a feature), or None for a dataset
+            published before the decision log carried it.
     """
 
     x: npt.NDArray[np.float32]
     y: npt.NDArray[np.float32]
     day: npt.NDArray[np.datetime64]
     booking: npt.NDArray[np.int64]
+    propensity: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, keep: npt.NDArray[np.bool_]) -> Labelled:
-        return Labelled(self.x[keep], self.y[keep], self.day[keep], self.booking[keep])
+        p = self.propensity[keep] if self.propensity is not None else None
+        return Labelled(self.x[keep], self.y[keep], self.day[keep], self.booking[keep], p)
 
     def group_sizes(self) -> npt.NDArray[np.int64]:
         """Rows per booking, in order (LightGBM's query groups)."""
@@ -66,6 +75,9 @@ class Labelled:
             rows[LABEL_COLUMN].to_numpy(dtype=np.float32),
             rows["day"].to_numpy().astype("datetime64[D]"),
             codes,
+            rows[PROPENSITY_COLUMN].to_numpy(dtype=np.float64)
+            if PROPENSITY_COLUMN in rows.columns
+            else None,
         )
 
 
@@ -141,6 +153,8 @@ def read_labelled(dataset: Location, manifest: dict[str, object], params: TrainP
     )
     keep.update(dict.fromkeys((d for d in counts if d >= valid_from), 1.0))
     columns = [*FEATURE_NAMES, LABEL_COLUMN, GROUP_COLUMN, TIME_COLUMN, "day"]
+    if files and PROPENSITY_COLUMN in datasets.file_columns(files[0]):
+        columns.append(PROPENSITY_COLUMN)
     parts: list[Labelled] = []
     offset = 0
     for path in files:  # pass 2: the rows, float32, a day's file at a time
@@ -186,11 +200,17 @@ def _by_day(table: pa.Table) -> list[Labelled]:
     for j, name in enumerate(FEATURE_NAMES):
         x[:, j] = table[name].to_numpy()[order]
     y = pc.cast(table[LABEL_COLUMN], pa.float32()).to_numpy()[order]
+    prop = (
+        pc.cast(table[PROPENSITY_COLUMN], pa.float64()).to_numpy(zero_copy_only=False)[order]
+        if PROPENSITY_COLUMN in table.column_names
+        else None
+    )
     day, booking = day[order], booking[order].astype(np.int64)
     out = []
     for d in np.unique(day):
         sel = day == d
-        out.append(Labelled(x[sel], y[sel], day[sel], booking[sel]))
+        p = prop[sel] if prop is not None else None
+        out.append(Labelled(x[sel], y[sel], day[sel], booking[sel], p))
     return out
 
 
@@ -211,9 +231,73 @@ def _concat(parts: list[Labelled]) -> Labelled:
         return Labelled(
             empty, np.empty(0, np.float32), np.empty(0, "datetime64[D]"), np.empty(0, np.int64)
         )
+    props = [p.propensity for p in parts]
     return Labelled(
         np.concatenate([p.x for p in parts]),
         np.concatenate([p.y for p in parts]),
         np.concatenate([p.day for p in parts]),
         np.concatenate([p.booking for p in parts]),
+        np.concatenate([p for p in props if p is not None])
+        if all(p is not None for p in props)
+        else None,
+    )
+
+
+@dataclass
+class Candidates:
+    """Every candidate row (offered or not) of some days, grouped by booking in time order:
+    what an off-policy estimate of a model's first offers needs (``training.weighting``).
+
+    Attributes:
+        x: the model input, (rows, features) float32.
+        booking: a booking code per row (contiguous).
+        offer_order: 0 not offered, 1 the booking's first offer, 2 the second...
+        first_offer_propensity: the logging policy's probability of offering the row first.
+        accepted: 1.0 accepted, 0.0 declined, NaN not offered.
+    """
+
+    x: npt.NDArray[np.float32]
+    booking: npt.NDArray[np.int64]
+    offer_order: npt.NDArray[np.int64]
+    first_offer_propensity: npt.NDArray[np.float64]
+    accepted: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.booking)
+
+
+def has_decision_log(dataset: Location, manifest: dict[str, object]) -> bool:
+    """Whether the dataset carries the logged propensities (datasets published before the
+    decision log did have none)."""
+    files = datasets.day_files(dataset, manifest)
+    wanted = {PROPENSITY_COLUMN, *CANDIDATE_COLUMNS}
+    return bool(files) and wanted <= set(datasets.file_columns(files[0]))
+
+
+def read_candidates(
+    dataset: Location, manifest: dict[str, object], from_day: np.datetime64
+) -> Candidates:
+    """All candidate rows of the dataset's days from ``from_day`` on (the validation days),
+    in ``train.labelled``'s order. About ``4 x features + 32`` bytes per candidate row:
+    read only when weightings are compared (``TrainParams.sample_weights``)."""
+    wanted = [*FEATURE_NAMES, LABEL_COLUMN, GROUP_COLUMN, TIME_COLUMN, "day", "eta_rank"]
+    columns = list(dict.fromkeys([*wanted, *CANDIDATE_COLUMNS]))  # eta_rank is a feature too
+    parts: list[pd.DataFrame] = []
+    for path in datasets.day_files(dataset, manifest):
+        table = datasets.read_table(path, columns)
+        day = table["day"].to_numpy().astype("datetime64[D]")
+        keep = day >= from_day
+        if keep.any():
+            parts.append(table.filter(pa.array(keep)).to_pandas())
+        del table
+    if not parts:
+        raise InputError(f"{dataset}: no candidate rows on or after {from_day}")
+    rows = pd.concat(parts, ignore_index=True)
+    rows = rows.sort_values([TIME_COLUMN, GROUP_COLUMN, "eta_rank"], kind="stable")
+    return Candidates(
+        rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float32),
+        pd.factorize(rows[GROUP_COLUMN])[0].astype(np.int64),
+        rows["offer_order"].to_numpy(dtype=np.int64),
+        rows["first_offer_propensity"].to_numpy(dtype=np.float64),
+        rows[LABEL_COLUMN].astype("float64").to_numpy(),
     )

@@ -15,7 +15,11 @@ DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train
 
 Objective = Literal["binary", "lambdarank"]
 Subsample = Literal["uniform", "time_decay"]
+SampleWeight = Literal["none", "ipw"]
 OBJECTIVES: tuple[Objective, ...] = ("binary", "lambdarank")
+SAMPLE_WEIGHTS: tuple[SampleWeight, ...] = ("none",)  # the default (measured: docs/evaluation.md)
+#: List-valued parameters: ``--set KEY=a,b`` and MLproject ``-P KEY=a,b`` give a list.
+LIST_PARAMS = ("objectives", "sample_weights")
 
 
 class TrainParams(BaseModel):
@@ -43,6 +47,16 @@ class TrainParams(BaseModel):
     max_labelled_rows: int | None = Field(None, ge=1)
     subsample: Subsample = "uniform"
     subsample_half_life_days: float = Field(7.0, gt=0)
+    # Selection-bias correction (docs/evaluation.md, "Training on logged offers"): ``none``
+    # fits the labelled rows as logged; ``ipw`` weights each by the inverse of the logging
+    # policy's propensity of its offer, capped at ``ipw_clip`` and normalised to mean 1. With
+    # both listed, the chosen objective is fitted both ways and the weighted model is kept
+    # only when its doubly robust estimate of first-offer acceptance on the validation days
+    # beats the unweighted one's clearly: the lower end of the 95% interval of the paired
+    # (booking by booking) gain is above ``ipw_min_gain``.
+    sample_weights: list[SampleWeight] = Field(default_factory=lambda: list(SAMPLE_WEIGHTS))
+    ipw_clip: float = Field(10.0, ge=1)
+    ipw_min_gain: float = 0.0
 
     def lgb_params(self, objective: Objective) -> dict[str, object]:
         """LightGBM parameters for one objective, deterministic given the seed."""
@@ -83,7 +97,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
         if value.strip() in ("", "''", '""'):
             continue  # an empty MLflow Projects parameter keeps the file's value
         parsed = yaml.safe_load(value)
-        if key == "objectives" and isinstance(parsed, str):
+        if key in LIST_PARAMS and isinstance(parsed, str):
             parsed = [p.strip() for p in parsed.split(",")]
         out[key.strip()] = parsed
     return out

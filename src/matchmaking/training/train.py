@@ -46,6 +46,7 @@ from matchmaking.registry.conventions import (
     OBJECTIVE_TAG,
     PARAMS_HASH_TAG,
     PRODUCTION_ALIAS,
+    SAMPLE_WEIGHT_TAG,
     SCORE_KIND_TAG,
     SEED_TAG,
     VALID_AUC_TAG,
@@ -53,8 +54,16 @@ from matchmaking.registry.conventions import (
 )
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN
 from matchmaking.scorer import ScoreKind
-from matchmaking.training.data import Labelled, Read, read_labelled, split
-from matchmaking.training.params import Objective, TrainParams
+from matchmaking.training.data import (
+    Candidates,
+    Labelled,
+    Read,
+    read_candidates,
+    read_labelled,
+    split,
+)
+from matchmaking.training.params import LIST_PARAMS, Objective, SampleWeight, TrainParams
+from matchmaking.training.weighting import Weights, compare, held_out_estimate, ipw_weights
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,17 @@ class Fitted:
     valid_auc: float
     best_iteration: int
     seconds: float
+    sample_weight: SampleWeight = "none"
+    weights: Weights | None = None  # the training rows' weights when ``ipw``
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        return "probability" if self.objective == "binary" else "rank_score"
+
+    @property
+    def key(self) -> str:
+        """``binary``, ``lambdarank``, ``binary_ipw``...: the suffix of its metrics."""
+        return self.objective if self.sample_weight == "none" else f"{self.objective}_ipw"
 
 
 @dataclass
@@ -114,18 +134,40 @@ def fit(
     valid: Labelled | pd.DataFrame,
     params: TrainParams,
     progress: Progress = SILENT,
+    sample_weight: SampleWeight = "none",
 ) -> Fitted:
     """Fit one objective with early stopping on the validation window (float32 matrices
-    handed to LightGBM as they are; LightGBM bins them and keeps no copy)."""
+    handed to LightGBM as they are; LightGBM bins them and keeps no copy).
+
+    ``sample_weight="ipw"`` weights the training and the validation rows by their clipped
+    inverse propensities (``training.weighting.ipw_weights``), so early stopping watches the
+    weighted validation loss too; ``valid_auc`` is always the unweighted logged AUC."""
     train, valid = _as_labelled(train), _as_labelled(valid)
     names = list(FEATURE_NAMES)
-    dtrain = lgb.Dataset(train.x, train.y, feature_name=names, free_raw_data=True)
-    dvalid = lgb.Dataset(valid.x, valid.y, feature_name=names, reference=dtrain)
+    w_train = w_valid = None
+    if sample_weight == "ipw":
+        w_train = ipw_weights(train.propensity, train.booking, objective, params.ipw_clip)
+        w_valid = ipw_weights(valid.propensity, valid.booking, objective, params.ipw_clip)
+    dtrain = lgb.Dataset(
+        train.x,
+        train.y,
+        weight=w_train.values if w_train else None,
+        feature_name=names,
+        free_raw_data=True,
+    )
+    dvalid = lgb.Dataset(
+        valid.x,
+        valid.y,
+        weight=w_valid.values if w_valid else None,
+        feature_name=names,
+        reference=dtrain,
+    )
     if objective == "lambdarank":
         dtrain.set_group(train.group_sizes())
         dvalid.set_group(valid.group_sizes())
     started = time.perf_counter()
-    rounds = progress.rounds(f"fitting {objective}", params.num_boost_round)
+    label = objective if sample_weight == "none" else f"{objective} ({sample_weight} weights)"
+    rounds = progress.rounds(f"fitting {label}", params.num_boost_round)
     booster = lgb.train(
         params.lgb_params(objective),
         dtrain,
@@ -146,6 +188,8 @@ def fit(
         auc(valid.y.astype(np.float64), scores),
         int(booster.best_iteration),
         seconds,
+        sample_weight,
+        w_train,
     )
 
 
@@ -176,32 +220,83 @@ class Trained:
     best_iteration: int
     reason: str  # why this model (logged as the run's model_selection tag)
     metrics: dict[str, float] = field(default_factory=dict)
+    sample_weight: str = "none"  # the weighting of the kept model (``sample_weight`` tag)
+    weight_reason: str = ""  # why (logged as the run's weight_selection tag)
+
+
+#: Reads every candidate row of the validation days when weightings are compared.
+HeldOutReader = Callable[[], Candidates]
 
 
 def fit_acceptance(
-    train_rows: Labelled, valid_rows: Labelled, params: TrainParams, progress: Progress
+    train_rows: Labelled,
+    valid_rows: Labelled,
+    params: TrainParams,
+    progress: Progress,
+    held_out: HeldOutReader | None = None,
 ) -> Trained:
-    """Each configured objective fitted, the better one kept (``select``)."""
-    fits = [fit(obj, train_rows, valid_rows, params, progress) for obj in params.objectives]
+    """Each configured objective fitted, the better one kept (``select``); then, when
+    ``sample_weights`` lists both ``none`` and ``ipw``, that objective fitted with
+    inverse-propensity weights too and kept only when it clearly improves the held-out doubly
+    robust estimate of first-offer acceptance on the validation days (``weighting.compare``;
+    the candidates from ``held_out``)."""
+    weightings = params.sample_weights
+    base: SampleWeight = "none" if "none" in weightings else "ipw"
+    fits = [fit(obj, train_rows, valid_rows, params, progress, base) for obj in params.objectives]
     chosen, reason = select(fits, params.selection_tolerance)
     metrics: dict[str, float] = {}
+    weight_reason = f"{base}: the only sample weighting configured"
+    if base == "none" and "ipw" in weightings:
+        if train_rows.propensity is None or valid_rows.propensity is None or held_out is None:
+            weight_reason = (
+                "ipw not tried: the features carry no offer_propensity (published before the "
+                "decision log did); process the window again to compare"
+            )
+            logger.warning(weight_reason)
+        else:
+            progress.step(f"fitting {chosen.objective} with inverse-propensity weights")
+            weighted = fit(chosen.objective, train_rows, valid_rows, params, progress, "ipw")
+            fits.append(weighted)
+            progress.step("comparing the weightings on the validation days' logged offers")
+            cands = held_out()
+            held = [
+                held_out_estimate(
+                    f.booster.predict(cands.x, num_iteration=f.best_iteration),
+                    f.score_kind,
+                    cands.booking,
+                    cands.offer_order,
+                    cands.first_offer_propensity,
+                    cands.accepted,
+                    seed=params.seed,
+                )
+                for f in (chosen, weighted)
+            ]
+            comparison = compare(held[0], held[1], params.ipw_min_gain)
+            metrics |= comparison.metrics
+            weight_reason = comparison.reason
+            if comparison.keep_weighted:
+                chosen = weighted
     for f in fits:
-        metrics[f"valid_auc_{f.objective}"] = f.valid_auc
-        metrics[f"best_iteration_{f.objective}"] = float(f.best_iteration)
-        metrics[f"fit_seconds_{f.objective}"] = f.seconds
+        metrics[f"valid_auc_{f.key}"] = f.valid_auc
+        metrics[f"best_iteration_{f.key}"] = float(f.best_iteration)
+        metrics[f"fit_seconds_{f.key}"] = f.seconds
+        if f.weights is not None:
+            metrics[f"ipw_clipped_rows_{f.objective}"] = float(f.weights.clipped)
+            metrics[f"ipw_ess_share_{f.objective}"] = f.weights.ess_share
     scores = np.asarray(chosen.booster.predict(valid_rows.x, num_iteration=chosen.best_iteration))
     metrics["valid_auc"] = chosen.valid_auc
     if chosen.objective == "binary":
         metrics["valid_logloss"] = logloss(valid_rows.y.astype(np.float64), scores)
-    kind: ScoreKind = "probability" if chosen.objective == "binary" else "rank_score"
     return Trained(
         chosen.booster,
         chosen.objective,
-        kind,
+        chosen.score_kind,
         chosen.valid_auc,
         chosen.best_iteration,
         reason,
         metrics,
+        chosen.sample_weight,
+        weight_reason,
     )
 
 
@@ -212,7 +307,7 @@ class ModelType:
     name: str
     describes: str  # for the version description: "<objective> <describes> for <city>"
     rows: Callable[[Location, dict[str, object], TrainParams], Read]
-    fit: Callable[[Labelled, Labelled, TrainParams, Progress], Trained]
+    fit: Callable[[Labelled, Labelled, TrainParams, Progress, HeldOutReader | None], Trained]
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -350,7 +445,12 @@ def train(
             )
             mlflow.log_input(ds, context=context)
 
-        chosen = spec.fit(train_rows, valid_rows, params, progress)
+        valid_from = valid_rows.day.min() if len(valid_rows) else np.datetime64("NaT")
+
+        def held_out() -> Candidates:
+            return read_candidates(features_dir, manifest, valid_from)
+
+        chosen = spec.fit(train_rows, valid_rows, params, progress, held_out)
         reason = chosen.reason
         metrics: dict[str, float] = {
             "train_rows": float(len(train_rows)),
@@ -361,10 +461,12 @@ def train(
             **chosen.metrics,
         }
         mlflow.log_metrics(metrics)
-        mlflow.log_param("objective", chosen.objective)
+        mlflow.log_params({"objective": chosen.objective, "sample_weight": chosen.sample_weight})
         mlflow.set_tags(
             {
                 "model_selection": reason,
+                "weight_selection": chosen.weight_reason,
+                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
                 OBJECTIVE_TAG: chosen.objective,
                 SCORE_KIND_TAG: chosen.score_kind,
                 MODEL_TYPE_TAG: spec.name,
@@ -408,6 +510,7 @@ def train(
                 CITY_TAG: city,
                 MODEL_TYPE_TAG: spec.name,
                 OBJECTIVE_TAG: chosen.objective,
+                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
                 SCORE_KIND_TAG: chosen.score_kind,
                 DATA_DIGEST_TAG: data_digest,
                 FEATURES_URI_TAG: features_uri,
@@ -419,7 +522,8 @@ def train(
             model_tags={CITY_TAG: city, MODEL_TYPE_TAG: spec.name},
             description=(
                 f"{chosen.objective} {spec.describes} for {city}, trained on features "
-                f"{manifest['start']}..{manifest['end']} (digest {data_digest[:12]}). {reason}."
+                f"{manifest['start']}..{manifest['end']} (digest {data_digest[:12]}). {reason}. "
+                f"Sample weights: {chosen.weight_reason}."
             ),
         )
         mlflow.set_tag("registered_version", version)
@@ -434,7 +538,10 @@ def _log_effective_params(run: mlflow.ActiveRun, params: TrainParams) -> None:
     raw ``-P`` values (empty = "file default"); where those differ, the value in force goes to
     ``effective.<key>`` because MLflow never lets a logged param change."""
     logged = mlflow.get_run(run.info.run_id).data.params
-    values = {**params.model_dump(), "objectives": ",".join(params.objectives)}
+    values = {
+        **params.model_dump(),
+        **{key: ",".join(getattr(params, key)) for key in LIST_PARAMS},
+    }
     out = {}
     for key, value in values.items():
         if key not in logged:
