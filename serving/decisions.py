@@ -18,6 +18,7 @@ queue holds); a clean shutdown (SIGTERM) flushes everything queued.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,12 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from matchmaking.features.core import FloatArray
 from matchmaking.lake.serving_log import write_log
 from matchmaking.lake.storage import Location
 from matchmaking.schema import DECISIONS, OUTCOMES
 from serving.metrics import Metrics
+from serving.scoring import Ranked
 
 logger = logging.getLogger(__name__)
 
@@ -49,46 +53,134 @@ class Decision:
     body: dict[str, Any]
     arm: str
     served: bool = True
+    # The served order as arrays (``scoring.rank_answer``): cheaper to log than the body's
+    # candidate dicts. None: read the body (match, fallback).
+    ranked: Ranked | None = None
 
 
 #: A shadow scoring to run on the writer thread: returns the shadow's Decision, or None.
 Shadow = Callable[[], Decision | None]
 
 
-def decision_rows(d: Decision) -> dict[str, list[Any]]:
-    """The ``DECISIONS`` columns of one answer."""
-    b = d.body
-    if d.endpoint == "match":
-        ranked = [
-            {**a, "position": 1, "first_propensity": 1.0, "propensity": 1.0}
-            for a in b["assignments"]
-            if a["driver_id"] is not None
-        ]
-        booking = [a["booking_id"] for a in ranked]
-    else:
-        ranked = [{**c, "position": c["rank"]} for c in b["candidates"]]
-        booking = [b["booking_id"]] * len(ranked)
-    n = len(ranked)
-    return {
-        "request_id": [d.request_id] * n,
-        "booking_id": booking,
-        "city": [b["city"]] * n,
-        "decided_at": [d.decided_at] * n,
-        "endpoint": [d.endpoint] * n,
-        "model_name": [b["model"]] * n,
-        "model_version": [b["version"]] * n,
-        "model_scope": [b["model_scope"]] * n,
-        "arm": [d.arm] * n,
-        "served": [d.served] * n,
-        "driver_id": [r["driver_id"] for r in ranked],
-        "position": [r["position"] for r in ranked],
-        "score": [r["score"] for r in ranked],
-        "eta_seconds": [r["eta_seconds"] for r in ranked],
-        "first_propensity": [r["first_propensity"] for r in ranked],
-        "propensity": [r["propensity"] for r in ranked],
-        "policy": [b["policy"]] * n,
-        "temperature": [b["temperature"]] * n,
+#: DECISIONS columns that hold one value per answer (repeated over its candidates).
+_PER_ANSWER = (
+    "request_id",
+    "city",
+    "decided_at",
+    "endpoint",
+    "model_name",
+    "model_version",
+    "model_scope",
+    "arm",
+    "served",
+    "policy",
+    "temperature",
+)
+
+
+def decisions_table(records: list[Decision]) -> pa.Table:
+    """The ``DECISIONS`` rows of some answers: one per ranked candidate (rank), one per
+    assignment with a driver (match). Columnar: the per-answer values are gathered once per
+    answer and repeated by arrow, the per-candidate ones read with one pass per column (the
+    writer thread shares the GIL with the event loop, so its Python work is kept small)."""
+    per_answer: dict[str, list[Any]] = {name: [] for name in _PER_ANSWER}
+    counts: list[int] = []
+    booking: list[str] = []
+    driver: list[str] = []
+    position: list[int] = []
+    score: list[float | None] = []
+    eta: list[float] = []
+    first: list[float] = []
+    prop: list[float] = []
+    arrays: list[tuple[FloatArray, ...]] = []  # (position, score, eta, first, prop) per answer
+    for d in records:
+        b = d.body
+        if d.ranked is not None:  # the fast path: the rank answers of models
+            if score or position:  # keep list and array rows in order: flush the lists first
+                arrays.append(_lists_as_arrays(position, score, eta, first, prop))
+            r = d.ranked
+            n = len(r.driver_id)
+            booking += [b["booking_id"]] * n
+            driver += r.driver_id
+            arrays.append(
+                (
+                    np.arange(1, n + 1, dtype=np.float64),
+                    r.score,
+                    r.eta_seconds,
+                    r.first_propensity,
+                    r.propensity,
+                )
+            )
+        elif d.endpoint == "match":
+            rows = [a for a in b["assignments"] if a["driver_id"] is not None]
+            n = len(rows)
+            booking += [a["booking_id"] for a in rows]
+            position += [1] * n
+            first += [1.0] * n
+            prop += [1.0] * n
+        else:
+            rows = b["candidates"]
+            n = len(rows)
+            booking += [b["booking_id"]] * n
+            position += [c["rank"] for c in rows]
+            first += [c["first_propensity"] for c in rows]
+            prop += [c["propensity"] for c in rows]
+        if d.ranked is None:
+            driver += [r["driver_id"] for r in rows]
+            score += [r["score"] for r in rows]
+            eta += [r["eta_seconds"] for r in rows]
+        counts.append(n)
+        for name, value in (
+            ("request_id", d.request_id),
+            ("city", b["city"]),
+            ("decided_at", d.decided_at),
+            ("endpoint", d.endpoint),
+            ("model_name", b["model"]),
+            ("model_version", b["version"]),
+            ("model_scope", b["model_scope"]),
+            ("arm", d.arm),
+            ("served", d.served),
+            ("policy", b["policy"]),
+            ("temperature", b["temperature"]),
+        ):
+            per_answer[name].append(value)
+    repeat = pa.array(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+    columns: dict[str, pa.Array] = {
+        name: pa.array(values, DECISIONS.field(name).type).take(repeat)
+        for name, values in per_answer.items()
     }
+    if score or position:
+        arrays.append(_lists_as_arrays(position, score, eta, first, prop))
+    columns["booking_id"] = pa.array(booking, pa.string())
+    columns["driver_id"] = pa.array(driver, pa.string())
+    names = ("position", "score", "eta_seconds", "first_propensity", "propensity")
+    for k, name in enumerate(names):
+        kind = DECISIONS.field(name).type
+        values = np.concatenate([a[k] for a in arrays]) if arrays else np.empty(0)
+        # NaN marks a missing score (fallback answers): null in the log.
+        mask = np.isnan(values) if name == "score" else None
+        columns[name] = pa.array(values, pa.float64(), mask=mask).cast(kind)
+    return pa.table([columns[name] for name in DECISIONS.names], schema=DECISIONS)
+
+
+def _lists_as_arrays(
+    position: list[int],
+    score: list[float | None],
+    eta: list[float],
+    first: list[float],
+    prop: list[float],
+) -> tuple[FloatArray, ...]:
+    """The rows read from bodies so far, as arrays (the lists emptied)."""
+    out = (
+        np.array(position, dtype=np.float64),
+        np.array([math.nan if s is None else s for s in score], dtype=np.float64),
+        np.array(eta, dtype=np.float64),
+        np.array(first, dtype=np.float64),
+        np.array(prop, dtype=np.float64),
+    )
+    for values in (position, score, eta, first, prop):
+        values.clear()
+    return out
 
 
 class RecentKeys:
@@ -208,11 +300,13 @@ class LogWriter:
                 records.append(shadow)
         if not records:
             return
-        columns: dict[str, list[Any]] = {name: [] for name in DECISIONS.names}
-        for record in records:
-            for name, values in decision_rows(record).items():
-                columns[name].extend(values)
-        self._write("decisions", columns)
+        try:
+            table = decisions_table(records)
+        except Exception:  # a record that breaks the contract: a bug, never a failed answer
+            self.metrics.log_dropped.labels("decisions", "invalid").inc(len(records))
+            logger.exception("decision records could not be tabled; dropped")
+            return
+        self._write("decisions", table)
 
     def _flush_outcomes(self) -> None:
         rows: list[dict[str, Any]] = []
@@ -224,17 +318,17 @@ class LogWriter:
         for r in rows:
             r["received_at"] = now
         columns = {name: [r[name] for r in rows] for name in OUTCOMES.names}
-        if not self._write("outcomes", columns) and self.on_outcomes_lost is not None:
+        table = pa.table(columns, schema=OUTCOMES)
+        if not self._write("outcomes", table) and self.on_outcomes_lost is not None:
             self.on_outcomes_lost(rows)
 
-    def _write(self, table: str, columns: dict[str, list[Any]]) -> bool:
-        schema = DECISIONS if table == "decisions" else OUTCOMES
-        n = len(next(iter(columns.values())))
+    def _write(self, table: str, rows: pa.Table) -> bool:
+        n = rows.num_rows
         if n == 0:
             return True
         started = time.perf_counter()
         try:
-            write_log(self.root, table, pa.table(columns, schema=schema))
+            write_log(self.root, table, rows)
         except Exception as exc:  # a lake outage: drop, count, keep answering
             self.metrics.log_dropped.labels(table, "lake_error").inc(n)
             self._warn("could not write %d %s rows to the lake: %s", n, table, exc)

@@ -209,6 +209,18 @@ def rank_job(req: RankRequest, settings: ServeSettings) -> RankJob:
     return RankJob(city, b, rows)
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """The served order of one ranking as arrays (what the decision log stores), beside the
+    answer's list of candidates."""
+
+    driver_id: list[str]
+    score: FloatArray
+    eta_seconds: FloatArray
+    first_propensity: FloatArray
+    propensity: FloatArray
+
+
 def rank(
     job: RankJob,
     model: LoadedModel,
@@ -218,10 +230,30 @@ def rank(
 ) -> dict[str, Any]:
     """The candidates ranked by the model's scores: best first, or sampled by Plackett-Luce
     when ``temperature`` > 0 (``serving.policy``), with the served order's propensities."""
+    return rank_answer(job, model, request_id, arm, temperature)[0]
+
+
+def rank_answer(
+    job: RankJob,
+    model: LoadedModel,
+    request_id: str = "",
+    arm: str = "champion",
+    temperature: float | None = None,
+) -> tuple[dict[str, Any], Ranked]:
+    """``rank``'s answer, and the served order as arrays."""
     matrix = model.features([online_booking(job.booking)], job.rows)
     scores = model.predict(matrix)
     served = policy.serve_order(
         scores, model.ref.score_kind == "probability", temperature, request_id
+    )
+    eta = matrix[:, ETA_COLUMN] * 60.0
+    order = served.order
+    ranked = Ranked(
+        [job.rows.driver_id[i] for i in order.tolist()],
+        scores[order],
+        eta[order],
+        served.first_propensity,
+        served.propensity,
     )
     return {
         "request_id": request_id,
@@ -235,8 +267,8 @@ def rank(
         "model_scope": "city",
         "policy": served.policy,
         "temperature": served.temperature,
-        "candidates": ranking(job.rows.driver_id, scores, matrix[:, ETA_COLUMN] * 60.0, served),
-    }
+        "candidates": ranking(job.rows.driver_id, scores, eta, served),
+    }, ranked
 
 
 def rank_nearest_eta(job: RankJob, request_id: str = "") -> dict[str, Any]:

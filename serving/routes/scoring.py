@@ -89,6 +89,7 @@ async def handle_rank(request: Request, service: Service) -> Response:
     check_route(request, city, ["booking", "city"])
     rid = request_id_of(request)
     shadow: LoadedModel | None = None
+    ranked: scoring.Ranked | None = None
     try:
         model = await service.model_for(city)
     except scoring.FALLBACK_ERRORS as exc:
@@ -112,7 +113,7 @@ async def handle_rank(request: Request, service: Service) -> Response:
                 model, arm = challenger, "challenger"
             else:
                 shadow = challenger
-        body = scoring.rank(job, model, rid, arm, traffic.temperature)
+        body, ranked = scoring.rank_answer(job, model, rid, arm, traffic.temperature)
         log_extra = {"city": city, "model_version": model.version, "arm": arm}
     service.metrics.latency.labels("rank", city).observe(time.perf_counter() - started)
     service.metrics.answers.labels(city, arm).inc()
@@ -120,7 +121,7 @@ async def handle_rank(request: Request, service: Service) -> Response:
     log = service.log
     if log is not None:
         decided_at = datetime.now(UTC)
-        log.decision(Decision("rank", rid, decided_at, body, arm))
+        log.decision(Decision("rank", rid, decided_at, body, arm, ranked=ranked))
         if shadow is not None:
             service.metrics.answers.labels(city, "shadow").inc()
             log.decision(_shadow_scoring(job, shadow, rid, decided_at))
@@ -131,8 +132,8 @@ def _shadow_scoring(job: scoring.RankJob, model: LoadedModel, rid: str, at: date
     """The challenger's ranking of the same request, for the writer thread (never answered)."""
 
     def run() -> Decision:
-        body = scoring.rank(job, model, rid, "shadow", None)
-        return Decision("rank", rid, at, body, "shadow", served=False)
+        body, ranked = scoring.rank_answer(job, model, rid, "shadow", None)
+        return Decision("rank", rid, at, body, "shadow", served=False, ranked=ranked)
 
     return run
 

@@ -291,6 +291,7 @@ def test_a_full_queue_and_an_unwritable_lake_never_fail_an_answer(
         assert _metric(server.url, "matchmaking_log_rows", table="decisions") == 0
 
 
+@pytest.mark.slow  # a real `matchmaking serve` process (tens of seconds to start)
 def test_a_killed_service_leaves_only_whole_files(
     loop_registry: Registered, tmp_path: Path
 ) -> None:
@@ -337,23 +338,14 @@ def test_a_killed_service_leaves_only_whole_files(
     assert before.num_rows > 0
     for path in _published(lake):
         pq.read_table(path)  # every published file is whole
-    proc = start()
-    try:
-        with httpx.Client(base_url=url) as c:
-            assert (
-                c.post(
-                    "/v1/rank", json=_booking(500), headers={"X-Request-ID": "after"}
-                ).status_code
-                == 200
-            )
-        proc.send_signal(signal.SIGTERM)  # a clean stop flushes
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # Restarted (in process here: the same app, the same lake), it logs on beside them.
+    settings = serve_settings(loop_registry, lake_uri=str(lake), decision_flush_seconds=0.2)
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as c:
+        r = c.post("/v1/rank", json=_booking(500), headers={"X-Request-ID": "after"})
+        assert r.status_code == 200
     after = serving_log.read_log(lake, "decisions", "jakarta")
     assert "after" in after["request_id"].to_pylist()
+    assert after.num_rows == before.num_rows + 4
     for path in _published(lake):
         pq.read_table(path)
 

@@ -89,3 +89,18 @@ def test_booking_hash_is_stable_and_uniform() -> None:
     for share in (0.1, 0.3, 0.5):
         n, p = len(hashes), share
         assert abs((hashes < share).sum() - n * p) <= 4.5 * math.sqrt(n * p * (1 - p))
+
+
+def test_exploration_setting_is_parsed_per_city_and_refused_when_malformed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from serving.settings import ServeSettings
+
+    monkeypatch.setenv("MATCHMAKING_SERVE_EXPLORATION", "jakarta=0.5, bangkok=0.3")
+    assert ServeSettings().exploration == {"jakarta": 0.5, "bangkok": 0.3}
+    for bad in ("jakarta", "jakarta=hot", "jakarta=-1", "jakarta=inf"):
+        monkeypatch.setenv("MATCHMAKING_SERVE_EXPLORATION", bad)
+        with pytest.raises(ValidationError, match="temperature"):
+            ServeSettings()
