@@ -11,6 +11,10 @@ One run, one machine, loopback only, one server worker each:
 3. Closed loop at concurrency 8 for each server (throughput, p50, p99), then an open loop on
    ours at half its peak throughput (p99, measured from each request's scheduled time, so a
    stalled server cannot hide queueing).
+   The decision log's cost: a second instance of ours, identical but logging every answer to a
+   lake (``MATCHMAKING_SERVE_LAKE_URI``), runs beside the first; closed-loop rounds alternate
+   between the two (off, on, off, on, ...) so both see the same machine load, and the medians
+   are compared (target: logging costs at most 5% of throughput).
 4. The floor: ``Booster.predict`` on the same 50-row matrices, in process, single-threaded.
 5. Scores: ours and mlflow's must equal ``Booster.predict`` on the online matrix to 1e-9.
 
@@ -52,6 +56,7 @@ WARMUP_S = 2.0
 MEASURE_S = 8.0
 TREES, LEAVES = 400, 7  # the size of a trained city model (train.yaml: 7 leaves, <= 800 rounds)
 TARGET_RATIO, TARGET_P99_MS = 10.0, 5.0
+TARGET_LOG_COST = 0.05  # the decision log may cost at most this share of /v1/rank throughput
 
 
 @dataclass
@@ -421,6 +426,25 @@ def median_of(run: Callable[[], WrkResult]) -> tuple[WrkResult, list[float]]:
     return results[len(results) // 2], [r.rps for r in results]
 
 
+PAIRED_ROUNDS = 5
+
+
+def interleaved(
+    runs: list[Callable[[], Any]], rounds: int = PAIRED_ROUNDS
+) -> list[tuple[Any, list[float]]]:
+    """Rounds of several closed-loop runs alternated (a, b, a, b, ...): each run's median round
+    and every round's req/s, measured under the same drift of the machine's load."""
+    results: list[list[Any]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            results[i].append(run())
+    out = []
+    for res in results:
+        ordered = sorted(res, key=lambda r: r.rps)
+        out.append((ordered[len(ordered) // 2], [r.rps for r in res]))
+    return out
+
+
 def booster_floor(booster: Any, matrices: list[np.ndarray]) -> np.ndarray:
     """Per-call time (ms) of ``Booster.predict`` on each 50-row matrix, single-threaded."""
     times = []
@@ -459,9 +483,10 @@ def main(report: Path) -> None:
     from matchmaking.schema import FEATURE_NAMES
 
     columns = list(FEATURE_NAMES)
-    ours_port, mlflow_port = free_port(), free_port()
+    ours_port, mlflow_port, logged_port = free_port(), free_port(), free_port()
     raw_bodies = [json.dumps(b).encode() for b in bodies]
     ours_payloads = [http_request(ours_port, "/v1/rank", raw) for raw in raw_bodies]
+    logged_payloads = [http_request(logged_port, "/v1/rank", raw) for raw in raw_bodies]
     use_wrk = shutil.which("wrk") is not None
     ours_rounds: list[float] = []
     theirs_rounds: list[float] = []
@@ -488,6 +513,12 @@ def main(report: Path) -> None:
         "MATCHMAKING_SERVE_PORT": str(ours_port),
         "MATCHMAKING_SERVE_LOG_LEVEL": "INFO",
     }
+    lake = work / "lake"
+    logged_env = {
+        **ours_env,
+        "MATCHMAKING_SERVE_PORT": str(logged_port),
+        "MATCHMAKING_SERVE_LAKE_URI": str(lake),  # the decision log on (its default flush)
+    }
     ours_cmd = [sys.executable, "-m", "serving.main"]
     mlflow_cmd = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@production",
@@ -511,16 +542,50 @@ def main(report: Path) -> None:
                 max_diff_ours = max(
                     max_diff_ours, *(abs(g["score"] - want[g["driver_id"]]) for g in got)
                 )
-        logger.info("ours: closed loop at concurrency %d", CONCURRENCY)
-        ours: LoadResult | WrkResult
-        if use_wrk:
-            ours, ours_rounds = median_of(
-                lambda: run_wrk("ours /v1/rank", ours_port, "/v1/rank", raw_bodies, work)
+        logger.info("ours: open loop at half of a first closed-loop peak")
+        first = run_load("ours (warm-up)", ours_port, ours_payloads)
+        half = run_load("ours at half peak", ours_port, ours_payloads, rate=first.rps / 2)
+        with server(ours_cmd, logged_env, work / "logged.log", logged_port, "/readyz"):
+            with httpx.Client(base_url=f"http://127.0.0.1:{logged_port}") as c:
+                wait_compiled(c)
+            logger.info(
+                "ours, decision log off vs on: closed loops at concurrency %d, interleaved",
+                CONCURRENCY,
             )
-        else:
-            ours = run_load("ours /v1/rank", ours_port, ours_payloads)
-        logger.info("ours: open loop at half of %.0f req/s", ours.rps)
-        half = run_load("ours at half peak", ours_port, ours_payloads, rate=ours.rps / 2)
+            ours: LoadResult | WrkResult
+            logged: LoadResult | WrkResult
+            if use_wrk:
+                (ours, ours_rounds), (logged, logged_rounds) = interleaved(
+                    [
+                        lambda: run_wrk("ours /v1/rank", ours_port, "/v1/rank", raw_bodies, work),
+                        lambda: run_wrk(
+                            "ours /v1/rank, decision log on",
+                            logged_port,
+                            "/v1/rank",
+                            raw_bodies,
+                            work,
+                        ),
+                    ]
+                )
+            else:
+                (ours, ours_rounds), (logged, logged_rounds) = interleaved(
+                    [
+                        lambda: run_load("ours /v1/rank", ours_port, ours_payloads),
+                        lambda: run_load(
+                            "ours /v1/rank, decision log on", logged_port, logged_payloads
+                        ),
+                    ]
+                )
+            with httpx.Client(base_url=f"http://127.0.0.1:{logged_port}") as c:
+                metrics = c.get("/metrics").text
+        log_dropped = sum(
+            float(line.rpartition(" ")[2])
+            for line in metrics.splitlines()
+            if line.startswith("matchmaking_log_dropped_rows_total")
+        )
+        from matchmaking.lake.serving_log import read_log
+
+        logged_rows = read_log(lake, "decisions", CITY).num_rows  # flushed at its shutdown
     with server(mlflow_cmd, base_env, work / "mlflow.log", mlflow_port, "/ping"):
         with httpx.Client(base_url=f"http://127.0.0.1:{mlflow_port}", timeout=30) as c:
             for f, m in zip(frames[:16], matrices[:16], strict=True):
@@ -545,15 +610,21 @@ def main(report: Path) -> None:
 
     load_after = os.getloadavg()[0]
     ratio = ours.rps / theirs.rps
+    logged_ratio = logged.rps / theirs.rps
+    log_cost = 1.0 - logged.rps / ours.rps
     checks = {
         f"throughput >= {TARGET_RATIO:g}x mlflow models serve": ratio >= TARGET_RATIO,
+        f"decision log costs <= {TARGET_LOG_COST:.0%} of throughput": log_cost <= TARGET_LOG_COST,
+        f"with the decision log on, >= {TARGET_RATIO:g}x mlflow models serve": logged_ratio
+        >= TARGET_RATIO,
+        "decision log: every row published, none dropped": log_dropped == 0 and logged_rows > 0,
         f"p99 <= {TARGET_P99_MS:g} ms at half peak": half.pct(99) <= TARGET_P99_MS,
         "scores equal Booster.predict (1e-9)": max(max_diff_ours, max_diff_mlflow) <= 1e-9,
-        "no errors": ours.errors == theirs.errors == half.errors == 0,
+        "no errors": ours.errors == theirs.errors == half.errors == logged.errors == 0,
     }
     rows = [
         (r.name, f"{r.rps:,.0f}", f"{r.pct(50):.2f}", f"{r.pct(99):.2f}", str(r.errors))
-        for r in (ours, theirs, half)
+        for r in (ours, logged, theirs, half)
     ]
     lines = [
         "# Scoring benchmark: `/v1/rank` vs `mlflow models serve`",
@@ -582,12 +653,18 @@ def main(report: Path) -> None:
         "",
         f"- Throughput ratio at concurrency {CONCURRENCY}: **{ratio:.2f}x**"
         + (
-            f" (medians of {ROUNDS} rounds each; ours "
+            f" (medians: ours {PAIRED_ROUNDS} rounds, mlflow {ROUNDS}; ours "
             f"{', '.join(f'{r:,.0f}' for r in ours_rounds)} req/s, mlflow "
             f"{', '.join(f'{r:,.0f}' for r in theirs_rounds)} req/s)"
             if ours_rounds
             else ""
         ),
+        f"- Decision log on vs off (instances side by side, {PAIRED_ROUNDS} interleaved rounds "
+        f"each, medians): **{log_cost:+.1%}** of throughput (negative: the logged one was "
+        f"faster, i.e. within noise); off {', '.join(f'{r:,.0f}' for r in ours_rounds)} req/s, "
+        f"on {', '.join(f'{r:,.0f}' for r in logged_rounds)} req/s; with the log on "
+        f"**{logged_ratio:.2f}x** mlflow models serve; {logged_rows:,} decision rows published "
+        f"(one per ranked candidate), {log_dropped:.0f} dropped",
         f"- Floor, `Booster.predict` on the same 50-row matrices in process (num_threads=1): "
         f"p50 {np.percentile(floor, 50):.3f} ms, p99 {np.percentile(floor, 99):.3f} ms",
         f"- Largest score difference vs `Booster.predict`: ours {max_diff_ours:.1e}, "

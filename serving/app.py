@@ -30,12 +30,13 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from serving import errors
+from serving.decisions import LogWriter
 from serving.deps import Service, require_token
 from serving.hotpath import HotPath
 from serving.logs import RequestContextMiddleware
 from serving.metrics import Metrics
 from serving.registry_watch import ModelStore
-from serving.routes import models, ops, registry, scoring
+from serving.routes import models, ops, outcomes, registry, scoring
 from serving.schemas import request_schemas
 from serving.settings import ServeSettings
 
@@ -70,6 +71,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(models.router, dependencies=protected)
     app.include_router(scoring.router, dependencies=protected)
+    app.include_router(outcomes.router, dependencies=protected)
     app.include_router(registry.router)  # authenticated by the webhook's HMAC signature
     app.openapi = lambda: openapi_schema(app, settings)  # type: ignore[method-assign]
     # Innermost first: the hot path runs inside the request-id/access-log middleware.
@@ -103,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ", webhook on" if settings.webhook_secret else "",
     )
     service.poll_now = asyncio.Event()
+    service.log = _open_log(service)
     try:
         await anyio.to_thread.run_sync(store.preload)
         service.store = store
@@ -117,8 +120,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await poller
             service.store = None
     finally:
+        if service.log is not None:
+            await anyio.to_thread.run_sync(service.log.close)  # the last flush
+            service.log = None
         await anyio.to_thread.run_sync(store.close)
         _restore_env(old_env)
+
+
+def _open_log(service: Service) -> LogWriter | None:
+    """The decision/outcome log writer, started; None when no lake is configured."""
+    settings = service.settings
+    root = settings.resolved_lake()
+    if root is None:
+        logger.info("decision log off (no lake configured, or MATCHMAKING_SERVE_DECISION_LOG off)")
+        return None
+    writer = LogWriter(
+        root, service.metrics, settings.decision_queue_size, settings.decision_flush_seconds
+    )
+    recent = service.recent_outcomes
+    writer.on_outcomes_lost = lambda rows: recent.forget(
+        [(r["booking_id"], r["driver_id"], r["position"], r["stage"]) for r in rows]
+    )
+    writer.start()
+    logger.info(
+        "decision log to %s/serving, flushed every %gs", root, settings.decision_flush_seconds
+    )
+    return writer
 
 
 def openapi_schema(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
@@ -134,6 +161,7 @@ def openapi_schema(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
     components["RankRequest"]["properties"]["candidates"]["maxItems"] = settings.max_candidates
     components["MatchRequest"]["properties"]["bookings"]["maxItems"] = settings.max_bookings
     components["MatchRequest"]["properties"]["drivers"]["maxItems"] = settings.max_candidates
+    components["OutcomesRequest"]["properties"]["outcomes"]["maxItems"] = settings.max_outcomes
     app.openapi_schema = schema
     return schema
 

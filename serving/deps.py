@@ -16,6 +16,7 @@ import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.decisions import LogWriter, RecentKeys
 from serving.errors import ServiceError
 from serving.metrics import Metrics
 from serving.models import LoadedModel
@@ -63,6 +64,9 @@ class Service:
         self.started_at = time.time()
         # Set (on the event loop) to start a registry poll now: a webhook delivery.
         self.poll_now: asyncio.Event | None = None
+        # The decision/outcome log writer (the lifespan opens it when a lake is configured).
+        self.log: LogWriter | None = None
+        self.recent_outcomes = RecentKeys(settings.outcome_dedup_keys)
 
     def require_store(self) -> ModelStore:
         if self.store is None:

@@ -146,3 +146,41 @@ class Metrics:
             ["city"],
             registry=r,
         )
+        self.answers = Counter(
+            "matchmaking_answers",
+            "Rankings answered, by city and arm (champion, challenger, fallback); shadow "
+            "scorings, which never answer, are counted with arm shadow.",
+            ["city", "arm"],
+            registry=r,
+        )
+        self.log_rows = Counter(
+            "matchmaking_log_rows",
+            "Rows published to the serving log in the lake, by table (decisions, outcomes).",
+            ["table"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "matchmaking_log_dropped_rows",
+            "Serving-log records dropped, by table and reason (queue_full: one per answer or "
+            "outcome; lake_error: rows of a failed flush; shadow_error: a failed shadow scoring).",
+            ["table", "reason"],
+            registry=r,
+        )
+        self.log_queue = Gauge(
+            "matchmaking_log_queue",
+            "Records waiting for the serving-log writer (at its last flush).",
+            registry=r,
+        )
+        self.log_flush_seconds = Histogram(
+            "matchmaking_log_flush_seconds",
+            "Duration of one successful serving-log write (one table of one flush).",
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.challenger_share = Gauge(
+            "matchmaking_challenger_share",
+            "Configured share of a city's bookings its challenger gets, by mode (split answers, "
+            "shadow only scores); absent: no challenger.",
+            ["city", "mode"],
+            registry=r,
+        )

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -61,6 +61,8 @@ class Registered:
     name: str
     alias_version: str | None  # the version at alias ``production``
     staged: ModelVersion | None  # the latest version in stage Production
+    challenger_version: str | None = None  # the version at alias ``challenger``
+    tags: dict[str, str] = field(default_factory=dict)  # the registered model's tags
 
     @property
     def production(self) -> str | None:
@@ -68,6 +70,70 @@ class Registered:
         if self.alias_version is not None:
             return self.alias_version
         return None if self.staged is None else str(self.staged.version)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """How a city's bookings are served beside its Production model: the challenger (if any),
+    its share and mode, and the exploration temperature (None: greedy)."""
+
+    challenger: LoadedModel | None = None
+    share: float = 0.0
+    mode: str = conventions.CHALLENGER_SPLIT
+    temperature: float | None = None
+
+
+def _share(tags: dict[str, str], name: str) -> float:
+    raw = tags.get(conventions.CHALLENGER_SHARE_TAG)
+    if raw is None:
+        return 0.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        logger.warning(
+            "%s: tag %s=%r is not a share in [0, 1]; the challenger gets no traffic",
+            name,
+            conventions.CHALLENGER_SHARE_TAG,
+            raw,
+        )
+        return 0.0
+    return share
+
+
+def _mode(tags: dict[str, str], name: str) -> str:
+    mode = tags.get(conventions.CHALLENGER_MODE_TAG, conventions.CHALLENGER_SPLIT)
+    if mode not in conventions.CHALLENGER_MODES:
+        logger.warning(
+            "%s: tag %s=%r is not one of %s; running the challenger in shadow",
+            name,
+            conventions.CHALLENGER_MODE_TAG,
+            mode,
+            ", ".join(conventions.CHALLENGER_MODES),
+        )
+        return conventions.CHALLENGER_SHADOW
+    return mode
+
+
+def _temperature(tags: dict[str, str], name: str, default: float | None) -> float | None:
+    raw = tags.get(conventions.EXPLORATION_TAG)
+    if raw is None:
+        return default or None
+    try:
+        t = float(raw)
+    except ValueError:
+        t = float("nan")
+    if not 0.0 <= t < float("inf"):
+        logger.warning(
+            "%s: tag %s=%r is not a temperature >= 0; using the setting (%s)",
+            name,
+            conventions.EXPLORATION_TAG,
+            raw,
+            default,
+        )
+        return default or None
+    return t or None
 
 
 class ModelStore:
@@ -101,6 +167,10 @@ class ModelStore:
         # city -> (monotonic time until which the failure stands, the error): a city whose load
         # failed is not retried by every request, only once per FAILURE_TTL_S.
         self._failures: dict[str, tuple[float, MatchmakingError]] = {}
+        # model name -> its traffic (challenger, share, mode, exploration), set by the poll.
+        self._traffic: dict[str, Traffic] = {}
+        # model name -> the challenger version whose load failed (retried when the alias moves).
+        self._challenger_failed: dict[str, str] = {}
 
     # -- reading (request path) ------------------------------------------------------------
 
@@ -117,6 +187,14 @@ class ModelStore:
         """A snapshot of the loaded models, least recently used first."""
         with self._lock:
             return list(self._models.values())
+
+    def traffic(self, city: str) -> Traffic:
+        """The city's traffic as of the last poll (before any: no challenger, the
+        exploration setting)."""
+        found = self._traffic.get(self.model_name(city))
+        if found is not None:
+            return found
+        return Traffic(temperature=self.settings.exploration.get(city) or None)
 
     @property
     def status(self) -> RegistryStatus:
@@ -198,6 +276,7 @@ class ModelStore:
         if snapshot is not None:
             for current in self.loaded():
                 self._follow(current, snapshot.get(current.name))
+                self._follow_traffic(current, snapshot.get(current.name))
         for city_id in self.settings.hot_cities:
             if self._peek(self.model_name(city_id)) is None:
                 try:
@@ -233,11 +312,15 @@ class ModelStore:
                         for mv in rm.latest_versions or []
                         if mv.current_stage == conventions.PRODUCTION_STAGE
                     ]
-                    alias = (rm.aliases or {}).get(conventions.PRODUCTION_ALIAS)
+                    aliases = rm.aliases or {}
+                    alias = aliases.get(conventions.PRODUCTION_ALIAS)
+                    challenger = aliases.get(conventions.CHALLENGER_ALIAS)
                     found[rm.name] = Registered(
                         rm.name,
                         None if alias is None else str(alias),
                         staged[0] if staged else None,
+                        None if challenger is None else str(challenger),
+                        dict(rm.tags or {}),
                     )
                 token = page.token
                 if not token:
@@ -292,6 +375,81 @@ class ModelStore:
             logger.warning("%s; still serving v%s", exc, current.version)
             return
         self._swap(current, ref)
+
+    def _follow_traffic(self, current: LoadedModel, registered: Registered | None) -> None:
+        """Take the challenger, its share and mode, and the exploration temperature from the
+        search (the registered model's aliases and tags); the challenger's files are fetched
+        only when its alias names a version not held yet."""
+        name, city = current.name, current.city.id
+        default_t = self.settings.exploration.get(city)
+        if registered is None:
+            self._traffic.pop(name, None)
+            return
+        tags = registered.tags
+        temperature = _temperature(tags, name, default_t)
+        held = self._traffic.get(name)
+        wanted = registered.challenger_version
+        challenger = None
+        if wanted is not None and wanted != current.version:
+            if (
+                held is not None
+                and held.challenger is not None
+                and held.challenger.version == wanted
+            ):
+                challenger = held.challenger
+            elif self._challenger_failed.get(name) != wanted:
+                challenger = self._load_challenger(name, wanted, current)
+        elif held is not None and held.challenger is not None:
+            logger.info(
+                "%s: challenger v%s is no longer under its alias", name, held.challenger.version
+            )
+        share = _share(tags, name) if challenger is not None else 0.0
+        mode = _mode(tags, name)
+        new = Traffic(challenger, share, mode, temperature)
+        if new != held:
+            self._traffic[name] = new
+            if challenger is not None and (
+                held is None
+                or held.challenger is not challenger
+                or held.share != share
+                or held.mode != mode
+            ):
+                logger.info(
+                    "%s: challenger v%s, %s, share %g", name, challenger.version, mode, share
+                )
+            self._challenger_metrics(city, new)
+
+    def _load_challenger(self, name: str, version: str, current: LoadedModel) -> LoadedModel | None:
+        self._count("get_model_version")
+        try:
+            mv = self.client.get_model_version(name, version)
+            tags = dict(mv.tags or {})
+            ref = VersionRef(
+                name=name,
+                version=str(mv.version),
+                run_id=mv.run_id,
+                source=f"alias:{conventions.CHALLENGER_ALIAS}",
+                score_kind=score_kind_of(tags, f"{name} v{mv.version}"),
+                tags=tags,
+            )
+            model = self._load_version(ref, current.city)
+        except (MlflowException, OSError, MatchmakingError) as exc:
+            self._challenger_failed[name] = version
+            logger.error(
+                "challenger %s v%s not loaded (no challenger traffic): %s", name, version, exc
+            )
+            return None
+        self._challenger_failed.pop(name, None)
+        self.metrics.loads.labels(current.city.id).inc()
+        return model
+
+    def _challenger_metrics(self, city: str, traffic: Traffic) -> None:
+        gauge = self.metrics.challenger_share
+        for mode in conventions.CHALLENGER_MODES:
+            with contextlib.suppress(KeyError):
+                gauge.remove(city, mode)
+        if traffic.challenger is not None:
+            gauge.labels(city, traffic.mode).set(traffic.share)
 
     def _ref(self, registered: Registered, version: str) -> VersionRef:
         """The details of the version the search named (one call, unless the stage's entry

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import BaseModel, Field
 
+from matchmaking.schema import OUTCOME_STAGES
+
 Latitude = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0, description="Degrees.")]
 Longitude = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0, description="Degrees.")]
 # Control characters (Unicode category Cc: C0, DEL, C1) are refused in ids: they end up in logs,
@@ -137,9 +139,42 @@ class MatchRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
 
 
-REQUEST_TYPES: tuple[type[msgspec.Struct], ...] = (RankRequest, MatchRequest)
+#: A hard cap on outcomes per body; the configured maximum (``max_outcomes``) is lower.
+HARD_MAX_OUTCOMES = 100_000
+Position = Annotated[int, msgspec.Meta(ge=1, le=HARD_MAX_CANDIDATES, description="1 = first.")]
+
+
+class Outcome(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What dispatch learnt of one offer: its response (stage ``offer``: accepted, declined,
+    timed_out), then for an accepted offer the trip's end (stage ``trip``: completed,
+    rider_cancelled). Idempotent on (booking_id, driver_id, position, stage)."""
+
+    booking_id: Identifier
+    driver_id: Identifier
+    position: Position
+    city: CityId
+    stage: Annotated[str, msgspec.Meta(description="'offer' or 'trip'.")]
+    outcome: Annotated[
+        str,
+        msgspec.Meta(
+            description="offer: accepted, declined or timed_out; trip: completed or "
+            "rider_cancelled."
+        ),
+    ]
+    occurred_at: RequestTime
+    request_id: Identifier | None = None
+
+
+class OutcomesRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``POST /v1/outcomes``: a batch of offer and trip outcomes."""
+
+    outcomes: Annotated[list[Outcome], msgspec.Meta(min_length=1, max_length=HARD_MAX_OUTCOMES)]
+
+
+REQUEST_TYPES: tuple[type[msgspec.Struct], ...] = (RankRequest, MatchRequest, OutcomesRequest)
 _rank_decoder = msgspec.json.Decoder(RankRequest)
 _match_decoder = msgspec.json.Decoder(MatchRequest)
+_outcomes_decoder = msgspec.json.Decoder(OutcomesRequest)
 
 
 class BodyError(ValueError):
@@ -243,6 +278,51 @@ def decode_match(body: bytes) -> MatchRequest:
     return req
 
 
+def decode_outcomes(body: bytes) -> OutcomesRequest:
+    """The typed outcomes request (same errors as ``decode_rank``, plus a stage or outcome
+    outside ``schema.OUTCOME_STAGES``)."""
+    try:
+        req = _outcomes_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BodyError(_details(exc)) from None
+    ids: list[tuple[list[str | int], str]] = []
+    bad: list[dict[str, Any]] = []
+    for i, o in enumerate(req.outcomes):
+        ids += [(["outcomes", i, "booking_id"], o.booking_id)]
+        ids += [(["outcomes", i, "driver_id"], o.driver_id), (["outcomes", i, "city"], o.city)]
+        if o.request_id is not None:
+            ids.append((["outcomes", i, "request_id"], o.request_id))
+        allowed = OUTCOME_STAGES.get(o.stage)
+        if allowed is None:
+            stages = ", ".join(OUTCOME_STAGES)
+            bad.append(
+                {
+                    "loc": ["outcomes", i, "stage"],
+                    "msg": f"unknown stage {o.stage[:40]!r}; expected one of: {stages}",
+                    "type": "enum",
+                }
+            )
+        elif o.outcome not in allowed:
+            bad.append(
+                {
+                    "loc": ["outcomes", i, "outcome"],
+                    "msg": f"{o.outcome[:40]!r} is not an outcome of stage {o.stage!r}; "
+                    f"expected one of: {', '.join(allowed)}",
+                    "type": "enum",
+                }
+            )
+    try:
+        _check(
+            ids,
+            [(["outcomes", i, "occurred_at"], o.occurred_at) for i, o in enumerate(req.outcomes)],
+        )
+    except BodyError as exc:
+        bad = exc.details + bad
+    if bad:
+        raise BodyError(bad)
+    return req
+
+
 def request_schemas(ref_template: str) -> dict[str, Any]:
     """JSON Schema components of the request types (for the OpenAPI document)."""
     _, components = msgspec.json.schema_components(REQUEST_TYPES, ref_template=ref_template)
@@ -256,30 +336,63 @@ class RankedCandidate(BaseModel):
         description="Model score (probability of acceptance for binary models); null in fallback."
     )
     eta_seconds: float = Field(description="The ETA used (given or estimated).")
+    first_propensity: float = Field(
+        description="Probability that the serving policy ranks this candidate first (greedy: "
+        "1 for the top candidate, 0 for the others)."
+    )
+    propensity: float = Field(
+        description="Probability of this candidate at this rank given the candidates above it "
+        "(greedy: 1)."
+    )
+
+
+Arm = Literal["champion", "challenger", "fallback"]
+ModelScope = Literal["city", "fallback"]
+Policy = Literal["greedy", "plackett-luce"]
 
 
 class RankResponse(BaseModel):
+    request_id: str = Field(description="The X-Request-ID sent, else a new id (also a header).")
     booking_id: str
     city: str
     model: str | None = Field(description="Registered model name; null in fallback.")
     version: str | None = Field(description="Registered model version; null in fallback.")
     score_kind: Literal["probability", "rank_score", "nearest_eta"]
     fallback: bool = Field(description="True when the nearest-ETA fallback answered.")
-    candidates: list[RankedCandidate] = Field(description="Best first.")
+    arm: Arm = Field(
+        description="Who answered: the Production model, its challenger, or the "
+        "nearest-ETA fallback."
+    )
+    model_scope: ModelScope = Field(description="'city': the city's model; 'fallback'.")
+    policy: Policy = Field(description="How the order was chosen (docs/serving.md#exploration).")
+    temperature: float | None = Field(description="Plackett-Luce temperature; null: greedy.")
+    candidates: list[RankedCandidate] = Field(description="In the served order: offer first.")
+
+
+class OutcomesResponse(BaseModel):
+    received: int = Field(description="Outcomes in the body.")
+    accepted: int = Field(description="New outcomes, queued for the log.")
+    duplicates: int = Field(description="Repeats of outcomes already reported (not stored again).")
 
 
 class Assignment(BaseModel):
     booking_id: str
     driver_id: str | None = Field(description="null when no driver is left for this booking.")
     score: float | None
+    eta_seconds: float | None = Field(description="Estimated pickup ETA of the pair.")
 
 
 class MatchResponse(BaseModel):
+    request_id: str
     city: str
     model: str
     version: str
     score_kind: Literal["probability", "rank_score"]
     total_score: float = Field(description="Sum of the assigned pairs' scores (maximised).")
+    arm: Literal["champion"]
+    model_scope: Literal["city"]
+    policy: Literal["greedy"]
+    temperature: None
     assignments: list[Assignment]
 
 

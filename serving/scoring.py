@@ -24,6 +24,7 @@ from matchmaking.features.geo import haversine_km
 from matchmaking.features.online import OnlineBooking, OnlineCandidates, local_clock
 from matchmaking.markets import Market, get_market
 from matchmaking.schema import FEATURE_NAMES
+from serving import policy
 from serving.errors import FieldErrors
 from serving.models import LoadedModel
 from serving.schemas import Booking, Candidate, MatchDriver, MatchRequest, RankRequest
@@ -136,14 +137,33 @@ def _eta(c: Candidate | MatchDriver) -> float:
 
 
 def ranking(
-    driver_ids: Sequence[str], scores: FloatArray, eta_seconds: FloatArray
+    driver_ids: Sequence[str],
+    scores: FloatArray,
+    eta_seconds: FloatArray,
+    served: policy.Order | None = None,
 ) -> list[dict[str, Any]]:
-    """Candidates best first (ties: the request's order), with 1-based ranks."""
-    order = np.argsort(-scores, kind="stable")  # stable: ties keep the request's order
+    """Candidates in the served order (default: greedy, best first, ties in the request's
+    order), with 1-based ranks and the order's propensities."""
+    served = served or policy.greedy(scores)
+    order = served.order
     return [
-        {"driver_id": driver_ids[i], "rank": r, "score": s, "eta_seconds": e}
-        for r, (i, s, e) in enumerate(
-            zip(order.tolist(), scores[order].tolist(), eta_seconds[order].tolist(), strict=True),
+        {
+            "driver_id": driver_ids[i],
+            "rank": r,
+            "score": s,
+            "eta_seconds": e,
+            "first_propensity": f,
+            "propensity": p,
+        }
+        for r, (i, s, e, f, p) in enumerate(
+            zip(
+                order.tolist(),
+                scores[order].tolist(),
+                eta_seconds[order].tolist(),
+                served.first_propensity.tolist(),
+                served.propensity.tolist(),
+                strict=True,
+            ),
             start=1,
         )
     ]
@@ -189,22 +209,69 @@ def rank_job(req: RankRequest, settings: ServeSettings) -> RankJob:
     return RankJob(city, b, rows)
 
 
-def rank(job: RankJob, model: LoadedModel) -> dict[str, Any]:
-    """The candidates ranked by the model's scores, best first."""
+@dataclass(frozen=True)
+class Ranked:
+    """The served order of one ranking as arrays (what the decision log stores), beside the
+    answer's list of candidates."""
+
+    driver_id: list[str]
+    score: FloatArray
+    eta_seconds: FloatArray
+    first_propensity: FloatArray
+    propensity: FloatArray
+
+
+def rank(
+    job: RankJob,
+    model: LoadedModel,
+    request_id: str = "",
+    arm: str = "champion",
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    """The candidates ranked by the model's scores: best first, or sampled by Plackett-Luce
+    when ``temperature`` > 0 (``serving.policy``), with the served order's propensities."""
+    return rank_answer(job, model, request_id, arm, temperature)[0]
+
+
+def rank_answer(
+    job: RankJob,
+    model: LoadedModel,
+    request_id: str = "",
+    arm: str = "champion",
+    temperature: float | None = None,
+) -> tuple[dict[str, Any], Ranked]:
+    """``rank``'s answer, and the served order as arrays."""
     matrix = model.features([online_booking(job.booking)], job.rows)
     scores = model.predict(matrix)
+    served = policy.serve_order(
+        scores, model.ref.score_kind == "probability", temperature, request_id
+    )
+    eta = matrix[:, ETA_COLUMN] * 60.0
+    order = served.order
+    ranked = Ranked(
+        [job.rows.driver_id[i] for i in order.tolist()],
+        scores[order],
+        eta[order],
+        served.first_propensity,
+        served.propensity,
+    )
     return {
+        "request_id": request_id,
         "booking_id": job.booking.booking_id,
         "city": job.city.id,
         "model": model.name,
         "version": model.version,
         "score_kind": model.ref.score_kind,
         "fallback": False,
-        "candidates": ranking(job.rows.driver_id, scores, matrix[:, ETA_COLUMN] * 60.0),
-    }
+        "arm": arm,
+        "model_scope": "city",
+        "policy": served.policy,
+        "temperature": served.temperature,
+        "candidates": ranking(job.rows.driver_id, scores, eta, served),
+    }, ranked
 
 
-def rank_nearest_eta(job: RankJob) -> dict[str, Any]:
+def rank_nearest_eta(job: RankJob, request_id: str = "") -> dict[str, Any]:
     """The fallback ranking: nearest ETA first (given, else estimated at the hour's speed),
     no scores, flagged ``fallback``."""
     b, rows, city = job.booking, job.rows, job.city
@@ -221,12 +288,17 @@ def rank_nearest_eta(job: RankJob) -> dict[str, Any]:
     for r in ranked:
         r["score"] = None
     return {
+        "request_id": request_id,
         "booking_id": b.booking_id,
         "city": city.id,
         "model": None,
         "version": None,
         "score_kind": "nearest_eta",
         "fallback": True,
+        "arm": "fallback",
+        "model_scope": "fallback",
+        "policy": policy.GREEDY,
+        "temperature": None,
         "candidates": ranked,
     }
 
@@ -276,7 +348,7 @@ def match_job(req: MatchRequest, settings: ServeSettings) -> MatchJob:
     return MatchJob(city, req, one)
 
 
-def match(job: MatchJob, model: LoadedModel) -> dict[str, Any]:
+def match(job: MatchJob, model: LoadedModel, request_id: str = "") -> dict[str, Any]:
     """Drivers assigned to the bookings, maximising the total predicted acceptance, each
     driver at most once (``dispatch``: Hungarian over the model's scores)."""
     req, one = job.request, job.drivers
@@ -293,12 +365,20 @@ def match(job: MatchJob, model: LoadedModel) -> dict[str, Any]:
     )
     matrix = model.features([online_booking(x) for x in req.bookings], rows)
     scores = model.predict(matrix).reshape(n_b, n_d)
+    eta = (matrix[:, ETA_COLUMN] * 60.0).reshape(n_b, n_d)
     assigned, value = dispatch(scores, probabilistic=model.ref.score_kind == "probability")
     out: list[dict[str, Any]] = []
     total = 0.0
     for i, j in enumerate(assigned.tolist()):
         if j == UNASSIGNED:
-            out.append({"booking_id": req.bookings[i].booking_id, "driver_id": None, "score": None})
+            out.append(
+                {
+                    "booking_id": req.bookings[i].booking_id,
+                    "driver_id": None,
+                    "score": None,
+                    "eta_seconds": None,
+                }
+            )
         else:
             total += float(value[i, j])
             out.append(
@@ -306,13 +386,19 @@ def match(job: MatchJob, model: LoadedModel) -> dict[str, Any]:
                     "booking_id": req.bookings[i].booking_id,
                     "driver_id": req.drivers[j].driver_id,
                     "score": float(scores[i, j]),
+                    "eta_seconds": float(eta[i, j]),
                 }
             )
     return {
+        "request_id": request_id,
         "city": job.city.id,
         "model": model.name,
         "version": model.version,
         "score_kind": model.ref.score_kind,
         "total_score": total,
+        "arm": "champion",
+        "model_scope": "city",
+        "policy": policy.GREEDY,
+        "temperature": None,
         "assignments": out,
     }

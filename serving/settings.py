@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from matchmaking.config import Settings
+from matchmaking.lake import storage
+from matchmaking.lake.storage import Location
 
 #: In the shard map, the pool that owns every city no other pool names.
 ANY_CITY = "*"
@@ -134,6 +136,37 @@ class ServeSettings(BaseSettings):
     slow_request_ms: float = Field(
         default=50.0, ge=0.0, description="Requests slower than this are always logged."
     )
+    lake_uri: str | None = Field(
+        default=None,
+        description="Lake the decision and outcome logs go to (<lake>/serving/...); default: "
+        "MATCHMAKING_LAKE_URI when set. No lake: nothing is logged and /v1/outcomes answers 503.",
+    )
+    decision_log: bool = Field(
+        default=True,
+        description="Log decisions and outcomes to the lake (only when a lake is configured).",
+    )
+    decision_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Answers (and outcome batches) waiting for the log writer, at most; beyond "
+        "it answers are still given but their log records are dropped (counted in /metrics).",
+    )
+    decision_flush_seconds: float = Field(
+        default=5.0, gt=0, description="Seconds between two flushes of the log writer."
+    )
+    max_outcomes: int = Field(default=1000, ge=1, description="Outcomes per /v1/outcomes, at most.")
+    outcome_dedup_keys: int = Field(
+        default=200_000,
+        ge=1,
+        description="Recent outcome keys remembered per process to answer repeats without "
+        "storing them again (readers deduplicate across replicas and restarts).",
+    )
+    exploration: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Plackett-Luce exploration temperature per city, 'jakarta=0.5,bangkok=0.3' "
+        "(absent or 0: the greedy order); the registered-model tag "
+        "serving.exploration_temperature overrides it.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
@@ -143,6 +176,35 @@ class ServeSettings(BaseSettings):
     def _split_cities(cls, value: object) -> object:
         if isinstance(value, str):
             return [c.strip() for c in value.split(",") if c.strip()]
+        return value
+
+    @field_validator("exploration", mode="before")
+    @classmethod
+    def _split_exploration(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, float] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            city, sep, temp = item.partition("=")
+            try:
+                out[city.strip()] = float(temp) if sep else float("nan")
+            except ValueError:
+                out[city.strip()] = float("nan")
+            if not sep or not out[city.strip()] >= 0:
+                raise ValueError(
+                    f"MATCHMAKING_SERVE_EXPLORATION item {item.strip()!r} is not 'city=T' with "
+                    "a temperature T >= 0, e.g. 'jakarta=0.5,bangkok=0.3'"
+                )
+        return out
+
+    @field_validator("exploration", mode="after")
+    @classmethod
+    def _check_exploration(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {c: t for c, t in value.items() if not t >= 0 or t == float("inf")}
+        if bad:
+            raise ValueError(f"exploration temperatures must be finite and >= 0: {bad}")
         return value
 
     @model_validator(mode="after")
@@ -162,6 +224,16 @@ class ServeSettings(BaseSettings):
     def resolved_tracking_uri(self) -> str:
         """The registry URI in force (this setting, else the platform's resolution)."""
         return self.tracking_uri or Settings().resolved_tracking_uri()
+
+    def resolved_lake(self) -> Location | None:
+        """Where the serving logs go: this setting, else ``MATCHMAKING_LAKE_URI``; None when
+        neither is set or logging is off."""
+        if not self.decision_log:
+            return None
+        if self.lake_uri:
+            return storage.location(self.lake_uri)
+        platform = Settings()
+        return platform.lake_dir if platform.lake_uri else None
 
     def resolved_model_name_prefix(self) -> str:
         """Registered models are ``<prefix>-<city>`` (this setting, else the platform's)."""

@@ -7,15 +7,20 @@ steps of ``serving.scoring``, record latency, answer JSON.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from serving import scoring
+from matchmaking.registry.conventions import CHALLENGER_SPLIT
+from serving import policy, scoring
 from serving.bodies import body_schema, json_response, read_json_body
+from serving.decisions import Decision, Shadow
 from serving.deps import Service, ServiceDep
 from serving.errors import ERROR_RESPONSES, FieldErrors
+from serving.models import LoadedModel
 from serving.schemas import (
     MatchRequest,
     MatchResponse,
@@ -65,9 +70,16 @@ def check_route(request: Request, city: str, loc: list[str | int]) -> None:
         raise FieldErrors([{"loc": loc, "msg": m, "type": "city_mismatch"} for m in problems])
 
 
+def request_id_of(request: Request) -> str:
+    """The request id the middleware set (the caller's ``X-Request-ID``, else a new one)."""
+    rid = request.scope.get("state", {}).get("request_id")
+    return str(rid) if rid else os.urandom(16).hex()
+
+
 async def handle_rank(request: Request, service: Service) -> Response:
-    """``/v1/rank``: the city's model ranks the candidates; without a servable model, the
-    nearest-ETA fallback when enabled, else the model error."""
+    """``/v1/rank``: the city's model (or its challenger, for the challenger's share of
+    bookings) ranks the candidates; without a servable model, the nearest-ETA fallback when
+    enabled, else the model error. The answer is queued for the decision log."""
     started = time.perf_counter()
     settings = service.settings
     job = scoring.rank_job(
@@ -75,21 +87,55 @@ async def handle_rank(request: Request, service: Service) -> Response:
     )
     city = job.city.id
     check_route(request, city, ["booking", "city"])
+    rid = request_id_of(request)
+    shadow: LoadedModel | None = None
+    ranked: scoring.Ranked | None = None
     try:
         model = await service.model_for(city)
     except scoring.FALLBACK_ERRORS as exc:
         if not settings.fallback_nearest_eta:
             raise
-        body = scoring.rank_nearest_eta(job)
+        body = scoring.rank_nearest_eta(job, rid)
         service.metrics.fallbacks.labels(city).inc()
         logger.warning("fallback ranking for %s: %s", city, exc)
         log_extra: dict[str, object] = {"city": city, "fallback": True}
+        arm = "fallback"
     else:
-        body = scoring.rank(job, model)
-        log_extra = {"city": city, "model_version": model.version}
+        traffic = service.require_store().traffic(city)
+        arm = "champion"
+        challenger = traffic.challenger
+        if (
+            challenger is not None
+            and traffic.share > 0.0
+            and policy.booking_hash(job.booking.booking_id) < traffic.share
+        ):
+            if traffic.mode == CHALLENGER_SPLIT:
+                model, arm = challenger, "challenger"
+            else:
+                shadow = challenger
+        body, ranked = scoring.rank_answer(job, model, rid, arm, traffic.temperature)
+        log_extra = {"city": city, "model_version": model.version, "arm": arm}
     service.metrics.latency.labels("rank", city).observe(time.perf_counter() - started)
+    service.metrics.answers.labels(city, arm).inc()
     request.scope["state"]["log_extra"] = log_extra
+    log = service.log
+    if log is not None:
+        decided_at = datetime.now(UTC)
+        log.decision(Decision("rank", rid, decided_at, body, arm, ranked=ranked))
+        if shadow is not None:
+            service.metrics.answers.labels(city, "shadow").inc()
+            log.decision(_shadow_scoring(job, shadow, rid, decided_at))
     return json_response(body)
+
+
+def _shadow_scoring(job: scoring.RankJob, model: LoadedModel, rid: str, at: datetime) -> Shadow:
+    """The challenger's ranking of the same request, for the writer thread (never answered)."""
+
+    def run() -> Decision:
+        body, ranked = scoring.rank_answer(job, model, rid, "shadow", None)
+        return Decision("rank", rid, at, body, "shadow", served=False, ranked=ranked)
+
+    return run
 
 
 async def handle_match(request: Request, service: Service) -> Response:
@@ -101,9 +147,12 @@ async def handle_match(request: Request, service: Service) -> Response:
     )
     check_route(request, job.city.id, ["city"])
     model = await service.model_for(job.city.id)
-    body = scoring.match(job, model)
+    rid = request_id_of(request)
+    body = scoring.match(job, model, rid)
     service.metrics.latency.labels("match", job.city.id).observe(time.perf_counter() - started)
     request.scope["state"]["log_extra"] = {"city": job.city.id, "model_version": model.version}
+    if service.log is not None:
+        service.log.decision(Decision("match", rid, datetime.now(UTC), body, "champion"))
     return json_response(body)
 
 

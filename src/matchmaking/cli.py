@@ -305,9 +305,11 @@ def serve(
         typer.Option(min=0, max=65535, help="Port (default: $MATCHMAKING_SERVE_PORT, else 8000)."),
     ] = None,
 ) -> None:
-    """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match).
+    """Serve each city's Production model over HTTP (POST /v1/rank, /v1/match, /v1/outcomes).
 
-    Every other setting comes from MATCHMAKING_SERVE_* (docs/serving.md).
+    Every other setting comes from MATCHMAKING_SERVE_* (docs/serving.md); with
+    MATCHMAKING_SERVE_LAKE_URI (or MATCHMAKING_LAKE_URI) set, answers and outcomes are logged
+    to <lake>/serving/.
     """
     from serving.main import run
 

@@ -58,9 +58,13 @@ MIN_OK = 50
 
 
 @pytest.fixture(scope="module")
-def api_schema(registered: Registered) -> Iterator[schemathesis.schemas.BaseSchema]:
-    """The schema as the running service publishes it, bound to that service."""
-    app = create_app(serve_settings(registered, access_log=False))
+def api_schema(
+    registered: Registered, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[schemathesis.schemas.BaseSchema]:
+    """The schema as the running service publishes it, bound to that service (logging to a
+    lake of its own, so /v1/outcomes stores what it accepts)."""
+    lake = tmp_path_factory.mktemp("schema-lake")
+    app = create_app(serve_settings(registered, access_log=False, lake_uri=str(lake)))
     with ServerThread(app) as server:
         yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
 

@@ -34,6 +34,8 @@ from matchmaking.schema import OUTCOME_KEY, SERVING_TABLES
 
 SERVING = "serving"
 _TIME_COLUMN = {"decisions": "decided_at", "outcomes": "received_at"}
+_MICROS_PER_HOUR = 3_600_000_000.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _schema(table: str) -> pa.Schema:
@@ -70,15 +72,24 @@ def write_log(root: Location, table: str, rows: pa.Table, now: datetime | None =
     except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"rows for serving log {table!r} break its contract: {exc}") from exc
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
-    at = rows.column(_TIME_COLUMN[table])
-    hours = pc.strftime(at, format="%Y-%m-%d %H")  # the column is UTC (contract)
-    keys = pc.binary_join_element_wise(rows.column("city"), hours, "|")
+    # The UTC hour of each row, as hours since the epoch: integer arithmetic on the
+    # microseconds (the column is UTC by contract), far cheaper than formatting every time.
+    micros = pc.cast(rows.column(_TIME_COLUMN[table]), pa.int64())
+    hours = pc.floor(pc.divide(pc.cast(micros, pa.float64()), _MICROS_PER_HOUR))
+    keyed = pa.table({"city": rows.column("city"), "hour": pc.cast(hours, pa.int64())})
+    pairs = keyed.group_by(["city", "hour"], use_threads=False).aggregate([]).to_pylist()
     written = 0
-    for key in pc.unique(keys).to_pylist():
-        city, when = key.split("|")
-        day, hour = when.split(" ")
-        part = rows.filter(pc.equal(keys, key))
-        directory = hour_dir(root, table, city, date.fromisoformat(day), int(hour))
+    for pair in pairs:
+        city, hour_no = pair["city"], pair["hour"]
+        if len(pairs) == 1:
+            part = rows
+        else:
+            mask = pc.and_(
+                pc.equal(keyed.column("city"), city), pc.equal(keyed.column("hour"), hour_no)
+            )
+            part = rows.filter(mask)
+        when = _EPOCH + timedelta(hours=hour_no)
+        directory = hour_dir(root, table, city, when.date(), when.hour)
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
         write_file_atomic(storage.join(directory, name), part)
         written += 1

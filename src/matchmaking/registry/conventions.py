@@ -126,6 +126,23 @@ GENERATION_TAG = "production.lock_generation"
 #: The highest promotion-lock generation that has moved Production (the fence reads it).
 FENCE_TAG = "promotion.generation"
 
+# -- live traffic: challengers and exploration (read by the scoring service's poller) ---------
+
+#: The registered-model alias naming the version that gets live traffic beside Production.
+CHALLENGER_ALIAS = "challenger"
+#: Registered-model tag: the share of the city's bookings (0..1, by a stable hash of the
+#: booking id) the challenger gets. Absent: 0 (no traffic).
+CHALLENGER_SHARE_TAG = "challenger.share"
+#: Registered-model tag: ``split`` (the challenger answers its share) or ``shadow`` (it scores
+#: its share, logged with ``served`` false, and never answers). Absent: ``split``.
+CHALLENGER_MODE_TAG = "challenger.mode"
+CHALLENGER_SPLIT = "split"
+CHALLENGER_SHADOW = "shadow"
+CHALLENGER_MODES = (CHALLENGER_SPLIT, CHALLENGER_SHADOW)
+#: Registered-model tag: the Plackett-Luce exploration temperature of the city's answers
+#: (overrides ``MATCHMAKING_SERVE_EXPLORATION``; "0": the greedy order).
+EXPLORATION_TAG = "serving.exploration_temperature"
+
 # -- CI ids, on promote runs and on the versions they move ------------------------------------
 
 #: Environment variable (GitLab CI) -> tag.
