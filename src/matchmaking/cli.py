@@ -34,6 +34,11 @@ world_app = typer.Typer(
     help="The synthetic ride-hailing world (stands in for production data).", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+experiment_app = typer.Typer(
+    help="Online experiments: what each arm of live traffic did (docs/experiments.md).",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
 ProgressOption = Annotated[
     bool | None,
     typer.Option(
@@ -350,6 +355,47 @@ def report(
         f"report: {result.path}\ncities: {len(result.report.cities)} ({looks} need a look)\n"
         f"run_id: {result.run_id}\nartifact: {result.artifact_uri}"
     )
+
+
+@experiment_app.command("report")
+def experiment_report(
+    city: Annotated[str, typer.Option(help="City id.")],
+    since: Annotated[
+        str | None, typer.Option(help="First day of decisions, YYYY-MM-DD (UTC; default: all).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Last day of decisions, YYYY-MM-DD (UTC; default: all).")
+    ] = None,
+    confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.5, max=0.999, help="Level of the intervals (default: gate.yaml's online one)."
+        ),
+    ] = None,
+    gate_config: Annotated[
+        Path | None,
+        typer.Option(help="Gate YAML whose `online` section sets margin, confidence, sample."),
+    ] = None,
+) -> None:
+    """Join the scoring service's decision log with dispatch's outcomes: bookings, offers,
+    first-offer acceptance per arm and version, the difference challenger - champion with its
+    interval, completion and pickup ETA; logged as an MLflow run with a plot."""
+    from matchmaking.experiments.report import experiment_report as run_report
+    from matchmaking.experiments.report import render
+    from matchmaking.markets import get_market
+    from matchmaking.registry.gate import load_thresholds
+
+    get_market(city)
+    online = load_thresholds(gate_config).online
+    if confidence is not None:
+        online = online.model_copy(update={"confidence": confidence})
+    first = _date(since, "--since") if since else None
+    last = _date(until, "--until") if until else None
+    if first and last and last < first:
+        raise InputError(f"--until {last} is before --since {first}")
+    report = run_report(Settings(), city, first, last, online)
+    typer.echo(render(report))
+    typer.echo(f"run_id: {report.run_id}")
 
 
 @app.command()
