@@ -118,6 +118,55 @@ def world_generate(
     typer.echo(summary.to_table())
 
 
+@world_app.command("dispatch")
+def world_dispatch(
+    city: Annotated[str, typer.Option(help="City id.")],
+    date_: Annotated[str, typer.Option("--date", help="The local calendar day, YYYY-MM-DD.")],
+    url: Annotated[str, typer.Option(help="The scoring service, e.g. http://127.0.0.1:8000.")],
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MATCHMAKING_SERVE_AUTH_TOKEN", help="The service's bearer token."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The seed `world generate` used for this lake.")] = 42,
+    scale: Annotated[
+        float, typer.Option(min=0.0, help="The --scale `world generate` used (the roster).")
+    ] = 0.002,
+    bookings_per_day: Annotated[
+        int | None,
+        typer.Option(min=1, help="The --bookings-per-day `world generate` used (overrides scale)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Rank calls in flight at most.")] = 4,
+    replace: Annotated[
+        bool, typer.Option(help="Serve and rewrite a day the lake already holds.")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Lake (default: $MATCHMAKING_LAKE_URI, else <data dir>/lake)."),
+    ] = None,
+) -> None:
+    """Play dispatch for one simulated city-day against a live scoring service: rank each
+    booking with POST /v1/rank, offer in the answered order (at most 3), draw the drivers'
+    answers from the world's truth, post them to POST /v1/outcomes, and write the day's raw
+    partitions with the service's propensities (docs/experiments.md)."""
+    from matchmaking.world.served import DispatchRequest, dispatch_day
+
+    summary = dispatch_day(
+        DispatchRequest(
+            city=city,
+            day=_date(date_, "--date"),
+            url=url,
+            out=out or Settings().lake_dir,
+            token=token,
+            seed=seed,
+            scale=scale,
+            bookings_per_day=bookings_per_day,
+            workers=workers,
+            replace=replace,
+        )
+    )
+    typer.echo(summary.to_text())
+
+
 @world_app.command("cities")
 def world_cities(
     country: Annotated[str | None, typer.Option(help="Filter by ISO country code.")] = None,
