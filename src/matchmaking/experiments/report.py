@@ -185,7 +185,8 @@ def _scan(con: duckdb.DuckDBPyConnection, files: list[Location], columns: list[s
             if not con.filesystem_is_registered(protocol):
                 con.register_filesystem(fs)
         uris.append(f"'{_quoted(str(path))}'")
-    return f"(SELECT {', '.join(columns)} FROM read_parquet([{', '.join(uris)}]))"
+    scan = f"read_parquet([{', '.join(uris)}], filename = true, file_row_number = true)"
+    return f"(SELECT {', '.join(columns)} FROM {scan})"
 
 
 _DECISION_COLUMNS = [
@@ -200,7 +201,18 @@ _DECISION_COLUMNS = [
     "eta_seconds",
     "first_propensity",
 ]
-_OUTCOME_COLUMNS = ["booking_id", "driver_id", "position", "stage", "outcome", "received_at"]
+# ``filename`` and ``file_row_number`` break ties of ``received_at`` as ``read_log`` does: the
+# first stored (files in name order, rows in file order).
+_OUTCOME_COLUMNS = [
+    "booking_id",
+    "driver_id",
+    "position",
+    "stage",
+    "outcome",
+    "received_at",
+    "filename",
+    "file_row_number",
+]
 
 _ARM_SQL = """
 SELECT arm, version,
@@ -234,7 +246,8 @@ def _load(con: duckdb.DuckDBPyConnection, decisions: str, outcomes: str | None) 
     else:  # one row per OUTCOME_KEY: the first received (as serving_log.read_log)
         con.execute(
             f"""CREATE TEMP TABLE outc AS
-            SELECT booking_id, driver_id, position, stage, arg_min(outcome, received_at) AS outcome
+            SELECT booking_id, driver_id, position, stage,
+                   arg_min(outcome, (received_at, filename, file_row_number)) AS outcome
             FROM {outcomes} GROUP BY booking_id, driver_id, position, stage"""
         )
     con.execute(
