@@ -609,19 +609,19 @@ def _roster_in_lake(out: Location, cw: CityWorld) -> None:
     """The lake's roster of the city must be this world's (same seed and volume), else the
     served day would name drivers the history has never seen; a city without one gets it."""
     path = storage.join(lake.city_dir(out, lake.RAW, cw.city.id), lake.DRIVERS_FILE)
+    raw, hidden = drivers_tables(cw)
     if not storage.exists(path):
-        raw, hidden = drivers_tables(cw)
         lake.write_file_atomic(
             storage.join(lake.city_dir(out, lake.TRUTH, cw.city.id), lake.DRIVERS_FILE), hidden
         )
         lake.write_file_atomic(path, raw)
         return
-    found = lake.read_drivers(out, cw.city.id).column("driver_id").to_pylist()
-    if found != list(cw.roster.driver_id):
+    found = lake.read_drivers(out, cw.city.id)
+    if not found.equals(raw):
         raise InputError(
-            f"the lake's roster of {cw.city.id} ({len(found)} drivers) is not the one this "
-            f"world builds ({len(cw.roster)}): pass the --seed and --scale (or "
-            "--bookings-per-day) that `world generate` used for this lake"
+            f"the lake's roster of {cw.city.id} ({found.num_rows} drivers) is not the one this "
+            f"world builds ({raw.num_rows}, other homes or ratings): pass the --seed and --scale "
+            "(or --bookings-per-day) that `world generate` used for this lake"
         )
 
 
