@@ -4,25 +4,22 @@ with an interval excluding zero, `promote --evidence online` promotes it; a clea
 is refused (exit 7); the next `process` reads the served days' logs.
 
 Real parts only: a generated world in a real lake, two models trained on it (a good one and
-one trained on shuffled labels) on the session's tracking server, `matchmaking serve` as a
-process writing its decision log into the lake, `world dispatch` over HTTP.
+one trained on shuffled labels) on the session's tracking server, the scoring service on a
+real uvicorn writing its decision log into the lake, `world dispatch` over HTTP.
 
 It needs the serving side of issue 13 (decision log, /v1/outcomes, exploration, challengers:
 branch loop-serving); until that is in the tree it is reported as an expected failure and not
-run. What it assumes of that side, named here once: the settings MATCHMAKING_SERVE_LAKE_URI,
-MATCHMAKING_SERVE_DECISION_FLUSH_SECONDS and MATCHMAKING_SERVE_EXPLORATION (``city=T``), the
-registered-model tags ``challenger.share`` / ``challenger.mode`` and the answer's ``arm`` and
-``version``.
+run. What it assumes of that side, named here once: the settings ``lake_uri``,
+``decision_flush_seconds`` and ``exploration`` of ``ServeSettings``, the registered-model
+tags ``challenger.share`` / ``challenger.mode`` and the answer's ``arm`` and ``version``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -32,7 +29,6 @@ import httpx
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from support.processes import free_port, wait_for_200
 
 from matchmaking.cli import run
 from matchmaking.config import Settings
@@ -81,31 +77,37 @@ def _shuffled(dataset_dir: Path, out: Path) -> Path:
 
 
 class Service:
-    """`matchmaking serve` as a process, logging into the lake, exploring in Jakarta."""
+    """The scoring service on a real uvicorn (in a thread of this process: no second start-up
+    of the interpreter), logging into the lake, exploring in Jakarta."""
 
-    def __init__(self, settings: Settings, cwd: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "MATCHMAKING_SERVE_TRACKING_URI": str(settings.tracking_uri),
-            "MATCHMAKING_SERVE_MODEL_NAME_PREFIX": settings.model_name_prefix,
-            "MATCHMAKING_SERVE_HOT_CITIES": CITY,
-            "MATCHMAKING_SERVE_POLL_INTERVAL_S": "0.5",
-            "MATCHMAKING_SERVE_COMPILE_FORESTS": "false",
-            "MATCHMAKING_SERVE_LAKE_URI": str(settings.lake_dir),
-            "MATCHMAKING_SERVE_DECISION_FLUSH_SECONDS": "0.5",
-            "MATCHMAKING_SERVE_EXPLORATION": f"{CITY}=0.5",
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "matchmaking", "serve", "--port", str(self.port)],
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from serving.app import create_app
+        from serving.settings import ServeSettings
+
+        serve = ServeSettings(
+            tracking_uri=settings.tracking_uri,
+            model_name_prefix=settings.model_name_prefix,
+            hot_cities=[CITY],
+            poll_interval_s=0.5,
+            compile_forests=False,
+            lake_uri=str(settings.lake_dir),
+            decision_flush_seconds=0.5,
+            exploration={CITY: 0.5},
         )
-        wait_for_200(self.proc, f"{self.url}/healthz", timeout_s=120.0)
+        config = uvicorn.Config(
+            create_app(serve), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
 
     def wait_for_arms(self, champion: str, challenger: str, timeout_s: float = 60.0) -> None:
         """Until answers come from both versions (the poller has picked the challenger up)."""
@@ -123,8 +125,9 @@ class Service:
         raise AssertionError(f"answers seen {seen}, wanted champion v{champion}, v{challenger}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.communicate(timeout=60)
+        """Shut down (the lifespan flushes the decision log)."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
 
 
 PROBE = {
@@ -203,7 +206,7 @@ def test_the_loop_promotes_a_better_challenger_refuses_a_worse_one_and_feeds_pro
     client.set_registered_model_tag(name, SHARE_TAG, "0.5")
     client.set_registered_model_tag(name, MODE_TAG, "split")
 
-    service = Service(settings, tmp_path)
+    service = Service(settings)
     try:
         # Day 1: the clearly better challenger.
         service.wait_for_arms(champion=bad, challenger=good)
