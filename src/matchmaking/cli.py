@@ -34,6 +34,11 @@ world_app = typer.Typer(
     help="The synthetic ride-hailing world (stands in for production data).", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+experiment_app = typer.Typer(
+    help="Online experiments: what each arm of live traffic did (docs/experiments.md).",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
 ProgressOption = Annotated[
     bool | None,
     typer.Option(
@@ -111,6 +116,55 @@ def world_generate(
         dispatch_temperature=dispatch_temperature,
     )
     typer.echo(summary.to_table())
+
+
+@world_app.command("dispatch")
+def world_dispatch(
+    city: Annotated[str, typer.Option(help="City id.")],
+    date_: Annotated[str, typer.Option("--date", help="The local calendar day, YYYY-MM-DD.")],
+    url: Annotated[str, typer.Option(help="The scoring service, e.g. http://127.0.0.1:8000.")],
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MATCHMAKING_SERVE_AUTH_TOKEN", help="The service's bearer token."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The seed `world generate` used for this lake.")] = 42,
+    scale: Annotated[
+        float, typer.Option(min=0.0, help="The --scale `world generate` used (the roster).")
+    ] = 0.002,
+    bookings_per_day: Annotated[
+        int | None,
+        typer.Option(min=1, help="The --bookings-per-day `world generate` used (overrides scale)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Rank calls in flight at most.")] = 4,
+    replace: Annotated[
+        bool, typer.Option(help="Serve and rewrite a day the lake already holds.")
+    ] = False,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Lake (default: $MATCHMAKING_LAKE_URI, else <data dir>/lake)."),
+    ] = None,
+) -> None:
+    """Play dispatch for one simulated city-day against a live scoring service: rank each
+    booking with POST /v1/rank, offer in the answered order (at most 3), draw the drivers'
+    answers from the world's truth, post them to POST /v1/outcomes, and write the day's raw
+    partitions with the service's propensities (docs/experiments.md)."""
+    from matchmaking.world.served import DispatchRequest, dispatch_day
+
+    summary = dispatch_day(
+        DispatchRequest(
+            city=city,
+            day=_date(date_, "--date"),
+            url=url,
+            out=out or Settings().lake_dir,
+            token=token,
+            seed=seed,
+            scale=scale,
+            bookings_per_day=bookings_per_day,
+            workers=workers,
+            replace=replace,
+        )
+    )
+    typer.echo(summary.to_text())
 
 
 @world_app.command("cities")
@@ -352,6 +406,47 @@ def report(
         f"report: {result.path}\ncities: {len(result.report.cities)} ({looks} need a look)\n"
         f"run_id: {result.run_id}\nartifact: {result.artifact_uri}"
     )
+
+
+@experiment_app.command("report")
+def experiment_report(
+    city: Annotated[str, typer.Option(help="City id.")],
+    since: Annotated[
+        str | None, typer.Option(help="First day of decisions, YYYY-MM-DD (UTC; default: all).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Last day of decisions, YYYY-MM-DD (UTC; default: all).")
+    ] = None,
+    confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.5, max=0.999, help="Level of the intervals (default: gate.yaml's online one)."
+        ),
+    ] = None,
+    gate_config: Annotated[
+        Path | None,
+        typer.Option(help="Gate YAML whose `online` section sets margin, confidence, sample."),
+    ] = None,
+) -> None:
+    """Join the scoring service's decision log with dispatch's outcomes: bookings, offers,
+    first-offer acceptance per arm and version, the difference challenger - champion with its
+    interval, completion and pickup ETA; logged as an MLflow run with a plot."""
+    from matchmaking.experiments.report import experiment_report as run_report
+    from matchmaking.experiments.report import render
+    from matchmaking.markets import get_market
+    from matchmaking.registry.gate import load_thresholds
+
+    get_market(city)
+    online = load_thresholds(gate_config).online
+    if confidence is not None:
+        online = online.model_copy(update={"confidence": confidence})
+    first = _date(since, "--since") if since else None
+    last = _date(until, "--until") if until else None
+    if first and last and last < first:
+        raise InputError(f"--until {last} is before --since {first}")
+    report = run_report(Settings(), city, first, last, online)
+    typer.echo(render(report))
+    typer.echo(f"run_id: {report.run_id}")
 
 
 @app.command()

@@ -77,3 +77,35 @@ def plot_estimates(table: pd.DataFrame, truth: pd.Series | None = None) -> Figur
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_arm_acceptance(table: pd.DataFrame, confidence: float) -> Figure:
+    """First-offer acceptance of each arm and version of live traffic (``experiment report``)
+    with its interval; shadow rows are inverse-propensity estimates, drawn hollow."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [
+        f"{arm}\nv{version}" if version else str(arm)
+        for arm, version in zip(table["arm"], table["version"], strict=True)
+    ]
+    x = np.arange(len(table))
+    mid = table["acceptance"].to_numpy(dtype=np.float64)
+    low = mid - table["acceptance_ci_low"].to_numpy(dtype=np.float64)
+    high = table["acceptance_ci_high"].to_numpy(dtype=np.float64) - mid
+    served = table["served"].to_numpy(dtype=bool)
+    for mask, style, name in ((served, "o", "served"), (~served, "s", "shadow (IPS)")):
+        if mask.any():
+            ax.errorbar(
+                x[mask],
+                mid[mask],
+                yerr=[low[mask], high[mask]],
+                fmt=style,
+                capsize=5,
+                mfc="none" if name.startswith("shadow") else None,
+                label=name,
+            )
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("first-offer acceptance")
+    ax.set_title(f"Live traffic per arm ({confidence:.0%} intervals)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

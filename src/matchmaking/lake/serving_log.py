@@ -157,10 +157,37 @@ def read_log(
         DataQualityError: a published file is not valid parquet (named).
     """
     schema = _schema(table)
+    found = [
+        _open(path, lambda f: f.read()).select(schema.names).cast(schema)
+        for path in log_files(root, table, city, since, until)
+    ]
+    if not found:
+        return schema.empty_table()
+    rows = pa.concat_tables(found, promote_options="permissive").cast(schema)
+    if table == "outcomes":
+        rows = first_per_key(rows, list(OUTCOME_KEY), "received_at")
+    return rows
+
+
+def log_files(
+    root: Location,
+    table: str,
+    city: str,
+    since: date | None = None,
+    until: date | None = None,
+) -> list[Location]:
+    """The published files of ``table`` for ``city`` with a UTC date in ``[since, until]``
+    (both inclusive, either open), in partition order: for readers that scan them out of core
+    (DuckDB) instead of loading them with ``read_log``.
+
+    Raises:
+        InputError: unknown table, or ``until`` before ``since``.
+    """
+    _schema(table)
     if since and until and until < since:
         raise InputError(f"until {until} is before since {since}")
     city_base = storage.join(root, SERVING, table, f"city={city}")
-    found = []
+    found: list[Location] = []
     for name in _subdirs(city_base, "date="):
         try:
             day = date.fromisoformat(name.removeprefix("date="))
@@ -169,14 +196,8 @@ def read_log(
         if (since and day < since) or (until and day > until):
             continue
         for hour in _subdirs(storage.join(city_base, name), "hour="):
-            for path in _files(storage.join(city_base, name, hour)):
-                found.append(_open(path, lambda f: f.read()).select(schema.names).cast(schema))
-    if not found:
-        return schema.empty_table()
-    rows = pa.concat_tables(found, promote_options="permissive").cast(schema)
-    if table == "outcomes":
-        rows = first_per_key(rows, list(OUTCOME_KEY), "received_at")
-    return rows
+            found.extend(_files(storage.join(city_base, name, hour)))
+    return found
 
 
 def first_per_key(rows: pa.Table, key: list[str], order: str) -> pa.Table:

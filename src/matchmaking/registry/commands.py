@@ -1,6 +1,7 @@
 """Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
 
-They parse options, call ``promote.promote`` / ``rollback.rollback``, print each city's gate
+They parse options, call ``promote.promote`` (``online.promote_online`` with ``--evidence
+online``) / ``rollback.rollback``, print each city's gate
 report (promote) and the fleet summary, and exit with the highest failure code (7 = a gate
 refused a candidate).
 """
@@ -8,6 +9,8 @@ refused a candidate).
 from __future__ import annotations
 
 import logging
+from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +20,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import InputError, MatchmakingError, cli_lines
 from matchmaking.registry.fleet import CityOutcome, exit_code, format_summary
 from matchmaking.registry.gate import load_thresholds
+from matchmaking.registry.online import promote_online, refuse_offline_options
 from matchmaking.registry.promote import promote
 from matchmaking.registry.rollback import rollback
 
@@ -40,6 +44,22 @@ def _targets(city: list[str] | None, all_cities: bool) -> list[str] | None:
     if not all_cities and not cities:
         raise InputError("name the cities with --city X (repeatable) or pass --all-cities")
     return None if all_cities else cities
+
+
+class Evidence(StrEnum):
+    """What the gate decides on."""
+
+    offline = "offline"
+    online = "online"
+
+
+def _day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{option} {value!r} is not a date; use YYYY-MM-DD") from None
 
 
 def _finish(outcomes: list[CityOutcome]) -> None:
@@ -71,18 +91,48 @@ def promote_command(
     actor: Annotated[
         str | None, typer.Option(help="Recorded as who promoted (default: CI user or OS user).")
     ] = None,
+    evidence: Annotated[
+        Evidence,
+        typer.Option(
+            help="offline: the candidate on the logged holdout (default); online: the version "
+            "under alias 'challenger' on its live traffic against Production "
+            "(docs/experiments.md)."
+        ),
+    ] = Evidence.offline,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Online evidence: first day of decisions, YYYY-MM-DD (default: all)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Online evidence: last day of decisions, YYYY-MM-DD (default: all)."),
+    ] = None,
 ) -> None:
     """Move Production to a candidate version only if it passes the promotion gate."""
     try:
-        outcomes = promote(
-            Settings(),
-            _targets(city, all_cities),
-            version=version,
-            dry_run=dry_run,
-            holdout=holdout,
-            actor=actor,
-            thresholds=load_thresholds(gate_config),
-        )
+        if evidence is Evidence.online:
+            refuse_offline_options(version, holdout)
+            outcomes = promote_online(
+                Settings(),
+                _targets(city, all_cities),
+                dry_run=dry_run,
+                actor=actor,
+                thresholds=load_thresholds(gate_config),
+                since=_day(since, "--since"),
+                until=_day(until, "--until"),
+            )
+        else:
+            if since is not None or until is not None:
+                raise InputError("--since and --until choose the window of --evidence online")
+            outcomes = promote(
+                Settings(),
+                _targets(city, all_cities),
+                version=version,
+                dry_run=dry_run,
+                holdout=holdout,
+                actor=actor,
+                thresholds=load_thresholds(gate_config),
+            )
     except MatchmakingError as exc:
         typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc

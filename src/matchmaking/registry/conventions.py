@@ -99,6 +99,11 @@ GATE_HOLDOUT_DIGEST_TAG = "gate.holdout_digest"
 #: The Production version the candidate was compared with ("" when there was none).
 GATE_COMPARED_WITH_TAG = "gate.compared_with"
 GATE_CHECKED_AT_TAG = "gate.checked_at"
+#: Which evidence the gate decided on: ``offline`` (the logged holdout, the default) or
+#: ``online`` (the challenger's live traffic, ``promote --evidence online``).
+GATE_EVIDENCE_TAG = "gate.evidence"
+EVIDENCE_OFFLINE = "offline"
+EVIDENCE_ONLINE = "online"
 #: ``gate.result`` values.
 GATE_PASSED = "passed"
 GATE_FAILED = "failed"

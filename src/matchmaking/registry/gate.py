@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from matchmaking.config import load_yaml_model
 from matchmaking.evaluation.logged import DEFAULT_DR_CLIP
+from matchmaking.experiments.report import OnlineThresholds
 
 DEFAULT_GATE_FILE = Path(__file__).resolve().parent.parent / "config" / "gate.yaml"
 
@@ -67,6 +68,9 @@ class GateThresholds(BaseModel):
     canary_bookings: int = Field(3, ge=1)
     latency_bookings: int = Field(200, ge=1)
     max_latency_p99_ms: float = Field(gt=0)
+    # ``promote --evidence online``: the challenger's live first-offer acceptance against the
+    # champion's (``experiments.report``).
+    online: OnlineThresholds = OnlineThresholds()
 
 
 def load_thresholds(path: Path | None = None) -> GateThresholds:

@@ -32,8 +32,10 @@ from matchmaking.registry.context import (
     registry_client,
 )
 from matchmaking.registry.conventions import (
+    EVIDENCE_OFFLINE,
     GATE_CHECKED_AT_TAG,
     GATE_COMPARED_WITH_TAG,
+    GATE_EVIDENCE_TAG,
     GATE_FAILED,
     GATE_HOLDOUT_DIGEST_TAG,
     GATE_PASSED,
@@ -167,15 +169,16 @@ def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
         GATE_HOLDOUT_DIGEST_TAG: str(manifest.get("digest")),
         GATE_COMPARED_WITH_TAG: prev or "",
         GATE_CHECKED_AT_TAG: datetime.now(UTC).isoformat(timespec="seconds"),
+        GATE_EVIDENCE_TAG: EVIDENCE_OFFLINE,
         **{gate_metric_tag(k): f"{v:.6g}" for k, v in outcome.metrics.items()},
         **ci_tags(),
     }
     if not result.passed:
-        return _refuse(ctx, name, outcome, tags)
-    return _move(ctx, name, outcome, tags)
+        return refuse(ctx, name, outcome, tags)
+    return move(ctx, name, outcome, tags)
 
 
-def _refuse(
+def refuse(
     ctx: PromotionContext, name: str, outcome: CityOutcome, tags: dict[str, str]
 ) -> CityOutcome:
     """Record the refusal on the candidate; Production is not touched."""
@@ -192,7 +195,7 @@ def _refuse(
     return outcome
 
 
-def _move(
+def move(
     ctx: PromotionContext, name: str, outcome: CityOutcome, tags: dict[str, str]
 ) -> CityOutcome:
     """Past the fence, tag the candidate and move alias and stage to it, then verify."""

@@ -117,7 +117,7 @@ def render_report(verdict: Verdict, thresholds: GateThresholds, dry_run: bool) -
     return "\n".join(lines) + "\n"
 
 
-def _experiment_id(ctx: Context, city: str) -> str:
+def experiment_id(ctx: Context, city: str) -> str:
     client, settings = ctx.client, ctx.settings
     name = tracking.experiment_name(settings, city)
     exp = client.get_experiment_by_name(name)
@@ -144,7 +144,7 @@ def log_run(
     report as an artifact."""
     client, candidate, production = ctx.client, verdict.candidate, verdict.production
     run = client.create_run(
-        _experiment_id(ctx, city),
+        experiment_id(ctx, city),
         run_name=f"promote-{city}-v{candidate.version}",
         tags=tracking.reproducibility_tags(
             step="promote",

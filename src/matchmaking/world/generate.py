@@ -324,6 +324,78 @@ class ChunkResult:
     stats: CityStats
 
 
+@dataclass(frozen=True)
+class Found:
+    """Drivers on shift near each booking's pickup: one row per (booking, driver) pair."""
+
+    b: IntArray  # booking index within the chunk
+    d: IntArray  # driver index in the roster
+    s_shift: FloatArray  # minutes into the shift at the request time
+    drv_x: FloatArray  # driver position (km)
+    drv_y: FloatArray
+
+
+def search_candidates(cache: _BucketCache, t_min: FloatArray, trips: Trips, k: int) -> Found:
+    """The ``k`` drivers on shift nearest to each pickup within the widest search radius, from
+    the k-d tree of the request's 5-minute bucket (``t_min`` sorted)."""
+    bucket = (t_min // BUCKET_MIN).astype(np.int64)
+    edges = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1], True])
+    rows_b, rows_d, rows_s, rows_x, rows_y = [], [], [], [], []
+    for lo, hi in itertools.pairwise(edges):
+        bk = cache.get(int(bucket[lo]))
+        if bk.tree is None:
+            continue
+        kk = min(k, len(bk.on_idx))
+        pts = np.column_stack([trips.px[lo:hi], trips.py[lo:hi]])
+        _, idx = bk.tree.query(pts, k=kk, distance_upper_bound=SEARCH_RADII_KM[-1])
+        idx = idx.reshape(hi - lo, kk)
+        ok = idx < len(bk.on_idx)
+        bi, kj = np.nonzero(ok)
+        drv = bk.on_idx[idx[bi, kj]]
+        rows_b.append(lo + bi)
+        rows_d.append(drv)
+        rows_x.append(bk.state.x[drv])
+        rows_y.append(bk.state.y[drv])
+        # minutes into the shift at the request time (not the bucket middle)
+        rows_s.append(bk.state.minutes_in_shift[drv] + (t_min[lo + bi] - bk.t_mid))
+    cat = np.concatenate
+    return Found(
+        b=cat(rows_b) if rows_b else np.zeros(0, np.int64),
+        d=cat(rows_d) if rows_d else np.zeros(0, np.int64),
+        s_shift=cat(rows_s) if rows_s else np.zeros(0),
+        drv_x=cat(rows_x) if rows_x else np.zeros(0),
+        drv_y=cat(rows_y) if rows_y else np.zeros(0),
+    )
+
+
+def true_probabilities(
+    cw: CityWorld,
+    trips: Trips,
+    hour: IntArray,
+    b: IntArray,
+    d: IntArray,
+    drv_x: FloatArray,
+    drv_y: FloatArray,
+    s_shift: FloatArray,
+    true_eta_s: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """The hidden ``(p_accept, p_cancel)`` of each (booking ``b``, driver ``d``) row."""
+    roster = cw.roster
+    hx, hy = roster.home_x[d], roster.home_y[d]
+    home_gain = np.hypot(drv_x - hx, drv_y - hy) - np.hypot(trips.dx[b] - hx, trips.dy[b] - hy)
+    eta_min = true_eta_s / 60.0
+    p_accept = truth.accept_probability(
+        eta_min=eta_min,
+        rating=roster.rating[d],
+        home_gain_km=home_gain,
+        minutes_to_shift_end=roster.shift_length_min[d] - s_shift,
+        fare_ratio=trips.fare[b] / cw.median_fare,
+        propensity=roster.propensity[d],
+        hour_local=hour[b],
+    )
+    return p_accept, truth.cancel_probability(eta_min)
+
+
 def simulate_chunk(
     cw: CityWorld,
     day: date,
@@ -335,39 +407,14 @@ def simulate_chunk(
     policy: SoftmaxEtaPolicy,
 ) -> ChunkResult:
     """Simulate consecutive bookings requested at local minutes ``t_min`` (sorted)."""
-    city, roster = cw.city, cw.roster
+    city = cw.city
     n = len(t_min)
     hour = (t_min // 60).astype(np.int64).clip(0, 23)
     trips = sample_trips(city, cw.zones, cw.speed, hour, rng)
 
     # --- candidate search, one k-d tree per 5-minute bucket -----------------------------
-    bucket = (t_min // BUCKET_MIN).astype(np.int64)
-    edges = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1], True])
-    rows_b, rows_d, rows_s, rows_x, rows_y = [], [], [], [], []
-    k_query = MAX_CANDIDATES + 4
-    for lo, hi in itertools.pairwise(edges):
-        bk = cache.get(int(bucket[lo]))
-        if bk.tree is None:
-            continue
-        k = min(k_query, len(bk.on_idx))
-        pts = np.column_stack([trips.px[lo:hi], trips.py[lo:hi]])
-        _, idx = bk.tree.query(pts, k=k, distance_upper_bound=SEARCH_RADII_KM[-1])
-        idx = idx.reshape(hi - lo, k)
-        ok = idx < len(bk.on_idx)
-        bi, kj = np.nonzero(ok)
-        drv = bk.on_idx[idx[bi, kj]]
-        rows_b.append(lo + bi)
-        rows_d.append(drv)
-        rows_x.append(bk.state.x[drv])
-        rows_y.append(bk.state.y[drv])
-        # minutes into the shift at the request time (not the bucket middle)
-        rows_s.append(bk.state.minutes_in_shift[drv] + (t_min[lo + bi] - bk.t_mid))
-    cat = np.concatenate
-    b = cat(rows_b) if rows_b else np.zeros(0, np.int64)
-    d = cat(rows_d) if rows_d else np.zeros(0, np.int64)
-    s_shift = cat(rows_s) if rows_s else np.zeros(0)
-    drv_x = cat(rows_x) if rows_x else np.zeros(0)
-    drv_y = cat(rows_y) if rows_y else np.zeros(0)
+    found = search_candidates(cache, t_min, trips, MAX_CANDIDATES + 4)
+    b, d, s_shift, drv_x, drv_y = found.b, found.d, found.s_shift, found.drv_x, found.drv_y
 
     plat, plng = to_latlng(city, trips.px, trips.py)
     dlat, dlng = to_latlng(city, drv_x, drv_y)
@@ -402,19 +449,9 @@ def simulate_chunk(
     n_cand = np.bincount(b, minlength=n)
 
     # --- hidden ground truth ------------------------------------------------------------
-    hx, hy = roster.home_x[d], roster.home_y[d]
-    home_gain = np.hypot(drv_x - hx, drv_y - hy) - np.hypot(trips.dx[b] - hx, trips.dy[b] - hy)
-    eta_min = true_eta_s / 60.0
-    p_accept = truth.accept_probability(
-        eta_min=eta_min,
-        rating=roster.rating[d],
-        home_gain_km=home_gain,
-        minutes_to_shift_end=roster.shift_length_min[d] - s_shift,
-        fare_ratio=trips.fare[b] / cw.median_fare,
-        propensity=roster.propensity[d],
-        hour_local=hour[b],
+    p_accept, p_cancel = true_probabilities(
+        cw, trips, hour, b, d, drv_x, drv_y, s_shift, true_eta_s
     )
-    p_cancel = truth.cancel_probability(eta_min)
 
     # --- historical dispatcher: softmax over ETA, one offer at a time ---------------------
     logged = dispatch(b, eta_s, policy, rng)

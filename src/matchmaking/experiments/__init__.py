@@ -1,0 +1,1 @@
+"""Online experiments: what each arm of live traffic did (``matchmaking experiment``)."""
