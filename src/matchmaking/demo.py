@@ -5,6 +5,12 @@ World -> ``matchmaking_data`` (process each city's training and holdout windows)
 in SQLite under ``data/airflow``, MLflow in a SQLite store under ``data/``. The first version
 of each city then goes straight to Production; the demo shows the registry and the evaluation.
 
+Then the loop closes for Jakarta: a challenger (the same window trained with inverse-propensity
+weights) gets 20% of the bookings under the ``challenger`` alias, the scoring service runs as a
+process of its own on uvicorn, logging its decisions into the lake, ``world dispatch`` plays the
+next day's bookings through it (exploring, so the logs support off-policy estimates) and posts
+the outcomes, and the experiment report compares the two arms.
+
 The steps run as processes of their own (MLflow Projects): what they print on stdout (each
 city's evaluation table, dataset and model lines) goes to ``data/airflow/steps.log``, so the
 demo prints every table once, all cities together; their progress (stderr) stays on screen.
@@ -37,6 +43,11 @@ logger = logging.getLogger(__name__)
 DEMO_CITIES = ("jakarta", "bangkok", "ho-chi-minh-city")
 TRAIN_DAYS = 28
 HOLDOUT_DAYS = 7
+# The closed loop (docs/experiments.md): one city's next day served through the scoring
+# service, an inverse-propensity-weighted challenger on a share of its bookings.
+LOOP_CITY = "jakarta"
+CHALLENGER_SHARE = 0.2
+LOOP_TEMPERATURE = 0.5
 
 
 @contextlib.contextmanager
@@ -117,6 +128,8 @@ def run_demo(
             f"{'..'.join(published['holdout_window'])} -> {published['features_uri']}"
         )
     results = _show(settings, outcome.evaluated)
+    features = outcome.event["cities"][LOOP_CITY]["features_uri"]
+    _closed_loop(settings, str(features), day, seed)
     from matchmaking.reporting.report import build_report
 
     built = build_report(settings)
@@ -168,3 +181,100 @@ def _evaluation(client: MlflowClient, run_id: str) -> EvaluationResult:
     from matchmaking.evaluation.evaluate import result_from_run
 
     return result_from_run(client, run_id)
+
+
+def _closed_loop(settings: Settings, features: str, day: date, seed: int) -> None:
+    """Serve ``day`` of ``LOOP_CITY`` through the real scoring service with a challenger on
+    ``CHALLENGER_SHARE`` of the bookings, then print the experiment report."""
+    from mlflow.tracking import MlflowClient
+
+    from matchmaking import tracking
+    from matchmaking.experiments.report import experiment_report, render
+    from matchmaking.lake import storage
+    from matchmaking.registry import conventions
+    from matchmaking.registry.gate import load_thresholds
+    from matchmaking.training.params import load_params
+    from matchmaking.training.train import train
+    from matchmaking.world.served import DispatchRequest, dispatch_day
+
+    echo = typer.echo
+    uri = tracking.configure(settings)
+    client = MlflowClient()
+    echo(f"\n== closed loop: {LOOP_CITY} on {day}, served through the scoring service")
+    params = load_params(overrides={"sample_weights": ["ipw"]})
+    with stdout_to(settings.data_dir.resolve() / "airflow" / "challenger.log"):
+        challenger = train(settings, LOOP_CITY, storage.local_path(features), params)
+    name = challenger.model_name
+    client.set_registered_model_alias(name, conventions.CHALLENGER_ALIAS, challenger.version)
+    client.set_registered_model_tag(name, conventions.CHALLENGER_SHARE_TAG, str(CHALLENGER_SHARE))
+    client.set_registered_model_tag(name, conventions.CHALLENGER_MODE_TAG, "split")
+    echo(
+        f"   challenger: {name} v{challenger.version} (sample_weights=ipw) under the "
+        f"{conventions.CHALLENGER_ALIAS!r} alias, {CHALLENGER_SHARE:.0%} of the bookings"
+    )
+    lake_dir = settings.lake_dir.resolve()
+    with _scoring_service(uri, lake_dir, settings.data_dir.resolve()) as url:
+        echo(f"   scoring service: {url} (decision log under {lake_dir / 'serving'})")
+        summary = dispatch_day(
+            DispatchRequest(city=LOOP_CITY, day=day, url=url, out=lake_dir, seed=seed)
+        )
+        echo("   " + "\n   ".join(summary.to_text().splitlines()))
+    # The service flushed its log on shutdown: every decision and outcome is in the lake.
+    # Decisions are dated by the service's clock (today), not the simulated day: the report
+    # takes the whole log, which holds this one served day.
+    report = experiment_report(settings, LOOP_CITY, None, None, load_thresholds(None).online)
+    echo("\n== experiment report\n" + render(report))
+    echo(f"   (logged as run {report.run_id}; docs/experiments.md says how to read it)")
+
+
+@contextlib.contextmanager
+def _scoring_service(tracking_uri: str, lake_dir: Path, data_dir: Path) -> Iterator[str]:
+    """``matchmaking serve`` as a process of its own on a free port, until the block ends
+    (then SIGTERM: the service flushes its decision log and exits)."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "MATCHMAKING_SERVE_PORT": str(port),
+        "MATCHMAKING_SERVE_TRACKING_URI": tracking_uri,
+        "MATCHMAKING_SERVE_HOT_CITIES": LOOP_CITY,
+        "MATCHMAKING_SERVE_LAKE_URI": str(lake_dir),
+        "MATCHMAKING_SERVE_EXPLORATION": f"{LOOP_CITY}={LOOP_TEMPERATURE}",
+        "MATCHMAKING_SERVE_POLL_INTERVAL_S": "2",
+        "MATCHMAKING_SERVE_LOG_LEVEL": "WARNING",
+    }
+    log = (data_dir / "airflow" / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "matchmaking", "serve"], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"matchmaking serve exited {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"matchmaking serve was not ready in 120 s; see {log.name}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
