@@ -108,8 +108,7 @@ def child_process_day(data: str, day: str) -> dict[str, Any]:
 
 
 def child_reference_window(data: str, start: str, end: str) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support.window_reference import reference_window
+    from tests.support.window_reference import reference_window
 
     ref = reference_window(
         Path(data) / "lake", CITY, date.fromisoformat(start), date.fromisoformat(end)

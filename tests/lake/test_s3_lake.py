@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
+from support.s3 import new_bucket
 from typer.testing import CliRunner
 
 from matchmaking import lake
@@ -31,8 +32,6 @@ from matchmaking.schema import SUCCESS_MARKER
 from matchmaking.training.params import load_params
 from matchmaking.training.train import train
 from matchmaking.world.generate import generate_world
-
-from .conftest import new_bucket
 
 CITY = "jakarta"
 START = date(2026, 8, 1)
