@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def child_train_reference(data: str, dataset: str) -> dict[str, Any]:
     return {"train_rows": len(train), "labelled_rows": len(data_rows), "rows": len(rows)}
 
 
-CHILDREN = {
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "generate": child_generate,
     "process_window": child_process_window,
     "process_day": child_process_day,
