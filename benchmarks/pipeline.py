@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.common import machine_lines
 
 if TYPE_CHECKING:
-    from matchmaking.lake.storage import Location
+    from matchmaking.lake.storage import LocationLike
 
 REPORT = Path(__file__).parent / "reports" / "pipeline.md"
 REPO = Path(__file__).resolve().parent.parent
@@ -230,7 +230,7 @@ def step_platform(root: Path, dataset: Path, objectives: str) -> Result:
     }
 
 
-def _propensity_bound(settings: Any, city: str, holdout: Location) -> tuple[float, float]:
+def _propensity_bound(settings: Any, city: str, holdout: LocationLike) -> tuple[float, float]:
     """AUC of the oracle's logit with the hidden driver propensity term removed, and the median
     28-day offer count behind the model's estimate of it (holdout offers).
 

@@ -160,7 +160,7 @@ def test_generations_increase_across_releases_and_old_files_are_pruned(tmp_path:
 
 
 def test_lock_on_s3_with_conditional_puts(s3_endpoint: str) -> None:
-    root: Location = f"{new_bucket()}/locks/promotion"
+    root = Location.of(f"{new_bucket()}/locks/promotion")
     won = _race([PromotionLock(root, MODEL, lease_s=60, wait_s=0) for _ in range(CONTENDERS)])
     assert len(won) == 1 and won[0].generation == 1
     holder = PromotionLock(root, MODEL, lease_s=60)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from matchmaking.errors import InputError
 from matchmaking.lake import datasets
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN, TIME_COLUMN
 from matchmaking.training.params import TrainParams
 
@@ -113,7 +113,7 @@ class Read:
     train_rows_available: int  # of which on training days
 
 
-def read_labelled(dataset: Location, manifest: dict[str, object], params: TrainParams) -> Read:
+def read_labelled(dataset: LocationLike, manifest: dict[str, object], params: TrainParams) -> Read:
     """The dataset's labelled rows in time order (see the module docstring).
 
     Raises:
