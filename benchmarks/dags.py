@@ -35,6 +35,7 @@ def run_one(cities: int) -> dict[str, float]:
 
     import_s = time.perf_counter() - t0
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.taskgroup import MappedTaskGroup
     from airflow.serialization.serialized_objects import DagSerialization
 
     def parse() -> tuple[float, DagBag]:
@@ -48,9 +49,14 @@ def run_one(cities: int) -> dict[str, float]:
     warm = [parse()[0] for _ in range(WARM_PARSES)]
     serialized = {d: len(json.dumps(DagSerialization.to_dict(bag.dags[d]))) for d in bag.dag_ids}
     process = bag.dags["matchmaking_data"].get_task("process")
+    group = process.task_group
+    mapped = group._expand_input.value if isinstance(group, MappedTaskGroup) else None
+    over = mapped.get("city") if isinstance(mapped, dict) else None
+    if not isinstance(over, list | tuple):
+        raise RuntimeError(f"process is not in a task group mapped over a city list: {group!r}")
     return {
         "cities": cities,
-        "mapped_over": len(process.task_group._expand_input.value["city"]),
+        "mapped_over": len(over),
         "airflow_import_s": import_s,
         "cold_s": cold,
         "warm_median_s": statistics.median(warm),

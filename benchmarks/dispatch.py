@@ -79,7 +79,9 @@ def main(report: Path = REPORT) -> None:
             settings,
             CITY,
             features,
-            TrainParams(objectives=["binary"], valid_days=1, num_boost_round=60),
+            TrainParams.model_validate(
+                {"objectives": ["binary"], "valid_days": 1, "num_boost_round": 60}
+            ),
         ).version
         uri = settings.resolved_tracking_uri()
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)

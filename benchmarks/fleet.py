@@ -125,6 +125,7 @@ def register_fleet(uri: str, booster: Any, table: Path, prefixes: dict[str, list
 
     from matchmaking.schema import FEATURE_NAMES
 
+    previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, uri)
     exp = client.create_experiment("fleet-bench")
@@ -137,7 +138,7 @@ def register_fleet(uri: str, booster: Any, table: Path, prefixes: dict[str, list
             input_example=example,
             extra_files=[str(table)],
         )
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(previous_uri)  # as the caller had it
     tags = {"score_kind": "probability", "objective": "binary"}
 
     def one(name: str) -> None:

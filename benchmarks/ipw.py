@@ -73,6 +73,7 @@ def run_pair(city: str, seed: int, root: Path) -> Pair:
     from matchmaking.evaluation.evaluate import evaluate
     from matchmaking.lake.datasets import read_published_manifest
     from matchmaking.processing.step import build_dataset
+    from matchmaking.scorer import ScoreKind
     from matchmaking.training.data import read_candidates, read_labelled, split
     from matchmaking.training.params import load_params
     from matchmaking.training.train import train
@@ -115,7 +116,7 @@ def run_pair(city: str, seed: int, root: Path) -> Pair:
     read = read_labelled(tr.dataset_dir, manifest, base_params)
     _, valid = split(read.data, base_params.valid_days)
     cands = read_candidates(tr.dataset_dir, manifest, valid.day.min())
-    kind = "probability" if none.objective == "binary" else "rank_score"
+    kind: ScoreKind = "probability" if none.objective == "binary" else "rank_score"
     held = {}
     for w, uri in uris.items():
         booster = mlflow.lightgbm.load_model(uri)

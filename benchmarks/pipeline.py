@@ -25,9 +25,12 @@ import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import machine_lines
+
+if TYPE_CHECKING:
+    from matchmaking.lake.storage import LocationLike
 
 REPORT = Path(__file__).parent / "reports" / "pipeline.md"
 REPO = Path(__file__).resolve().parent.parent
@@ -227,7 +230,7 @@ def step_platform(root: Path, dataset: Path, objectives: str) -> Result:
     }
 
 
-def _propensity_bound(settings: Any, city: str, holdout: Path) -> tuple[float, float]:
+def _propensity_bound(settings: Any, city: str, holdout: LocationLike) -> tuple[float, float]:
     """AUC of the oracle's logit with the hidden driver propensity term removed, and the median
     28-day offer count behind the model's estimate of it (holdout offers).
 

@@ -32,13 +32,14 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.common import machine_lines
 from matchmaking.config import Settings
+from matchmaking.lake import storage
 from matchmaking.lake.datasets import FEATURES_FILE, MANIFEST_FILE, SUCCESS_FILE
 from matchmaking.markets import default_catalogue
-from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import collect
 from matchmaking.reporting.drift import load_drift_config
 from matchmaking.reporting.model import EVALUATE_METRICS, fleet, load_report_config
 from matchmaking.reporting.render import render
+from matchmaking.reporting.report import build_report, measure_drift
 from matchmaking.schema import FEATURE_NAMES
 
 logger = logging.getLogger("benchmarks.report")
@@ -214,7 +215,7 @@ def main(report: Path = REPORT, cities: int = 79) -> None:
             experiment_prefix="bench",
         )
         t0 = time.perf_counter()
-        training = populate_lake(settings.lake_dir, chosen)
+        training = populate_lake(storage.local_path(settings.lake_dir), chosen)
         lake_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         writer = MlflowClient(tracking_uri=server.backend_uri, registry_uri=server.backend_uri)
@@ -235,7 +236,7 @@ def main(report: Path = REPORT, cities: int = 79) -> None:
         collected = collect(client, settings, None)
         collect_s = time.perf_counter() - t
         t = time.perf_counter()
-        drift = report_module.measure_drift(settings, collected, drift_cfg, None)
+        drift = measure_drift(settings, collected, drift_cfg, None)
         drift_s = time.perf_counter() - t
         t = time.perf_counter()
         built = fleet(collected, drift, drift_cfg, report_cfg)
@@ -245,7 +246,7 @@ def main(report: Path = REPORT, cities: int = 79) -> None:
         render_s = time.perf_counter() - t
         phases_s = time.perf_counter() - started
         t = time.perf_counter()
-        result = report_module.build_report(settings, out=root / "report")
+        result = build_report(settings, out=root / "report")
         end_to_end_s = time.perf_counter() - t
 
         versions = sum(len(v) for v in collected.versions.values())

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,7 @@ def child_process_day(data: str, day: str) -> dict[str, Any]:
 
 
 def child_reference_window(data: str, start: str, end: str) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support.window_reference import reference_window
+    from tests.support.window_reference import reference_window
 
     ref = reference_window(
         Path(data) / "lake", CITY, date.fromisoformat(start), date.fromisoformat(end)
@@ -163,7 +163,7 @@ def child_train_reference(data: str, dataset: str) -> dict[str, Any]:
     return {"train_rows": len(train), "labelled_rows": len(data_rows), "rows": len(rows)}
 
 
-CHILDREN = {
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "generate": child_generate,
     "process_window": child_process_window,
     "process_day": child_process_day,

@@ -123,6 +123,7 @@ def register(work: Path, booster: Any, driver_ids: list[str]) -> tuple[str, Path
             "offer_eta_sum_28d": offers * rng.uniform(1.5, 5.0, n),
         }
     ).to_parquet(table, index=False)
+    previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
@@ -145,7 +146,7 @@ def register(work: Path, booster: Any, driver_ids: list[str]) -> tuple[str, Path
         tags={"score_kind": "probability", "objective": "binary"},
     )
     client.set_registered_model_alias(MODEL, "production", str(mv.version))
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(previous_uri)  # as the caller had it
     return uri, table
 
 

@@ -17,7 +17,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from support.tracking_server import TrackingServer, TrackingServerError, choose_backend
+
+pytest.register_assert_rewrite("support")  # helpers' asserts explain themselves, as tests' do
+
+from support.s3 import moto_s3, new_bucket  # noqa: E402
+from support.tracking_server import TrackingServer, TrackingServerError, choose_backend  # noqa: E402
 
 TESTS_DIR = Path(__file__).parent
 INTEGRATION_DIR = TESTS_DIR / "integration"
@@ -183,3 +187,16 @@ def remote_tracking(tracking_server: TrackingServer, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return tracking_server.uri
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 server (moto) for the lake and registry tests; AWS variables point at it."""
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the session's S3 server; its ``s3://`` URI."""
+    return new_bucket()

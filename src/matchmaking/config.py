@@ -66,11 +66,10 @@ class Settings(BaseSettings):
 
     @property
     def lake_dir(self) -> Location:
-        """``MATCHMAKING_LAKE_URI`` (an absolute ``Path`` when local), else ``<data_dir>/lake``."""
+        """``MATCHMAKING_LAKE_URI`` (made absolute when local), else ``<data_dir>/lake``."""
         if self.lake_uri:
-            lake = storage.location(self.lake_uri)
-            return lake if storage.is_remote(lake) else storage.local_path(lake).absolute()
-        return self.data_dir / "lake"
+            return Location.of(self.lake_uri).absolute()
+        return Location.of(self.data_dir / "lake")
 
     @property
     def raw_dir(self) -> Location:

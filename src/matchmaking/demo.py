@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from matchmaking.evaluation.evaluate import EvaluationResult
+    from matchmaking.lake.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _closed_loop(settings: Settings, features: str, day: date, seed: int) -> Non
 
 
 @contextlib.contextmanager
-def _scoring_service(tracking_uri: str, lake_dir: Path, data_dir: Path) -> Iterator[str]:
+def _scoring_service(tracking_uri: str, lake_dir: Location, data_dir: Path) -> Iterator[str]:
     """``matchmaking serve`` as a process of its own on a free port, until the block ends
     (then SIGTERM: the service flushes its decision log and exits)."""
     import signal

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagworld import (
+from support.dagworld import (
     CITIES,
     DAGS_DIR,
     WORLD_DAYS,

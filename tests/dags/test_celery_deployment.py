@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagworld import LOGICAL_DATE, WORLD_DAYS, WORLD_START, pipeline_config
-from deployment import pipeline_deployment
+from support.dagworld import LOGICAL_DATE, WORLD_DAYS, WORLD_START, pipeline_config
+from support.deployment import (
+    RUN_TIMEOUT_S,
+    pipeline_deployment,
+    registered_versions,
+    training_runs,
+)
 from support.tracking_server import TrackingServer
-from test_deployment import RUN_TIMEOUT_S, _versions, training_runs
 
 from matchmaking.orchestration.config import PipelineConfig
 
@@ -149,5 +153,5 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
         suffix = heavy_suffix if city == HEAVY else ""
         assert steps == {f"train{suffix}", f"evaluate{suffix}"}, (city, steps)
     for city in CITIES:
-        assert _versions(tracking_server.uri, prefix, city) == ["1"]
+        assert registered_versions(tracking_server.uri, prefix, city) == ["1"]
     print(f"celery deployment test: {time.monotonic() - started:.0f} s")

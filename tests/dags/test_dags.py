@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dagworld import CITIES, DAGS_DIR, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.dagworld import CITIES, DAGS_DIR, LOGICAL_DATE, AirflowEnv, pipeline_config
 from support.tracking_server import TrackingServer
 
 from matchmaking.orchestration.local import features_events

@@ -12,32 +12,16 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dagworld import CITIES, LOGICAL_DATE, AirflowEnv, pipeline_config
-from deployment import AirflowDeployment, pipeline_deployment
+from support.dagworld import CITIES, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.deployment import (
+    RUN_TIMEOUT_S,
+    pipeline_deployment,
+    registered_versions,
+    training_runs,
+)
 from support.tracking_server import TrackingServer
-
-RUN_TIMEOUT_S = 240.0
-
-
-def _versions(tracking_uri: str, prefix: str, city: str) -> list[str]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return sorted(mv.version for mv in client.search_model_versions(f"name='{prefix}-{city}'"))
-
-
-def training_runs(airflow: AirflowDeployment, cities: list[str]) -> dict[str, dict[str, Any]]:
-    """One asset-triggered training run per city, once all have finished, by partition key."""
-    runs = airflow.wait_for_runs("matchmaking_train", len(cities), RUN_TIMEOUT_S)
-    by_city = {r["partition_key"]: r for r in runs}
-    assert sorted(by_city) == sorted(cities), runs
-    assert len(runs) == len(cities), runs  # one run per city, no more
-    for run in runs:
-        assert run["run_type"] == "asset_triggered"
-    return by_city
 
 
 @pytest.mark.slow
@@ -63,7 +47,7 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
             ]
             assert {t["rendered_map_index"] for t in tis if t["task_id"] == "train"} == {city}
     for city in CITIES:
-        assert _versions(tracking_server.uri, prefix, city) == ["1"]
+        assert registered_versions(tracking_server.uri, prefix, city) == ["1"]
     print(f"deployment test: {time.monotonic() - started:.0f} s")
 
 
@@ -101,5 +85,5 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
         time.sleep(10)
         runs = airflow.request("GET", "/api/v2/dags/matchmaking_train/dagRuns")["dag_runs"]
         assert [r["partition_key"] for r in runs] == ["jakarta"]
-    assert _versions(tracking_server.uri, prefix, "jakarta") == ["1"]
-    assert _versions(tracking_server.uri, prefix, "bangkok") == []
+    assert registered_versions(tracking_server.uri, prefix, "jakarta") == ["1"]
+    assert registered_versions(tracking_server.uri, prefix, "bangkok") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from lakeworld import SmallWorld
+from support.lakeworld import SmallWorld
 
 from matchmaking.world.generate import generate_world
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pytest
-from lakeworld import SmallWorld
+from support.lakeworld import SmallWorld
 
 from matchmaking import lake
 from matchmaking.world.dispatch import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from lakeworld import SmallWorld
+from support.lakeworld import SmallWorld
 from scipy.stats import skew
 
 from matchmaking import lake

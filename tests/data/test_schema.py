@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from lakeworld import SmallWorld
+from support.lakeworld import SmallWorld
 
 from matchmaking import schema
 from matchmaking import lake

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
+from support.s3 import new_bucket
 from typer.testing import CliRunner
 
 from matchmaking import lake
@@ -26,13 +27,12 @@ from matchmaking.errors import ConfigError, StorageError
 from matchmaking.evaluation.evaluate import evaluate
 from matchmaking.lake import storage
 from matchmaking.lake.datasets import day_files, read_dataset, window_digest
+from matchmaking.lake.storage import Location
 from matchmaking.processing.step import ProcessResult, build_dataset, process
 from matchmaking.schema import SUCCESS_MARKER
 from matchmaking.training.params import load_params
 from matchmaking.training.train import train
 from matchmaking.world.generate import generate_world
-
-from .conftest import new_bucket
 
 CITY = "jakarta"
 START = date(2026, 8, 1)
@@ -75,7 +75,7 @@ def test_settings_take_the_lake_uri(tmp_path: Path) -> None:
 
 def test_world_on_s3_reads_back_like_the_local_one(worlds: Worlds) -> None:
     s3, local = worlds.s3.lake_dir, worlds.local.lake_dir
-    assert isinstance(s3, str) and s3.startswith("s3://")
+    assert isinstance(s3, Location) and not s3.is_local and str(s3).startswith("s3://")
     assert lake.list_cities(s3) == lake.list_cities(local) == [CITY]
     days = [START + timedelta(days=i) for i in range(DAYS)]
     assert lake.list_dates(s3, CITY) == lake.list_dates(local, CITY) == days
@@ -123,8 +123,8 @@ def test_a_partition_without_success_is_invisible(bucket: str) -> None:
 
 def test_feature_dataset_on_s3_has_the_local_digest(worlds: Worlds) -> None:
     s3, local = worlds.s3_train, worlds.local_train
-    assert isinstance(s3.dataset_dir, str)
-    assert s3.dataset_dir.startswith(f"{worlds.s3.lake_dir}/features/city={CITY}/")
+    assert isinstance(s3.dataset_dir, Location) and not s3.dataset_dir.is_local
+    assert str(s3.dataset_dir).startswith(f"{worlds.s3.lake_dir}/features/city={CITY}/")
     assert s3.digest == local.digest and s3.rows == local.rows > 0
     rows, manifest = read_dataset(s3.dataset_dir)
     local_rows, local_manifest = read_dataset(local.dataset_dir)
@@ -134,7 +134,7 @@ def test_feature_dataset_on_s3_has_the_local_digest(worlds: Worlds) -> None:
     days = manifest["days"]
     assert isinstance(days, list) and len(days) == 2
     for day, path in zip(days, day_files(s3.dataset_dir, manifest), strict=True):
-        assert isinstance(path, str) and path.startswith(f"{worlds.s3.lake_dir}/features/")
+        assert not path.is_local and str(path).startswith(f"{worlds.s3.lake_dir}/features/")
         assert storage.digest(path) == day["digest"]
     assert window_digest(days) == s3.digest
     # A rerun reuses the published dataset (same content address).
@@ -149,7 +149,7 @@ def test_process_train_and_evaluate_from_s3(worlds: Worlds, tmp_path: Path) -> N
         data_dir=tmp_path, lake_uri=str(worlds.s3.lake_dir), tracking_uri=mlflow.get_tracking_uri()
     )
     holdout = process(settings, CITY, *HOLDOUT)
-    assert isinstance(holdout.dataset_dir, str)
+    assert isinstance(holdout.dataset_dir, Location) and not holdout.dataset_dir.is_local
     process_tags = MlflowClient().get_run(str(holdout.run_id)).data.tags
     assert process_tags["features_uri"] == holdout.dataset_dir
     params = load_params(

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
+from support.processed_world import CITY, HOLDOUT_DAYS, TRAIN_DAYS, ProcessedWorld
 
 from matchmaking.config import Settings
 from matchmaking.features.history import HISTORY_DAYS
-from matchmaking.pipeline import Windows, windows
-from matchmaking.processing.step import ProcessResult, build_dataset
+from matchmaking.pipeline import windows
+from matchmaking.processing.step import build_dataset
 from matchmaking.world.generate import generate_world
-
-CITY = "jakarta"
-TRAIN_DAYS = 28
-HOLDOUT_DAYS = 7
-
-
-@dataclass(frozen=True)
-class ProcessedWorld:
-    settings: Settings
-    windows: Windows
-    train: ProcessResult
-    holdout: ProcessResult
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +35,3 @@ def processed_world(tmp_path_factory: pytest.TempPathFactory) -> ProcessedWorld:
     train = build_dataset(settings, CITY, w.train_start, w.train_end, max_bad_share=0.05)
     holdout = build_dataset(settings, CITY, w.holdout_start, w.holdout_end, max_bad_share=0.05)
     return ProcessedWorld(settings, w, train, holdout)
-
-
-def dataset_dir(result: ProcessResult) -> Path:
-    return result.dataset_dir

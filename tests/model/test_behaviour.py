@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import numpy.typing as npt
 import pytest
+from support.processed_world import CITY, ProcessedWorld
 
 from matchmaking.config import Settings
 from matchmaking.features.core import CandidateInputs, build_matrix
@@ -24,7 +25,6 @@ from matchmaking.lake.datasets import read_dataset
 from matchmaking.schema import FEATURE_NAMES, FEATURES
 from matchmaking.training.params import Objective, TrainParams, load_params
 from matchmaking.training.train import fit, labelled, matrix, split_by_day, train
-from tests.model.conftest import CITY, ProcessedWorld
 
 # What the README promises: a longer ETA never raises a score; a better rating or a trip
 # toward home never lowers it. The contract (schema.FEATURES) must say the same.

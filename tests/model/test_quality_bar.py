@@ -7,11 +7,11 @@ oracle's and at least 3 points above nearest-ETA; its AUC is within 0.015 of the
 from __future__ import annotations
 
 import pytest
+from support.processed_world import CITY, ProcessedWorld
 
 from matchmaking.evaluation.evaluate import evaluate
 from matchmaking.training.params import load_params
 from matchmaking.training.train import train
-from tests.model.conftest import CITY, ProcessedWorld
 
 pytestmark = pytest.mark.slow
 

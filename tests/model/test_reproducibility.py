@@ -6,12 +6,12 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from support.processed_world import CITY, ProcessedWorld
 
 from matchmaking import tracking
 from matchmaking.processing.step import build_dataset
 from matchmaking.training.params import load_params
 from matchmaking.training.train import train
-from tests.model.conftest import CITY, ProcessedWorld
 
 
 def _model_file_digest(model_uri: str, dst: Path) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import typer
+from support.registry_world import Trained, register_copy, settings_for
 from typer.testing import CliRunner
 
 from matchmaking.registry.commands import promote_command, rollback_command
-
-from .conftest import Trained, register_copy, settings_for
 
 
 def _app() -> typer.Typer:

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from support.registry_world import Trained, register_copy, settings_for
 from support.tracking_server import TrackingServer
 
 from matchmaking.errors import ModelNotFoundError, TrackingError
@@ -26,8 +27,6 @@ from matchmaking.registry.fleet import registered_cities
 from matchmaking.registry.gate import load_thresholds
 from matchmaking.registry.production import current_production, resolve_production
 from matchmaking.registry.promote import promote
-
-from .conftest import Trained, register_copy, settings_for
 
 CITIES = default_catalogue().ids()
 

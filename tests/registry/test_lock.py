@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from lake.conftest import new_bucket, s3_endpoint  # noqa: F401  (the moto S3 fixture)
+from support.s3 import new_bucket
 
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, StorageError
@@ -159,8 +159,8 @@ def test_generations_increase_across_releases_and_old_files_are_pruned(tmp_path:
     assert PromotionLock(tmp_path, "matchmaking-bangkok", wait_s=0).acquire().generation == 1
 
 
-def test_lock_on_s3_with_conditional_puts(s3_endpoint: str) -> None:  # noqa: F811
-    root: Location = f"{new_bucket()}/locks/promotion"
+def test_lock_on_s3_with_conditional_puts(s3_endpoint: str) -> None:
+    root = Location.of(f"{new_bucket()}/locks/promotion")
     won = _race([PromotionLock(root, MODEL, lease_s=60, wait_s=0) for _ in range(CONTENDERS)])
     assert len(won) == 1 and won[0].generation == 1
     holder = PromotionLock(root, MODEL, lease_s=60)

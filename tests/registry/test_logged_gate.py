@@ -10,23 +10,17 @@ evaluation tests' part.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import mlflow
 from mlflow.tracking import MlflowClient
+from support.live import ServerThread, rank_body
+from support.registry_world import Trained, register_copy, settings_for, tiny_copy, truth_deleted
 
 from matchmaking.registry.conventions import REPORT_ARTIFACT
 from matchmaking.registry.gate import load_thresholds
 from matchmaking.registry.promote import promote
 from serving.app import create_app
 from serving.settings import ServeSettings
-
-from .conftest import Trained, register_copy, settings_for, tiny_copy, truth_deleted
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from live import ServerThread, rank_body  # the serving tests' helpers
 
 # A busy machine must not turn the evidence these tests are about into a latency refusal.
 RELAXED = load_thresholds().model_copy(update={"max_latency_p99_ms": 10_000.0})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from support.registry_world import Trained, register_copy, settings_for
 
 from matchmaking.config import Settings
 from matchmaking.errors import TrackingError
@@ -30,8 +31,6 @@ from matchmaking.registry.lock import Lease, LeaseLostError, PromotionLock
 from matchmaking.registry.production import current_production, verify_consistent
 from matchmaking.registry.promote import promote
 from matchmaking.registry.rollback import rollback
-
-from .conftest import Trained, register_copy, settings_for
 
 
 def _client(settings: Settings) -> MlflowClient:

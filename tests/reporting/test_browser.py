@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tests.reporting.browser import Browser
-from tests.reporting.conftest import CITIES, Fleet
+from support.browser import Browser
+from support.fleet import CITIES, Fleet
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from typing import Any
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from support.fleet import CITIES, Fleet
 
 from matchmaking.reporting import report as report_module
 from matchmaking.reporting.collect import STEPS
@@ -26,7 +27,6 @@ from matchmaking.reporting.model import (
     load_report_config,
 )
 from matchmaking.reporting.report import REPORT_FILE
-from tests.reporting.conftest import CITIES, Fleet
 
 pytestmark = pytest.mark.slow
 

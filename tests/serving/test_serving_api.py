@@ -6,16 +6,14 @@ import copy
 import itertools
 import json
 import time
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
-from assignment_oracle import brute_force_best
-from conftest import KNOWN_DRIVERS, Registered, serve_settings
-from live import (
+from support.assignment_oracle import brute_force_best
+from support.live import (
     BANDUNG,
     JAKARTA,
     SURABAYA,
@@ -28,51 +26,13 @@ from live import (
     rank_body,
     wait_for,
 )
-from model_factory import set_alias
+from support.model_factory import set_alias
+from support.registered import KNOWN_DRIVERS, Registered, expected_scores, serve_settings
 
 from matchmaking.evaluation.matching import greedy_assignment, total_score
-from matchmaking.features.core import build_matrix
-from matchmaking.features.online import (
-    DriverTable,
-    OnlineBooking,
-    OnlineCandidates,
-    build_online_inputs,
-)
-from matchmaking.markets import get_market
 from serving.app import create_app
 
 pytestmark = pytest.mark.integration
-
-
-def expected_scores(
-    reg: Registered, city: str, version: str, body: dict[str, Any]
-) -> dict[str, float]:
-    """Booster.predict on the online feature matrix, by driver id (built outside the service)."""
-    b = body["booking"]
-    cands = body["candidates"]
-    booking = OnlineBooking(
-        b["pickup"]["lat"],
-        b["pickup"]["lng"],
-        b["dropoff"]["lat"],
-        b["dropoff"]["lng"],
-        datetime.fromisoformat(b["requested_at"]),
-        b.get("trip_km"),
-        b.get("fare"),
-    )
-    rows = OnlineCandidates(
-        booking=np.zeros(len(cands), dtype=np.int64),
-        driver_id=[c["driver_id"] for c in cands],
-        lat=np.array([c["location"]["lat"] for c in cands]),
-        lng=np.array([c["location"]["lng"] for c in cands]),
-        rating=np.array([c["rating"] for c in cands]),
-        home_lat=np.array([c["home"]["lat"] for c in cands]),
-        home_lng=np.array([c["home"]["lng"] for c in cands]),
-        eta_seconds=np.array([c.get("eta_seconds", np.nan) for c in cands], dtype=np.float64),
-    )
-    table = DriverTable.from_parquet(reg.tables[f"{city}@{version}"])
-    matrix = build_matrix(build_online_inputs(get_market(city), [booking], rows, table))
-    scores = reg.boosters[f"{city}@{version}"].predict(matrix)
-    return dict(zip(rows.driver_id, scores.tolist(), strict=True))
 
 
 def test_health_readiness_and_models(live: ServerThread, registered: Registered) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Registered, serve_settings
-from live import ServerThread, rank_body
+from support.live import ServerThread, rank_body
+from support.registered import Registered, serve_settings
 
 from matchmaking.features.geo import EARTH_RADIUS_KM
 from matchmaking.markets import get_market

@@ -21,18 +21,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import KNOWN_DRIVERS, Registered, serve_settings
-from live import SURABAYA, CountingProxy, Load, ServerThread, metric, rank_body, wait_for
-from model_factory import (
+from pydantic import ValidationError
+from support.live import SURABAYA, CountingProxy, Load, ServerThread, metric, rank_body, wait_for
+from support.model_factory import (
     random_booster,
     random_frame,
     register_copies,
     set_alias,
     write_driver_table,
 )
-from pydantic import ValidationError
+from support.registered import KNOWN_DRIVERS, Registered, expected_scores, serve_settings
 from support.tracking_server import TrackingServer
-from test_serving_api import expected_scores
 
 from matchmaking.markets import catalogue
 from matchmaking.registry.conventions import SERVING_ARTIFACTS

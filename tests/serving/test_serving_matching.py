@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from assignment_oracle import brute_force_best
+from support.assignment_oracle import brute_force_best
 
 from matchmaking.evaluation.matching import (
     UNASSIGNED,

@@ -29,16 +29,16 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import KNOWN_DRIVERS, Registered, serve_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from live import BANDUNG, JAKARTA, SURABAYA, ServerThread
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
     response_schema_conformance,
 )
+from support.live import BANDUNG, JAKARTA, SURABAYA, ServerThread
+from support.registered import KNOWN_DRIVERS, Registered, serve_settings
 
 from serving.app import create_app
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from matchmaking import lake
 from matchmaking.features.batch import build_features, driver_snapshot, offer_log
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 from matchmaking.markets import get_market
 from matchmaking.processing.inputs import require_raw
 from matchmaking.processing.validate import validate
@@ -31,7 +31,7 @@ class Reference:
     quarantine_counts: dict[str, int]
 
 
-def reference_window(root: Location, city: str, start: date, end: date) -> Reference:
+def reference_window(root: LocationLike, city: str, start: date, end: date) -> Reference:
     """The feature rows and driver table of ``city`` over ``[start, end]`` as today's code made
     them (``processing/step.py`` before the per-day engine), without publishing anything."""
     info = get_market(city)

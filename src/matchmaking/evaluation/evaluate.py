@@ -45,7 +45,7 @@ from matchmaking.evaluation.plots import (
     plot_policies,
 )
 from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import CITY_TAG
 from matchmaking.reporting.drift import evaluation_drift
@@ -199,7 +199,7 @@ def evaluate(
     settings: Settings,
     city: str,
     model_uri: str,
-    features_dir: Location,
+    features_dir: LocationLike,
     seed: int = 7,
     log_run: bool = True,
     progress: Progress = SILENT,
@@ -264,7 +264,7 @@ def evaluate(
         scored = _Scored(
             rows,
             manifest,
-            features_dir,
+            Location.of(features_dir),
             scorer,
             model_scores,
             seed,

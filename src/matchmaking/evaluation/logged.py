@@ -40,7 +40,7 @@ from matchmaking.evaluation.offpolicy import (
     paired_difference,
 )
 from matchmaking.lake.datasets import read_dataset
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 from matchmaking.scorer import ScoreKind
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ OPE_COLUMNS = ("offer_order", "first_offer_propensity")
 DEFAULT_DR_CLIP = 10.0
 
 
-def read_holdout(city: str, features_dir: Location) -> tuple[pd.DataFrame, dict[str, object]]:
+def read_holdout(city: str, features_dir: LocationLike) -> tuple[pd.DataFrame, dict[str, object]]:
     """The holdout feature dataset of ``city``, rows grouped by booking in request order.
 
     Raises:

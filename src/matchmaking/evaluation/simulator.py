@@ -39,7 +39,7 @@ from matchmaking.evaluation.logged import read_holdout
 from matchmaking.evaluation.matching import match_replay
 from matchmaking.evaluation.offpolicy import ESTIMATORS, PolicyEstimate
 from matchmaking.evaluation.replay import draw_outcomes, replay
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def join_truth(
 
 
 def holdout_with_truth(
-    settings: Settings, city: str, features_dir: Location
+    settings: Settings, city: str, features_dir: LocationLike
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """The holdout joined with the truth (inner join), grouped by booking: what the promotion
     gate measures on until it decides on logged evidence (issue 12)."""

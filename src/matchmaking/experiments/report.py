@@ -178,13 +178,12 @@ def _scan(con: duckdb.DuckDBPyConnection, files: list[Location], columns: list[s
     """A DuckDB ``read_parquet`` over ``files`` (remote ones through fsspec), projected."""
     uris = []
     for path in files:
-        path = storage.location(path)
-        if not isinstance(path, Path):
-            fs, _ = storage.filesystem(path)
+        name, fs = Location.of(path).engine_source()
+        if fs is not None:
             protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
             if not con.filesystem_is_registered(protocol):
                 con.register_filesystem(fs)
-        uris.append(f"'{_quoted(str(path))}'")
+        uris.append(f"'{_quoted(name)}'")
     scan = f"read_parquet([{', '.join(uris)}], filename = true, file_row_number = true)"
     return f"(SELECT {', '.join(columns)} FROM {scan})"
 

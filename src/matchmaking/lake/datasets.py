@@ -23,12 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -36,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from matchmaking.errors import InputError, StorageError
-from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 
 if TYPE_CHECKING:
     from matchmaking.config import Settings
@@ -54,38 +49,38 @@ DAYS_DIR = "days"
 SUMMARIES_DIR = "summaries"
 
 
-def window_dir(features_dir: Location, city: str, start: date, end: date) -> Location:
+def window_dir(features_dir: LocationLike, city: str, start: date, end: date) -> Location:
     """``<features>/city=<city>/<start>_<end>``: the parent of the window's datasets."""
-    return storage.join(features_dir, f"city={city}", f"{start.isoformat()}_{end.isoformat()}")
+    return city_features_dir(features_dir, city) / f"{start.isoformat()}_{end.isoformat()}"
 
 
-def city_features_dir(features_dir: Location, city: str) -> Location:
+def city_features_dir(features_dir: LocationLike, city: str) -> Location:
     """``<features>/city=<city>``: what the paths in a window's manifest are relative to."""
-    return storage.join(features_dir, f"city={city}")
+    return Location.of(features_dir) / f"city={city}"
 
 
-def day_parent(features_dir: Location, city: str, day: date) -> Location:
+def day_parent(features_dir: LocationLike, city: str, day: date) -> Location:
     """``<features>/city=<city>/days/date=<day>``: the parent of the day's feature partitions."""
-    return storage.join(city_features_dir(features_dir, city), DAYS_DIR, f"date={day}")
+    return city_features_dir(features_dir, city).joinpath(DAYS_DIR, f"date={day}")
 
 
-def summary_parent(features_dir: Location, city: str, day: date) -> Location:
+def summary_parent(features_dir: LocationLike, city: str, day: date) -> Location:
     """``<features>/city=<city>/summaries/date=<day>``: the parent of the day's summaries."""
-    return storage.join(city_features_dir(features_dir, city), SUMMARIES_DIR, f"date={day}")
+    return city_features_dir(features_dir, city).joinpath(SUMMARIES_DIR, f"date={day}")
 
 
-def published(directory: Location) -> bool:
+def published(directory: LocationLike) -> bool:
     """Whether ``directory`` holds a published (``_SUCCESS``) dataset or partition."""
-    return storage.exists(storage.join(directory, SUCCESS_FILE))
+    return (Location.of(directory) / SUCCESS_FILE).exists()
 
 
-def write_files(directory: Location, files: dict[str, bytes]) -> None:
+def write_files(directory: LocationLike, files: dict[str, bytes]) -> None:
     """Write each ``name: bytes`` under ``directory`` (not atomic on its own)."""
     for name, data in files.items():
-        storage.write_bytes(storage.join(directory, name), data)
+        (Location.of(directory) / name).write_bytes(data)
 
 
-def publish(files: dict[str, bytes], parent: Location, digest: str) -> Location:
+def publish(files: dict[str, bytes], parent: LocationLike, digest: str) -> Location:
     """Publish the dataset's files at ``parent/<digest[:16]>``; reuse an identical one.
 
     Locally the files are staged in a hidden directory renamed into place (atomic); on object
@@ -94,64 +89,50 @@ def publish(files: dict[str, bytes], parent: Location, digest: str) -> Location:
     return publish_with(parent, digest[:16], lambda directory: write_files(directory, files))
 
 
-def publish_with(parent: Location, name: str, fill: Callable[[Location], None]) -> Location:
+def publish_with(parent: LocationLike, name: str, fill: Callable[[Location], None]) -> Location:
     """Publish ``parent/name``, its files written by ``fill(directory)``; reuse a published one.
 
     ``fill`` writes into a hidden staging directory renamed into place (locally), or straight
     under the final prefix with ``_SUCCESS`` written last (object storage). Whatever it raises
     leaves nothing readable behind.
     """
-    final = storage.join(parent, name)
+    final = Location.of(parent) / name
     if published(final):
         logger.info("%s already published; reusing it", final)
         return final
-    if not isinstance(final, Path) or not isinstance(parent, Path):
-        fs, key = storage.filesystem(str(final))
-        if fs.exists(key):  # a leftover without _SUCCESS: never readable, safe to replace
-            fs.rm(key, recursive=True)
-        fill(final)
-        storage.write_bytes(storage.join(final, SUCCESS_FILE), b"")
-        return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    # A leftover without _SUCCESS was never readable: staging replaces it.
+    staged = final.stage(staging_prefix="")
     try:
-        fill(tmp)
-        if final.exists():  # a leftover without _SUCCESS: never readable, safe to replace
-            shutil.rmtree(final)
-        (tmp / SUCCESS_FILE).write_text("")
-        os.rename(tmp, final)
+        fill(staged)
+        (staged / SUCCESS_FILE).write_bytes(b"")
+        if staged != final and published(final):  # a concurrent twin published it: keep it
+            staged.remove()
+            return final
+        final.publish(staged)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if staged != final:  # remotely the leftover stays unreadable (no _SUCCESS)
+            staged.remove()
         raise
     return final
 
 
-def find_published(parent: Location, name: str) -> Location | None:
+def find_published(parent: LocationLike, name: str) -> Location | None:
     """``parent/name`` when it is published, else None."""
-    found = storage.join(parent, name)
+    found = Location.of(parent) / name
     return found if published(found) else None
 
 
-def read_table(path: Location, columns: list[str] | None = None, **kwargs: Any) -> pa.Table:
+def read_table(path: LocationLike, columns: list[str] | None = None, **kwargs: Any) -> pa.Table:
     """One parquet file of a dataset (local or remote), ``columns`` only when given;
     ``kwargs`` go to ``pyarrow.parquet.read_table`` (e.g. ``filters``)."""
-    path = storage.location(path)
-    if isinstance(path, Path):
-        return pq.read_table(path, columns=columns, **kwargs)
-    fs, key = storage.filesystem(path)
-    with fs.open(key, "rb") as fh:
-        return pq.read_table(fh, columns=columns, **kwargs)
+    key, fs = Location.of(path).arrow()
+    return pq.read_table(key, columns=columns, filesystem=fs, **kwargs)
 
 
-def file_columns(path: Location) -> list[str]:
+def file_columns(path: LocationLike) -> list[str]:
     """The column names of one parquet file of a dataset (its footer only)."""
-    path = storage.location(path)
-    if isinstance(path, Path):
-        return list(pq.read_schema(path).names)
-    fs, key = storage.filesystem(path)
-    with fs.open(key, "rb") as fh:
-        return list(pq.read_schema(fh).names)
+    key, fs = Location.of(path).arrow()
+    return list(pq.read_schema(key, filesystem=fs).names)
 
 
 def window_digest(days: list[dict[str, object]]) -> str:
@@ -160,33 +141,30 @@ def window_digest(days: list[dict[str, object]]) -> str:
     return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
-def day_files(dataset: Location, manifest: dict[str, object]) -> list[Location]:
+def day_files(dataset: LocationLike, manifest: dict[str, object]) -> list[Location]:
     """The ``features.parquet`` files of a dataset, in day order: its own file, or those of
     the days its manifest lists (published by the process step)."""
-    own = storage.join(dataset, FEATURES_FILE)
+    base = Location.of(dataset)
     days = manifest.get("days")
     if not isinstance(days, list):
-        return [own]
-    base = storage.location(dataset)
-    city_dir = base.parent.parent if isinstance(base, Path) else base.rsplit("/", 2)[0]
-    return [storage.join(city_dir, *str(d["path"]).split("/"), FEATURES_FILE) for d in days]
+        return [base / FEATURES_FILE]
+    city_dir = base.parent.parent
+    return [city_dir.joinpath(*str(d["path"]).split("/"), FEATURES_FILE) for d in days]
 
 
-def read_manifest(dataset: Location) -> dict[str, object]:
+def read_manifest(dataset: LocationLike) -> dict[str, object]:
     """The ``manifest.json`` of a dataset directory."""
-    manifest: dict[str, object] = json.loads(
-        storage.read_bytes(storage.join(dataset, MANIFEST_FILE))
-    )
+    manifest: dict[str, object] = json.loads((Location.of(dataset) / MANIFEST_FILE).read_bytes())
     return manifest
 
 
-def read_published_manifest(dataset: Location) -> dict[str, object]:
+def read_published_manifest(dataset: LocationLike) -> dict[str, object]:
     """The manifest of a published dataset (see ``read_dataset``).
 
     Raises:
         StorageError: the dataset has no ``_SUCCESS`` marker (not published).
     """
-    if not storage.exists(storage.join(dataset, SUCCESS_FILE)):
+    if not published(dataset):
         raise StorageError(
             f"{dataset} is not a published feature dataset (no _SUCCESS); "
             "run `matchmaking process` first and pass the directory it prints"
@@ -194,7 +172,7 @@ def read_published_manifest(dataset: Location) -> dict[str, object]:
     return read_manifest(dataset)
 
 
-def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
+def read_dataset(dataset: LocationLike) -> tuple[pd.DataFrame, dict[str, object]]:
     """Load a published feature dataset and its manifest.
 
     Args:
@@ -203,7 +181,7 @@ def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
     Raises:
         StorageError: the dataset has no ``_SUCCESS`` marker (not published).
     """
-    dataset = storage.location(dataset)
+    dataset = Location.of(dataset)
     manifest = read_published_manifest(dataset)
     tables = [read_table(path) for path in day_files(dataset, manifest)]
     if len(tables) == 1:
@@ -211,19 +189,11 @@ def read_dataset(dataset: Location) -> tuple[pd.DataFrame, dict[str, object]]:
     return pa.concat_tables(tables).to_pandas(), manifest
 
 
-def published_datasets(features_dir: Location, city: str) -> list[tuple[Location, float]]:
+def published_datasets(features_dir: LocationLike, city: str) -> list[tuple[Location, float]]:
     """The city's published feature datasets (windows) and when they were published (epoch
     seconds)."""
-    base = city_features_dir(features_dir, city)
-    if isinstance(base, Path):
-        return [(s.parent, s.stat().st_mtime) for s in base.glob(f"*/*/{SUCCESS_FILE}")]
-    fs, key = storage.filesystem(base)
-    fs.invalidate_cache(key)
-    out: list[tuple[Location, float]] = []
-    for marker in fs.glob(f"{key}/*/*/{SUCCESS_FILE}"):
-        modified = fs.modified(marker).timestamp()
-        out.append((f"{base}/{str(marker)[len(key) + 1 :].rsplit('/', 1)[0]}", modified))
-    return out
+    markers = city_features_dir(features_dir, city).glob(f"*/*/{SUCCESS_FILE}")
+    return [(marker.parent, marker.modified()) for marker in markers]
 
 
 def find_holdout(settings: Settings, city: str, after: date) -> Location:

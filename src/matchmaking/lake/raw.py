@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -34,8 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from matchmaking.errors import DataQualityError, InputError, StorageError
-from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.schema import (
     DRIVER_TRUTH,
     DRIVERS,
@@ -55,41 +51,39 @@ COMPRESSION = "zstd"
 _STAGING_TAGS = (".tmp-", ".old-")
 
 
-def city_dir(root: Location, layer: str, city: str) -> Location:
-    """``<root>/<layer>/city=<city>`` (a ``Path`` for a local lake, a URI for a remote one)."""
-    return storage.join(root, layer, f"city={city}")
+def city_dir(root: LocationLike, layer: str, city: str) -> Location:
+    """``<root>/<layer>/city=<city>``."""
+    return Location.of(root).joinpath(layer, f"city={city}")
 
 
-def partition_dir(root: Location, layer: str, city: str, day: date) -> Location:
+def partition_dir(root: LocationLike, layer: str, city: str, day: date) -> Location:
     """``<root>/<layer>/city=<city>/date=<YYYY-MM-DD>``."""
-    return storage.join(city_dir(root, layer, city), f"date={day.isoformat()}")
+    return city_dir(root, layer, city) / f"date={day.isoformat()}"
 
 
-def is_complete(partition: Location) -> bool:
+def is_complete(partition: LocationLike) -> bool:
     """Whether a partition directory has been published (its ``_SUCCESS`` marker exists)."""
-    marker = storage.join(partition, SUCCESS_MARKER)
-    if isinstance(marker, Path):
-        return marker.is_file()
-    return storage.exists(marker)
+    return (Location.of(partition) / SUCCESS_MARKER).is_file()
 
 
-def _storage_error(path: Location, exc: OSError, doing: str) -> StorageError:
+def _storage_error(path: LocationLike, exc: OSError, doing: str) -> StorageError:
     return StorageError(
         f"cannot {doing} {path}: {exc.strerror or exc}; choose a writable lake directory "
         "(--out or MATCHMAKING_DATA_DIR) or fix its permissions"
     )
 
 
-def ensure_writable(location: Location) -> None:
+def ensure_writable(location: LocationLike) -> None:
     """Check, without creating anything, that a local ``location`` is or can become a writable
     directory (object storage is checked by the first write).
 
     Raises:
         StorageError: naming the offending path and what to do.
     """
-    if storage.is_remote(location):
+    where = Location.of(location)
+    if not where.is_local:
         return
-    path = storage.local_path(location).absolute()
+    path = where.local_path.absolute()
     probe = path
     while not probe.exists():
         if probe.parent == probe:
@@ -107,60 +101,37 @@ def ensure_writable(location: Location) -> None:
         )
 
 
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _storage_error(path, exc, "create directory") from exc
-
-
-def parquet_writer(path: Location, schema: pa.Schema) -> pq.ParquetWriter:
+def parquet_writer(path: LocationLike, schema: pa.Schema) -> pq.ParquetWriter:
     """A ParquetWriter with the lake's settings (zstd; no timestamps, so bytes are stable)."""
-    path = storage.location(path)
-    if isinstance(path, Path):
-        return pq.ParquetWriter(str(path), schema, compression=COMPRESSION)
-    fs, key = storage.filesystem(path)
+    key, fs = Location.of(path).arrow()
     return pq.ParquetWriter(key, schema, compression=COMPRESSION, filesystem=fs)
 
 
-def write_parquet(path: Location, table: pa.Table) -> None:
+def write_parquet(path: LocationLike, table: pa.Table) -> None:
     """Write one table to ``path`` (not atomic on its own: use inside a staged partition)."""
     with parquet_writer(path, table.schema) as writer:
         writer.write_table(table)
 
 
-def write_file_atomic(path: Location, table: pa.Table) -> None:
-    """Write a single parquet file via a hidden temp file and ``os.replace`` (locally), or as
-    one object (object storage publishes an object whole, when its upload completes).
+def write_file_atomic(path: LocationLike, table: pa.Table) -> None:
+    """Write a single parquet file whole (``Location.write_atomic``: a hidden temp file and
+    ``os.replace`` locally, one object on object storage).
 
     Raises:
         StorageError: when the directory cannot be created or written.
     """
-    path = storage.location(path)
-    if not isinstance(path, Path):
-        try:
-            write_parquet(path, table)
-        except OSError as exc:
-            raise _storage_error(path, exc, "write") from exc
-        return
-    _mkdir(path.parent)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    target = Location.of(path)
     try:
-        write_parquet(tmp, table)
-        os.replace(tmp, path)
+        target.write_atomic(lambda tmp: write_parquet(tmp, table))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _storage_error(path, exc, "write") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise _storage_error(target, exc, "write") from exc
 
 
 def _is_staging(name: str) -> bool:
     return name.startswith(".") and any(tag in name for tag in _STAGING_TAGS)
 
 
-def clean_stale(root: Location, layer: str, city: str, prefix: str = "") -> int:
+def clean_stale(root: LocationLike, layer: str, city: str, prefix: str = "") -> int:
     """Remove hidden staging files and directories left by interrupted writes.
 
     Args:
@@ -170,19 +141,14 @@ def clean_stale(root: Location, layer: str, city: str, prefix: str = "") -> int:
         prefix: only remove entries for this target name (e.g. ``"date=2026-10-01"``).
 
     Returns:
-        The number of entries removed (always 0 on object storage, which stages nothing).
+        The number of entries removed (0 on object storage, where nothing is staged).
     """
     directory = city_dir(root, layer, city)
-    if not isinstance(directory, Path) or not directory.is_dir():
-        return 0
     removed = 0
-    for entry in directory.iterdir():
+    for entry in directory.children():
         if not _is_staging(entry.name) or not entry.name.startswith(f".{prefix}"):
             continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        entry.remove()
         removed += 1
         logger.info("removed stale staging entry %s", entry)
     return removed
@@ -208,62 +174,28 @@ class PartitionWriter:
     path: Location
     target: Location
 
-    def __init__(self, root: Location, layer: str, city: str, day: date) -> None:
+    def __init__(self, root: LocationLike, layer: str, city: str, day: date) -> None:
         self.committed = False
-        target = partition_dir(root, layer, city, day)
-        if not isinstance(target, Path):
-            self.target = self.path = target
-            self._unpublish(target)
-            return
-        self.target = target
-        parent = target.parent
-        _mkdir(parent)
+        self.target = partition_dir(root, layer, city, day)
         clean_stale(root, layer, city, prefix=self.target.name)
-        self.path = parent / f".{self.target.name}.tmp-{uuid.uuid4().hex}"
         try:
-            self.path.mkdir()
+            self.path = self.target.stage(marker=SUCCESS_MARKER)
         except OSError as exc:
-            raise _storage_error(self.path, exc, "create directory") from exc
-
-    @staticmethod
-    def _unpublish(target: str) -> None:
-        fs, key = storage.filesystem(target)
-        try:
-            fs.invalidate_cache(key)
-            if fs.exists(f"{key}/{SUCCESS_MARKER}"):
-                fs.rm_file(f"{key}/{SUCCESS_MARKER}")
-            if fs.exists(key):
-                fs.rm(key, recursive=True)
-        except OSError as exc:
-            raise _storage_error(target, exc, "replace partition") from exc
+            raise _storage_error(self.target, exc, "prepare partition") from exc
 
     def file(self, name: str) -> Location:
         """Where to write the partition's file ``name`` before ``commit()``."""
-        return storage.join(self.path, name)
+        return self.path / name
 
     def commit(self) -> Location:
-        """Write ``_SUCCESS`` and rename the staged directory into place.
+        """Write ``_SUCCESS`` and publish the staged directory (``Location.publish``).
 
-        An existing partition is replaced: it is renamed away, the new one renamed in, and
-        the old one deleted; readers see either the old or the new partition, never a mix.
-        On object storage the marker is written last under the final prefix.
+        An existing partition is replaced: readers see either the old or the new partition,
+        never a mix. On object storage the marker is written last under the final prefix.
         """
-        if not isinstance(self.path, Path) or not isinstance(self.target, Path):
-            try:
-                storage.write_bytes(storage.join(self.target, SUCCESS_MARKER), b"")
-            except OSError as exc:
-                raise _storage_error(self.target, exc, "publish partition") from exc
-            self.committed = True
-            return self.target
         try:
             (self.path / SUCCESS_MARKER).write_bytes(b"")
-            if self.target.exists():
-                old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex}"
-                os.rename(self.target, old)
-                os.rename(self.path, self.target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(self.path, self.target)
+            self.target.publish(self.path)
         except OSError as exc:
             raise _storage_error(self.target, exc, "publish partition") from exc
         self.committed = True
@@ -273,14 +205,8 @@ class PartitionWriter:
         """Discard the staged directory (on object storage: the unpublished files)."""
         if self.committed:
             return
-        if isinstance(self.path, Path):
-            shutil.rmtree(self.path, ignore_errors=True)
-            return
-        fs, key = storage.filesystem(self.path)
         try:
-            fs.invalidate_cache(key)
-            if fs.exists(key):
-                fs.rm(key, recursive=True)
+            self.path.remove()
         except OSError:
             logger.warning("could not remove the unpublished partition %s", self.path)
 
@@ -297,7 +223,7 @@ class PartitionWriter:
 
 
 def write_partition(
-    root: Location, layer: str, city: str, day: date, tables: dict[str, pa.Table]
+    root: LocationLike, layer: str, city: str, day: date, tables: dict[str, pa.Table]
 ) -> Location:
     """Atomically write a whole partition: ``{name}.parquet`` for each table.
 
@@ -327,50 +253,21 @@ def _layer_of(table: str) -> str:
     raise InputError(f"unknown lake table {table!r}; expected one of: {known}")
 
 
-def _remote_dirs(directory: str, prefix: str) -> list[str]:
-    """Names of the sub-prefixes of a remote directory that start with ``prefix``."""
-    fs, key = storage.filesystem(directory)
-    fs.invalidate_cache(key)
-    try:
-        entries = fs.ls(key, detail=True)
-    except FileNotFoundError:
-        return []
-    names = [
-        str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
-    ]
-    return [n for n in names if n.startswith(prefix)]
+def subdirs(directory: LocationLike, prefix: str) -> list[str]:
+    """Names of the sub-directories of ``directory`` that start with ``prefix``, sorted."""
+    entries = Location.of(directory).children("directory")
+    return [e.name for e in entries if e.name.startswith(prefix)]
 
 
-def list_cities(root: Location, layer: str = RAW) -> list[str]:
+def list_cities(root: LocationLike, layer: str = RAW) -> list[str]:
     """City ids that have a directory in ``layer``, sorted."""
-    base = storage.join(root, layer)
-    if not isinstance(base, Path):
-        return sorted(n.removeprefix("city=") for n in _remote_dirs(base, "city="))
-    if not base.is_dir():
-        return []
-    return sorted(
-        p.name.removeprefix("city=")
-        for p in base.iterdir()
-        if p.is_dir() and p.name.startswith("city=")
-    )
+    return [n.removeprefix("city=") for n in subdirs(Location.of(root) / layer, "city=")]
 
 
-def list_dates(root: Location, city: str, layer: str = RAW) -> list[date]:
+def list_dates(root: LocationLike, city: str, layer: str = RAW) -> list[date]:
     """Dates of the complete partitions of a city, ascending."""
     directory = city_dir(root, layer, city)
-    if isinstance(directory, Path):
-        if not directory.is_dir():
-            return []
-        names = [
-            p.name
-            for p in directory.iterdir()
-            if p.name.startswith("date=") and p.is_dir() and is_complete(p)
-        ]
-    else:
-        fs, key = storage.filesystem(directory)
-        fs.invalidate_cache(key)
-        markers = fs.glob(f"{key}/date=*/{SUCCESS_MARKER}")
-        names = [str(m).rsplit("/", 2)[-2] for m in markers]
+    names = [m.parent.name for m in directory.glob(f"date=*/{SUCCESS_MARKER}")]
     days = []
     for name in names:
         try:
@@ -397,7 +294,7 @@ def describe_days(days: Iterable[date]) -> str:
 
 
 def read_partitions(
-    root: Location,
+    root: LocationLike,
     city: str,
     table: str,
     start: date,
@@ -442,14 +339,13 @@ def read_partitions(
             f"--days {(missing[-1] - missing[0]).days + 1}`"
         )
     parts = [
-        _read_file(storage.join(partition_dir(root, layer, city, d), f"{table}.parquet"), columns)
-        for d in days
+        _read_file(partition_dir(root, layer, city, d) / f"{table}.parquet", columns) for d in days
     ]
     # Nullability may differ between days written by different producers: unify it.
     return pa.concat_tables(parts, promote_options="permissive")
 
 
-def _unreadable(path: Location, exc: Exception) -> DataQualityError:
+def _unreadable(path: LocationLike, exc: Exception) -> DataQualityError:
     return DataQualityError(
         f"{path} is not a readable parquet file ({exc}): it is truncated or corrupt. Nothing "
         "was published; restore or rewrite that file from its source (for the synthetic world, "
@@ -457,20 +353,18 @@ def _unreadable(path: Location, exc: Exception) -> DataQualityError:
     )
 
 
-def _open(path: Location, read: Callable[[pq.ParquetFile], T]) -> T:
+def _open(path: LocationLike, read: Callable[[pq.ParquetFile], T]) -> T:
     """Apply ``read`` to the parquet file at ``path``, mapping failures to package errors.
 
     Raises:
         StorageError: the file is missing or cannot be read from storage.
         DataQualityError: the file is not valid parquet (truncated, corrupt).
     """
-    path = storage.location(path)
+    path = Location.of(path)
+    key, fs = path.arrow()
     try:
-        if isinstance(path, Path):
-            return read(pq.ParquetFile(path))
-        fs, key = storage.filesystem(path)
-        with fs.open(key, "rb") as fh:
-            return read(pq.ParquetFile(fh))
+        with pq.ParquetFile(key, filesystem=fs) as parquet:
+            return read(parquet)
     except FileNotFoundError as exc:
         raise StorageError(
             f"{path} does not exist; generate the city with `matchmaking world generate`"
@@ -481,7 +375,7 @@ def _open(path: Location, read: Callable[[pq.ParquetFile], T]) -> T:
         raise _unreadable(path, exc) from exc
 
 
-def _read_file(path: Location, columns: list[str] | None = None) -> pa.Table:
+def _read_file(path: LocationLike, columns: list[str] | None = None) -> pa.Table:
     return _open(path, lambda f: f.read(columns=columns))
 
 
@@ -510,7 +404,7 @@ def _schema_error(city: str, broken: list[str]) -> DataQualityError:
 
 
 def check_partitions(
-    root: Location, city: str, tables: Iterable[str], start: date, end: date
+    root: LocationLike, city: str, tables: Iterable[str], start: date, end: date
 ) -> None:
     """Check every partition file of ``tables`` over ``[start, end]`` against its contract,
     reading only the footers: each must be valid parquet with every contract column, of the
@@ -526,7 +420,7 @@ def check_partitions(
         layer = _layer_of(table)
         contract = RAW_TABLES.get(table) or TRUTH_TABLES[table]
         for day in _date_range(start, end):
-            path = storage.join(partition_dir(root, layer, city, day), f"{table}.parquet")
+            path = partition_dir(root, layer, city, day) / f"{table}.parquet"
             try:
                 problems = schema_problems(_open(path, lambda f: f.schema_arrow), contract)
             except DataQualityError as exc:
@@ -537,7 +431,7 @@ def check_partitions(
         raise _schema_error(city, broken)
 
 
-def _read_roster(city: str, path: Location, contract: pa.Schema) -> pa.Table:
+def _read_roster(city: str, path: LocationLike, contract: pa.Schema) -> pa.Table:
     table = _read_file(path)
     problems = schema_problems(table.schema, contract)
     if problems:
@@ -545,19 +439,19 @@ def _read_roster(city: str, path: Location, contract: pa.Schema) -> pa.Table:
     return table.select(contract.names)
 
 
-def read_drivers(root: Location, city: str) -> pa.Table:
+def read_drivers(root: LocationLike, city: str) -> pa.Table:
     """The city's driver roster (``schema.DRIVERS``)."""
-    return _read_roster(city, storage.join(city_dir(root, RAW, city), DRIVERS_FILE), DRIVERS)
+    return _read_roster(city, city_dir(root, RAW, city) / DRIVERS_FILE, DRIVERS)
 
 
-def read_driver_truth(root: Location, city: str) -> pa.Table:
+def read_driver_truth(root: LocationLike, city: str) -> pa.Table:
     """The drivers' hidden acceptance propensities (``schema.DRIVER_TRUTH``)."""
-    path = storage.join(city_dir(root, TRUTH, city), DRIVERS_FILE)
+    path = city_dir(root, TRUTH, city) / DRIVERS_FILE
     return _read_roster(city, path, DRIVER_TRUTH)
 
 
 def read_truth(
-    root: Location, city: str, start: date, end: date, columns: list[str] | None = None
+    root: LocationLike, city: str, start: date, end: date, columns: list[str] | None = None
 ) -> pa.Table:
     """The true per-candidate probabilities (``schema.GROUND_TRUTH``) over ``[start, end]``."""
     return read_partitions(root, city, "ground_truth", start, end, columns)

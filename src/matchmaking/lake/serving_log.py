@@ -21,15 +21,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from matchmaking.errors import InputError
-from matchmaking.lake import storage
-from matchmaking.lake.raw import _open, _remote_dirs, write_file_atomic
-from matchmaking.lake.storage import Location
+from matchmaking.lake.raw import _open, subdirs, write_file_atomic
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.schema import OUTCOME_KEY, SERVING_TABLES
 
 SERVING = "serving"
@@ -46,15 +44,15 @@ def _schema(table: str) -> pa.Schema:
         raise InputError(f"unknown serving log table {table!r}; expected one of: {known}") from None
 
 
-def hour_dir(root: Location, table: str, city: str, day: date, hour: int) -> Location:
+def hour_dir(root: LocationLike, table: str, city: str, day: date, hour: int) -> Location:
     """``<root>/serving/<table>/city=<c>/date=<D>/hour=<HH>``."""
     _schema(table)
-    return storage.join(
-        root, SERVING, table, f"city={city}", f"date={day.isoformat()}", f"hour={hour:02d}"
+    return Location.of(root).joinpath(
+        SERVING, table, f"city={city}", f"date={day.isoformat()}", f"hour={hour:02d}"
     )
 
 
-def write_log(root: Location, table: str, rows: pa.Table, now: datetime | None = None) -> int:
+def write_log(root: LocationLike, table: str, rows: pa.Table, now: datetime | None = None) -> int:
     """Publish ``rows`` (in the table's contract) as one new file per (city, date, hour).
 
     Returns:
@@ -91,49 +89,24 @@ def write_log(root: Location, table: str, rows: pa.Table, now: datetime | None =
         when = _EPOCH + timedelta(hours=hour_no)
         directory = hour_dir(root, table, city, when.date(), when.hour)
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        write_file_atomic(storage.join(directory, name), part)
+        write_file_atomic(directory / name, part)
         written += 1
     return written
 
 
 def _files(directory: Location) -> list[Location]:
     """The published parquet files of one hour directory (hidden temp files skipped)."""
-    directory = storage.location(directory)
-    if isinstance(directory, Path):
-        if not directory.is_dir():
-            return []
-        return sorted(
-            p for p in directory.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")
-        )
-    fs, key = storage.filesystem(directory)
-    fs.invalidate_cache(key)
-    try:
-        names = fs.ls(key, detail=False)
-    except FileNotFoundError:
-        return []
-    out: list[Location] = []
-    for name in sorted(str(n) for n in names):
-        base = name.rsplit("/", 1)[-1]
-        if base.endswith(".parquet") and not base.startswith("."):
-            out.append(storage.join(directory, base))
-    return out
+    return [
+        f
+        for f in directory.children("file")
+        if f.name.endswith(".parquet") and not f.name.startswith(".")
+    ]
 
 
-def _subdirs(directory: Location, prefix: str) -> list[str]:
-    directory = storage.location(directory)
-    if isinstance(directory, Path):
-        if not directory.is_dir():
-            return []
-        return sorted(
-            p.name for p in directory.iterdir() if p.is_dir() and p.name.startswith(prefix)
-        )
-    return sorted(_remote_dirs(str(directory), prefix))
-
-
-def list_log_cities(root: Location, table: str) -> list[str]:
+def list_log_cities(root: LocationLike, table: str) -> list[str]:
     """Cities with any partition of ``table``, sorted."""
-    base = storage.join(root, SERVING, table)
-    return [n.removeprefix("city=") for n in _subdirs(base, "city=")]
+    base = Location.of(root).joinpath(SERVING, table)
+    return [n.removeprefix("city=") for n in subdirs(base, "city=")]
 
 
 def _days(start: date, end: date) -> Iterable[date]:
@@ -142,7 +115,7 @@ def _days(start: date, end: date) -> Iterable[date]:
 
 
 def read_log(
-    root: Location,
+    root: LocationLike,
     table: str,
     city: str,
     since: date | None = None,
@@ -170,7 +143,7 @@ def read_log(
 
 
 def log_files(
-    root: Location,
+    root: LocationLike,
     table: str,
     city: str,
     since: date | None = None,
@@ -186,17 +159,17 @@ def log_files(
     _schema(table)
     if since and until and until < since:
         raise InputError(f"until {until} is before since {since}")
-    city_base = storage.join(root, SERVING, table, f"city={city}")
+    city_base = Location.of(root).joinpath(SERVING, table, f"city={city}")
     found: list[Location] = []
-    for name in _subdirs(city_base, "date="):
+    for name in subdirs(city_base, "date="):
         try:
             day = date.fromisoformat(name.removeprefix("date="))
         except ValueError:
             continue
         if (since and day < since) or (until and day > until):
             continue
-        for hour in _subdirs(storage.join(city_base, name), "hour="):
-            found.extend(_files(storage.join(city_base, name, hour)))
+        for hour in subdirs(city_base / name, "hour="):
+            found.extend(_files(city_base.joinpath(name, hour)))
     return found
 
 

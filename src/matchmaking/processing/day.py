@@ -47,7 +47,7 @@ from matchmaking.lake.datasets import (
     QUARANTINE_FILE,
     SUMMARY_FILE,
 )
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.markets import Market, get_market
 from matchmaking.processing import engine as eng
 from matchmaking.processing.inputs import history_from
@@ -382,12 +382,5 @@ def _no_offers() -> pd.DataFrame:
     return _no_rows("candidates")
 
 
-def _remove(location: Location) -> None:
-    location = storage.location(location)
-    if isinstance(location, Path):
-        import shutil
-
-        shutil.rmtree(location)
-        return
-    fs, key = storage.filesystem(location)
-    fs.rm(key, recursive=True)
+def _remove(location: LocationLike) -> None:
+    Location.of(location).remove()

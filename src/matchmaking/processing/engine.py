@@ -29,8 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from matchmaking.features.batch import BOOKING_COLUMNS, DRIVER_COLUMNS, feature_frame
-from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.processing.validate import validate
 from matchmaking.schema import RAW_TABLES
 
@@ -83,18 +82,13 @@ class Engine:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def source(self, path: Location) -> str:
+    def source(self, path: LocationLike) -> str:
         """A DuckDB ``read_parquet`` of a lake file (remote ones through fsspec)."""
-        path = storage.location(path)
-        if isinstance(path, Path):
-            uri = str(path)
-        else:
-            fs, _ = storage.filesystem(path)
-            if not self.con.filesystem_is_registered(
-                fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-            ):
-                self.con.register_filesystem(fs)
-            uri = path
+        uri, fs = Location.of(path).engine_source()
+        if fs is not None and not self.con.filesystem_is_registered(
+            fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        ):
+            self.con.register_filesystem(fs)
         return f"read_parquet('{_quoted(uri)}', file_row_number = true)"
 
     def _typed(self, table: pa.Table, contract: pa.Schema) -> pa.Table:
@@ -106,8 +100,8 @@ class Engine:
 
     def validate_day(
         self,
-        bookings: Location,
-        candidates: Location,
+        bookings: LocationLike,
+        candidates: LocationLike,
         roster: pd.DataFrame,
         centre: tuple[float, float],
     ) -> Checked:
@@ -281,14 +275,9 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
-def open_sink(path: Location) -> IO[bytes]:
+def open_sink(path: LocationLike) -> IO[bytes]:
     """A binary write stream to a lake file (a multipart upload on object storage)."""
-    path = storage.location(path)
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("wb")
-    fs, key = storage.filesystem(path)
-    sink: IO[bytes] = fs.open(key, "wb")
+    sink: IO[bytes] = Location.of(path).open("wb")
     return sink
 
 
@@ -301,7 +290,7 @@ class Written:
 
 
 def write_features(
-    path: Location,
+    path: LocationLike,
     batches: Iterator[tuple[pd.DataFrame, npt.NDArray[np.float64]]],
     tz: str,
     speed_by_hour: npt.NDArray[np.float64],

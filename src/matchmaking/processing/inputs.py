@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from matchmaking import lake
 from matchmaking.errors import StorageError
 from matchmaking.features.history import HISTORY_DAYS, lookback_start
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 from matchmaking.schema import RAW_TABLES
 
 
@@ -27,7 +27,7 @@ def _days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def require_raw(root: Location, city: str, start: date, end: date) -> date:
+def require_raw(root: LocationLike, city: str, start: date, end: date) -> date:
     """Check that the window and its history are in the lake and match the raw contract.
 
     Returns:
@@ -49,7 +49,7 @@ def require_raw(root: Location, city: str, start: date, end: date) -> date:
 
 
 def _missing_message(
-    root: Location,
+    root: LocationLike,
     city: str,
     start: date,
     end: date,

@@ -23,7 +23,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import DataQualityError, InputError
 from matchmaking.lake import datasets, storage
 from matchmaking.lake.datasets import DRIVER_TABLE_FILE, MANIFEST_FILE, QUARANTINE_FILE
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.processing.day import Day, DayProcessor, Summary
 from matchmaking.processing.inputs import require_raw
 from matchmaking.progress import SILENT, Progress
@@ -165,7 +165,7 @@ def build_dataset(
     )
 
 
-def _relative(settings: Settings, city: str, location: Location) -> str:
+def _relative(settings: Settings, city: str, location: LocationLike) -> str:
     base = str(datasets.city_features_dir(settings.features_dir, city))
     return str(location)[len(base) + 1 :].replace("\\", "/")
 

@@ -17,7 +17,7 @@ from matchmaking.config import Settings
 from matchmaking.errors import InputError
 from matchmaking.lake import storage
 from matchmaking.lake.datasets import MANIFEST_FILE, find_holdout
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.registry.conventions import FEATURES_URI_TAG
 
 logger = logging.getLogger(__name__)
@@ -43,11 +43,11 @@ def resolve_holdout(
     city: str,
     candidate: ModelVersion,
     production: ModelVersion | None,
-    holdout: Location | None,
+    holdout: LocationLike | None,
 ) -> Location:
     """``holdout`` if given, else the newest dataset after both models' training windows."""
     if holdout is not None:
-        return holdout
+        return Location.of(holdout)
     ends = [training_window_end(mv) for mv in (candidate, production) if mv is not None]
     if ends[0] is None:
         raise InputError(

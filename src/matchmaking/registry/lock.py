@@ -42,7 +42,7 @@ from fsspec import AbstractFileSystem
 
 from matchmaking.errors import ConfigError, StorageError, TrackingError
 from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class _S3Store:
             self.fs.rm_file(f"{self.prefix}/{_file_name(generation)}")
 
 
-def _store(root: Location, model: str) -> _Store:
+def _store(root: LocationLike, model: str) -> _Store:
     folder = storage.join(root, model)
     if not storage.is_remote(folder):
         return _LocalStore(storage.local_path(folder))
@@ -210,7 +210,7 @@ class PromotionLock:
 
     def __init__(
         self,
-        root: Location,
+        root: LocationLike,
         model: str,
         lease_s: float = 900.0,
         wait_s: float = 300.0,

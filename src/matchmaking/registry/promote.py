@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from matchmaking.config import Settings
 from matchmaking.errors import GateFailedError, InputError, ModelNotFoundError, TrackingError
 from matchmaking.evaluation.logged import read_holdout
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.registry.context import (
     PromotionContext,
     ci_tags,
@@ -68,7 +68,7 @@ def promote(
     cities: list[str] | None,
     version: str | None = None,
     dry_run: bool = False,
-    holdout: Location | None = None,
+    holdout: LocationLike | None = None,
     actor: str | None = None,
     thresholds: GateThresholds | None = None,
 ) -> list[CityOutcome]:
@@ -86,7 +86,7 @@ def promote(
         actor=actor or default_actor(),
         thresholds=thresholds or load_thresholds(),
         version=version,
-        holdout=holdout,
+        holdout=None if holdout is None else Location.of(holdout),
         dry_run=dry_run,
     )
     return for_each_city(targets, "promote", lambda city: promote_city(ctx, city))

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from matchmaking.config import Settings, load_yaml_model
 from matchmaking.lake import datasets
 from matchmaking.lake.datasets import read_dataset
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.schema import FEATURE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def daily_drift(
     return [seen[d] for d in sorted(seen)]
 
 
-def reference_from_dataset(location: Location, config: DriftConfig) -> Reference:
+def reference_from_dataset(location: LocationLike, config: DriftConfig) -> Reference:
     """The reference of a published dataset (a model's training window)."""
     frame, _ = read_dataset(location)
     return reference(frame, config)

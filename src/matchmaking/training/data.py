@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from matchmaking.errors import InputError
 from matchmaking.lake import datasets
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import LocationLike
 from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN, LABEL_COLUMN, TIME_COLUMN
 from matchmaking.training.params import TrainParams
 
@@ -125,7 +125,7 @@ class Read:
     train_rows_available: int  # of which on training days
 
 
-def read_labelled(dataset: Location, manifest: dict[str, object], params: TrainParams) -> Read:
+def read_labelled(dataset: LocationLike, manifest: dict[str, object], params: TrainParams) -> Read:
     """The dataset's labelled rows in time order (see the module docstring).
 
     Raises:
@@ -266,7 +266,7 @@ class Candidates:
         return len(self.booking)
 
 
-def has_decision_log(dataset: Location, manifest: dict[str, object]) -> bool:
+def has_decision_log(dataset: LocationLike, manifest: dict[str, object]) -> bool:
     """Whether the dataset carries the logged propensities (datasets published before the
     decision log did have none)."""
     files = datasets.day_files(dataset, manifest)
@@ -275,7 +275,7 @@ def has_decision_log(dataset: Location, manifest: dict[str, object]) -> bool:
 
 
 def read_candidates(
-    dataset: Location, manifest: dict[str, object], from_day: np.datetime64
+    dataset: LocationLike, manifest: dict[str, object], from_day: np.datetime64
 ) -> Candidates:
     """All candidate rows of the dataset's days from ``from_day`` on (the validation days),
     in ``train.labelled``'s order. About ``4 x features + 32`` bytes per candidate row:

@@ -32,7 +32,7 @@ from matchmaking.errors import InputError
 from matchmaking.evaluation.metrics import auc, logloss
 from matchmaking.lake import storage
 from matchmaking.lake.datasets import DRIVER_TABLE_FILE, read_published_manifest
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import (
     CITY_TAG,
@@ -362,7 +362,7 @@ def find_existing_version(
 def train(
     settings: Settings,
     city: str,
-    features_dir: Location,
+    features_dir: LocationLike,
     params: TrainParams,
     process_run_id: str | None = None,
     reuse_existing: bool = True,

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from matchmaking import lake
 from matchmaking.errors import InputError
 from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.markets import Market, get_market
 from matchmaking.schema import (
     BOOKING_STATUSES,
@@ -583,7 +583,7 @@ def generate_day(
     day: date,
     n_bookings: int,
     seed: int,
-    out: Location,
+    out: LocationLike,
     progress: bool = False,
     policy: SoftmaxEtaPolicy | None = None,
 ) -> CityStats:
@@ -648,7 +648,7 @@ def _validate(
     start: date,
     days: int,
     seed: int,
-    out: Location,
+    out: LocationLike,
     scale: float,
     bookings_per_day: int | None,
     dispatch_temperature: float,
@@ -681,7 +681,7 @@ def generate_world(
     start: date,
     days: int,
     seed: int,
-    out: Location,
+    out: LocationLike,
     scale: float,
     bookings_per_day: int | None,
     progress: bool,

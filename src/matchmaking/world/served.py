@@ -46,7 +46,7 @@ import pyarrow as pa
 from matchmaking import lake
 from matchmaking.errors import ConfigError, InputError, MatchmakingError
 from matchmaking.lake import storage
-from matchmaking.lake.storage import Location
+from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.markets import get_market
 from matchmaking.schema import BOOKINGS, CANDIDATES, GROUND_TRUTH, UTC_TS
 from matchmaking.world.dispatch import group_rank
@@ -155,7 +155,7 @@ class ServedSummary:
     seconds: float = 0.0
     arms: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)
-    partition: Location = ""
+    partition: Location | None = None
 
     def to_text(self) -> str:
         acc = self.accepted / self.offers if self.offers else math.nan
@@ -632,7 +632,7 @@ class DispatchRequest:
     city: str
     day: date
     url: str
-    out: Location
+    out: LocationLike
     token: str | None = None
     seed: int = 42
     scale: float = 0.002

@@ -1,4 +1,7 @@
-"""A local S3 (moto's server, one per session and xdist worker) for the lake on object storage.
+"""A local S3 (moto's server) for the lake on object storage, and fresh buckets on it.
+
+``tests/conftest.py`` starts one server per session and xdist worker (``s3_endpoint``) for the
+lake and registry tests.
 
 The lake reaches it the way production reaches MinIO or a regional endpoint: botocore's
 standard ``AWS_ENDPOINT_URL`` (or ``MATCHMAKING_LAKE_STORAGE_OPTIONS``), with dummy credentials.
@@ -6,12 +9,14 @@ standard ``AWS_ENDPOINT_URL`` (or ``MATCHMAKING_LAKE_STORAGE_OPTIONS``), with du
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from support.processes import free_port
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -21,19 +26,13 @@ AWS_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """The endpoint of a moto S3 server; the session's AWS variables point at it."""
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """The endpoint of a moto S3 server; the AWS variables point at it until exit."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -56,8 +55,3 @@ def new_bucket() -> str:
     name = f"lake-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str) -> str:
-    return new_bucket()

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from support.dagworld import DAGS_DIR, create_database, drop_database
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 FINISHED = ("success", "failed")
 DAG_IDS = ("matchmaking_data", "matchmaking_train")
@@ -303,8 +305,6 @@ def pipeline_deployment(
 
     The config has no cron: the only data runs are those the test triggers.
     """
-    from dagworld import DAGS_DIR, create_database, drop_database
-
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({**pipeline, "schedule": None}))
     prefix = f"deploy-{secrets.token_hex(4)}"
@@ -324,3 +324,25 @@ def pipeline_deployment(
             yield airflow, prefix
     finally:
         drop_database(name)
+
+
+RUN_TIMEOUT_S = 240.0  # a DAG run of the tiny world, on a loaded machine
+
+
+def registered_versions(tracking_uri: str, prefix: str, city: str) -> list[str]:
+    """The versions registered under ``<prefix>-<city>``, sorted."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return sorted(mv.version for mv in client.search_model_versions(f"name='{prefix}-{city}'"))
+
+
+def training_runs(airflow: AirflowDeployment, cities: list[str]) -> dict[str, dict[str, Any]]:
+    """One asset-triggered training run per city, once all have finished, by partition key."""
+    runs = airflow.wait_for_runs("matchmaking_train", len(cities), RUN_TIMEOUT_S)
+    by_city = {r["partition_key"]: r for r in runs}
+    assert sorted(by_city) == sorted(cities), runs
+    assert len(runs) == len(cities), runs  # one run per city, no more
+    for run in runs:
+        assert run["run_type"] == "asset_triggered"
+    return by_city

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
 from support.tracking_server import (
     DATABASE_PREFIX,
     admin_execute,
