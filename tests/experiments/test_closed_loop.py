@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from support.dispatchworld import START
 
 from matchmaking.cli import run
 from matchmaking.config import Settings
@@ -41,8 +42,6 @@ from matchmaking.schema import LABEL_COLUMN
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import train
 from matchmaking.world.generate import generate_world
-
-from .dispatchworld import START
 
 SERVING_SIDE = importlib.util.find_spec("serving.decisions") is not None
 pytestmark = [

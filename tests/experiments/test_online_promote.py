@@ -10,12 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from support.traffic import Arm, write_traffic
 
 from matchmaking.cli import run
 from matchmaking.registry.conventions import CHALLENGER_ALIAS, PRODUCTION_ALIAS, REPORT_ARTIFACT
 from matchmaking.registry.production import set_production
-
-from .conftest import Arm, write_traffic
 
 
 class Registry:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from mlflow.tracking import MlflowClient
+from support.traffic import Arm, write_traffic
 
 from matchmaking.cli import run
 from matchmaking.config import Settings
@@ -25,8 +26,6 @@ from matchmaking.experiments.report import (
 )
 from matchmaking.lake import serving_log
 from matchmaking.schema import OUTCOMES
-
-from .conftest import Arm, write_traffic
 
 
 def _lake() -> Path:

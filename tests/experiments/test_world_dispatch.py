@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.dispatchworld import START, EtaPolicyService, busy_violations
 from support.processes import free_port, wait_for_200
 
 from matchmaking.cli import run
@@ -20,8 +21,6 @@ from matchmaking.lake import storage
 from matchmaking.processing.step import process
 from matchmaking.world.generate import generate_world
 from matchmaking.world.served import DispatchRequest, dispatch_day
-
-from .dispatchworld import START, EtaPolicyService, busy_violations
 
 BOOKINGS = 320
 SERVED_DAY = START + timedelta(days=2)

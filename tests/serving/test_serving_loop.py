@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from conftest import Registered, serve_settings
-from live import ServerThread, rank_body
 from mlflow.tracking import MlflowClient
+from support.live import ServerThread, rank_body
 from support.processes import free_port, wait_for_200
+from support.registered import Registered, serve_settings
 
 from matchmaking.lake import serving_log
 from matchmaking.registry import conventions
