@@ -117,10 +117,18 @@ def publish_with(parent: Location, name: str, fill: Callable[[Location], None]) 
     tmp.mkdir()
     try:
         fill(tmp)
+        if published(final):  # another task published the same content meanwhile: keep it
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
         if final.exists():  # a leftover without _SUCCESS: never readable, safe to replace
             shutil.rmtree(final)
         (tmp / SUCCESS_FILE).write_text("")
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not published(final):  # not a concurrent twin's publication: a real failure
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
