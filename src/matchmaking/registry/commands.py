@@ -1,8 +1,9 @@
 """Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
 
-They parse options, call ``promote.promote`` / ``rollback.rollback``, print each city's gate
-report (promote) and the fleet summary, and exit with the highest failure code (7 = a gate
-refused a candidate).
+They parse options, call ``promote.promote`` / ``rollback.rollback`` / ``scope.choose``, print
+each model's gate report (promote) and the fleet summary, and exit with the highest failure code
+(7 = a gate refused a candidate). ``--country CC`` acts on the country model
+``<prefix>-country-<cc>``; ``--all-cities`` covers the country models too.
 """
 
 from __future__ import annotations
@@ -29,17 +30,47 @@ CityOption = Annotated[
     ),
 ]
 AllCitiesOption = Annotated[
-    bool, typer.Option("--all-cities", help="Every city that has a registered model.")
+    bool,
+    typer.Option(
+        "--all-cities",
+        help="Every city that has a registered model, and every country model (countries first).",
+    ),
+]
+CountryOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--country",
+        help="Country model to act on (<prefix>-country-<cc>), by ISO code; repeatable or a "
+        "comma list (ID,TH). With --city: both.",
+    ),
 ]
 
 
+def _split(values: list[str] | None) -> list[str]:
+    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
+
+
 def _targets(city: list[str] | None, all_cities: bool) -> list[str] | None:
-    cities = [c.strip() for value in city or [] for c in value.split(",") if c.strip()]
+    cities = _split(city)
     if all_cities and cities:
         raise InputError("give either --city or --all-cities, not both")
     if not all_cities and not cities:
         raise InputError("name the cities with --city X (repeatable) or pass --all-cities")
     return None if all_cities else cities
+
+
+def _fleet_targets(
+    city: list[str] | None, country: list[str] | None, all_cities: bool
+) -> tuple[list[str] | None, list[str] | None]:
+    """``(cities, countries)`` to act on; ``(None, None)``: every registered model."""
+    cities, countries = _split(city), [c.upper() for c in _split(country)]
+    if all_cities and (cities or countries):
+        raise InputError("give --city / --country or --all-cities, not both")
+    if not all_cities and not (cities or countries):
+        raise InputError(
+            "name the models with --city X or --country CC (repeatable) or pass --all-cities"
+        )
+    return (None, None) if all_cities else (cities, countries)
 
 
 def _finish(outcomes: list[CityOutcome]) -> None:
@@ -52,6 +83,7 @@ def _finish(outcomes: list[CityOutcome]) -> None:
 def promote_command(
     city: CityOption = None,
     all_cities: AllCitiesOption = False,
+    country: CountryOption = None,
     version: Annotated[
         str | None, typer.Option(help="Candidate version (default: the newest); one city only.")
     ] = None,
@@ -72,11 +104,17 @@ def promote_command(
         str | None, typer.Option(help="Recorded as who promoted (default: CI user or OS user).")
     ] = None,
 ) -> None:
-    """Move Production to a candidate version only if it passes the promotion gate."""
+    """Move Production to a candidate version only if it passes the promotion gate.
+
+    A country model is gated on the holdout of each city it was pooled from; after Production
+    moves, the serving choice (own or country model) of the cities concerned is made again.
+    """
     try:
+        cities, countries = _fleet_targets(city, country, all_cities)
         outcomes = promote(
             Settings(),
-            _targets(city, all_cities),
+            cities,
+            countries=countries,
             version=version,
             dry_run=dry_run,
             holdout=holdout,
@@ -95,6 +133,7 @@ def promote_command(
 def rollback_command(
     city: CityOption = None,
     all_cities: AllCitiesOption = False,
+    country: CountryOption = None,
     to: Annotated[
         str | None,
         typer.Option(help="Version to put back (default: the previous Production); one city."),
@@ -105,7 +144,40 @@ def rollback_command(
 ) -> None:
     """Put the previous (or the given) version back in Production, without the gate."""
     try:
-        outcomes = rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
+        cities, countries = _fleet_targets(city, country, all_cities)
+        outcomes = rollback(Settings(), cities, to=to, actor=actor, countries=countries)
+    except MatchmakingError as exc:
+        typer.echo(cli_lines(str(exc)), err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    _finish(outcomes)
+
+
+def scope_command(
+    city: CityOption = None,
+    all_cities: AllCitiesOption = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compare and report; record nothing.")
+    ] = False,
+    holdout: Annotated[
+        str | None,
+        typer.Option(help="Holdout feature dataset of the city (default: found); one city only."),
+    ] = None,
+    gate_config: Annotated[
+        Path | None, typer.Option(help="Gate thresholds YAML (default: the packaged gate.yaml).")
+    ] = None,
+) -> None:
+    """Choose which Production model serves each city, its own or its country's, and record
+    why on the city's registered model (tags serving.*; docs/pooled.md)."""
+    from matchmaking.registry.scope import choose
+
+    try:
+        outcomes = choose(
+            Settings(),
+            _targets(city, all_cities),
+            holdout=holdout,
+            thresholds=load_thresholds(gate_config),
+            dry_run=dry_run,
+        )
     except MatchmakingError as exc:
         typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc

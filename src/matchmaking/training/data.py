@@ -38,18 +38,21 @@ class Labelled:
         y: the label (1.0 accepted), float32.
         day: the row's local day (datetime64[D]).
         booking: a booking code per row (equal codes: one booking; contiguous).
+        names: the columns of ``x`` (``FEATURE_NAMES``; a country model's pooled rows add
+            the context features, ``schema.COUNTRY_FEATURE_NAMES``).
     """
 
     x: npt.NDArray[np.float32]
     y: npt.NDArray[np.float32]
     day: npt.NDArray[np.datetime64]
     booking: npt.NDArray[np.int64]
+    names: tuple[str, ...] = FEATURE_NAMES
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, keep: npt.NDArray[np.bool_]) -> Labelled:
-        return Labelled(self.x[keep], self.y[keep], self.day[keep], self.booking[keep])
+        return Labelled(self.x[keep], self.y[keep], self.day[keep], self.booking[keep], self.names)
 
     def group_sizes(self) -> npt.NDArray[np.int64]:
         """Rows per booking, in order (LightGBM's query groups)."""

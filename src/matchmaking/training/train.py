@@ -118,7 +118,7 @@ def fit(
     """Fit one objective with early stopping on the validation window (float32 matrices
     handed to LightGBM as they are; LightGBM bins them and keeps no copy)."""
     train, valid = _as_labelled(train), _as_labelled(valid)
-    names = list(FEATURE_NAMES)
+    names = list(train.names)
     dtrain = lgb.Dataset(train.x, train.y, feature_name=names, free_raw_data=True)
     dvalid = lgb.Dataset(valid.x, valid.y, feature_name=names, reference=dtrain)
     if objective == "lambdarank":
@@ -127,7 +127,7 @@ def fit(
     started = time.perf_counter()
     rounds = progress.rounds(f"fitting {objective}", params.num_boost_round)
     booster = lgb.train(
-        params.lgb_params(objective),
+        params.lgb_params(objective, train.names),
         dtrain,
         num_boost_round=params.num_boost_round,
         valid_sets=[dvalid],
