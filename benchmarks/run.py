@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("world", "pipeline", "serving", "fleet", "dags", "report", "ope")
+BENCHMARKS = ("world", "pipeline", "serving", "fleet", "dags", "report", "ope", "pooled")
 REPORTS = Path(__file__).parent / "reports"
 
 logger = logging.getLogger("benchmarks.run")
