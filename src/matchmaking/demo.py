@@ -129,8 +129,9 @@ def run_demo(
             f"{'..'.join(published['holdout_window'])} -> {published['features_uri']}"
         )
     results = _show(settings, outcome.evaluated)
-    features = outcome.event["cities"][LOOP_CITY]["features_uri"]
-    _closed_loop(settings, str(features), day, seed)
+    published_cities = outcome.event["cities"]
+    if LOOP_CITY in published_cities:
+        _closed_loop(settings, str(published_cities[LOOP_CITY]["features_uri"]), day, seed)
     from matchmaking.reporting.report import build_report
 
     built = build_report(settings)

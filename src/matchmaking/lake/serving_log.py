@@ -2,7 +2,7 @@
 
 Layout (contracts ``DECISIONS`` and ``OUTCOMES`` in ``matchmaking.schema``)::
 
-    <root>/serving/<table>/city=<c>/date=<YYYY-MM-DD>/hour=<HH>/part-<stamp>-<uuid>.parquet
+    <root>/serving/<table>/city=<c>/date=<YYYY-MM-DD>/hour=<HH>/part-<stamp>-<sequence>-<uuid>.parquet
 
 ``table`` is ``decisions`` or ``outcomes``; date and hour are those of ``decided_at`` /
 ``received_at`` in UTC. Each flush of a writer publishes one new file per (city, date, hour)
@@ -18,6 +18,7 @@ that reached two replicas, counts once.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +32,7 @@ from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.schema import OUTCOME_KEY, SERVING_TABLES
 
 SERVING = "serving"
+_SEQUENCE = itertools.count()
 _TIME_COLUMN = {"decisions": "decided_at", "outcomes": "received_at"}
 _MICROS_PER_HOUR = 3_600_000_000.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -69,7 +71,10 @@ def write_log(root: LocationLike, table: str, rows: pa.Table, now: datetime | No
         rows = rows.select(schema.names).cast(schema)
     except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"rows for serving log {table!r} break its contract: {exc}") from exc
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    # Names sort in write order (to the microsecond, then a per-process sequence): a repeat
+    # outcome with the same received_at as the first one sorts after it, so "first stored
+    # wins" is the order of the writes, not of random suffixes.
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%f") + f"-{next(_SEQUENCE):08d}"
     # The UTC hour of each row, as hours since the epoch: integer arithmetic on the
     # microseconds (the column is UTC by contract), far cheaper than formatting every time.
     micros = pc.cast(rows.column(_TIME_COLUMN[table]), pa.int64())
