@@ -217,6 +217,7 @@ def _closed_loop(settings: Settings, features: str, day: date, seed: int) -> Non
     lake_dir = settings.lake_dir.resolve()
     with _scoring_service(uri, lake_dir, settings.data_dir.resolve()) as url:
         echo(f"   scoring service: {url} (decision log under {lake_dir / 'serving'})")
+        _wait_for_challenger(url)
         summary = dispatch_day(
             DispatchRequest(city=LOOP_CITY, day=day, url=url, out=lake_dir, seed=seed)
         )
@@ -280,3 +281,20 @@ def _scoring_service(tracking_uri: str, lake_dir: Location, data_dir: Path) -> I
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _wait_for_challenger(url: str, timeout_s: float = 120.0) -> None:
+    """Until the service's poller has loaded the challenger (``/metrics`` shows its share), so
+    that the whole served day is split, not only the part after the challenger arrived."""
+    import time
+
+    import httpx
+
+    wanted = f'matchmaking_challenger_share{{city="{LOOP_CITY}",mode="split"}}'
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        if any(line.startswith(wanted) for line in metrics.splitlines()):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the scoring service at {url} did not load the challenger in {timeout_s} s")
