@@ -50,7 +50,7 @@ from matchmaking.registry.conventions import (
 from matchmaking.registry.fleet import CityOutcome, for_each_city, registered_cities
 from matchmaking.registry.gate import GateResult, GateThresholds, load_thresholds
 from matchmaking.registry.production import current_production, is_not_found
-from matchmaking.registry.promote import move, refuse
+from matchmaking.registry.promote import gate_city_locked, move, refuse
 from matchmaking.registry.report import experiment_id
 
 logger = logging.getLogger(__name__)
@@ -103,16 +103,9 @@ def promote_city_online(
     ctx: PromotionContext, city: str, since: date | None, until: date | None
 ) -> CityOutcome:
     """Gate and (on pass, unless ``ctx.dry_run``) promote one city's challenger."""
-    name = ctx.model_name(city)
-    try:
-        ctx.client.get_registered_model(name)
-    except MlflowException as exc:
-        raise ModelNotFoundError(f"{city}: no registered model {name}; train one first") from exc
-    if ctx.dry_run:
-        return _gate_city(ctx, city, name, since, until)
-    lock = ctx.lock(name)
-    with lock.hold() as lease:
-        return _gate_city(ctx.locked(lock, lease), city, name, since, until)
+    return gate_city_locked(
+        ctx, city, lambda locked, city, name: _gate_city(locked, city, name, since, until)
+    )
 
 
 def check_online(report: ExperimentReport) -> GateResult:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from mlflow.entities.model_registry import ModelVersion
@@ -102,16 +103,30 @@ def newest_version(client: MlflowClient, name: str) -> ModelVersion:
 
 def promote_city(ctx: PromotionContext, city: str) -> CityOutcome:
     """Gate and (on pass, unless ``ctx.dry_run``) promote one city's candidate."""
+    return gate_city_locked(ctx, city, _gate_city)
+
+
+def gate_city_locked(
+    ctx: PromotionContext,
+    city: str,
+    gate: Callable[[PromotionContext, str, str], CityOutcome],
+) -> CityOutcome:
+    """Run ``gate(ctx, city, model name)`` under the city's promotion lock (a dry run takes
+    no lock); the offline gate and the online one share it.
+
+    Raises:
+        ModelNotFoundError: the city has no registered model.
+    """
     name = ctx.model_name(city)
     try:
         ctx.client.get_registered_model(name)
     except MlflowException as exc:
         raise ModelNotFoundError(f"{city}: no registered model {name}; train one first") from exc
     if ctx.dry_run:
-        return _gate_city(ctx, city, name)
+        return gate(ctx, city, name)
     lock = ctx.lock(name)
     with lock.hold() as lease:
-        return _gate_city(ctx.locked(lock, lease), city, name)
+        return gate(ctx.locked(lock, lease), city, name)
 
 
 def _gate_city(ctx: PromotionContext, city: str, name: str) -> CityOutcome:
