@@ -17,6 +17,7 @@ queue holds); a clean shutdown (SIGTERM) flushes everything queued.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from matchmaking.features.core import FloatArray
 from matchmaking.lake.serving_log import write_log
@@ -42,10 +44,14 @@ logger = logging.getLogger(__name__)
 WARN_EVERY_S = 30.0
 
 
+#: The answer's values a ranked decision keeps (``Decision.ranking``).
+ANSWER_KEYS = ("booking_id", "city", "model", "version", "model_scope", "policy", "temperature")
+
+
 @dataclass(frozen=True)
 class Decision:
-    """One answer to log: the response body (never mutated after it is answered) and what the
-    body does not say."""
+    """One answer to log: the response body (never mutated after it is answered), or only its
+    ``ANSWER_KEYS`` beside ``ranked``, and what the body does not say."""
 
     endpoint: str  # "rank" or "match"
     request_id: str
@@ -57,16 +63,32 @@ class Decision:
     # candidate dicts. None: read the body (match, fallback).
     ranked: Ranked | None = None
 
+    @classmethod
+    def ranking(
+        cls,
+        request_id: str,
+        decided_at: datetime,
+        body: dict[str, Any],
+        arm: str,
+        ranked: Ranked,
+        served: bool = True,
+    ) -> Decision:
+        """A model's rank answer, holding its ``ANSWER_KEYS`` and the arrays, not the body:
+        the body's candidate dicts (about 20 kB an answer at 50 candidates) are freed with the
+        response instead of piling up until the next flush and being freed there in one burst
+        that holds the GIL."""
+        kept = {key: body[key] for key in ANSWER_KEYS}
+        return cls("rank", request_id, decided_at, kept, arm, served, ranked)
+
 
 #: A shadow scoring to run on the writer thread: returns the shadow's Decision, or None.
 Shadow = Callable[[], Decision | None]
 
 
-#: DECISIONS columns that hold one value per answer (repeated over its candidates).
-_PER_ANSWER = (
-    "request_id",
+#: DECISIONS columns whose value is the same for most answers of a flush (the city, the model
+#: and its version, the arm, the policy): gathered as one key per answer, stored once per key.
+_SHARED = (
     "city",
-    "decided_at",
     "endpoint",
     "model_name",
     "model_version",
@@ -76,111 +98,140 @@ _PER_ANSWER = (
     "policy",
     "temperature",
 )
+#: Joins one answer's driver ids into one string, split again by arrow: a C-level pass instead
+#: of one Python object per ranked candidate (a flush whose driver ids hold it takes them one
+#: by one).
+_SEPARATOR = "\x1f"
+
+
+@dataclass
+class _Segments:
+    """What ``decisions_table`` gathers: one segment per ranked booking (a rank answer; each
+    booking a match answer assigned), ``counts[i]`` rows each."""
+
+    keys: dict[tuple[Any, ...], int]
+    key_codes: list[int]
+    request_id: list[str]
+    booking_id: list[str]
+    decided_at: list[datetime]
+    drivers: list[str]  # each segment's driver ids, joined by _SEPARATOR
+    counts: list[int]
+    values: list[tuple[FloatArray, ...]]  # (score, eta, first, prop) per segment
+    lists: list[list[str]]  # the same driver ids as given
+    unsplittable: bool = False  # a driver id holds _SEPARATOR: take them from ``lists``
+
+    def driver_column(self) -> pa.Array:
+        if self.unsplittable:
+            return pa.array(list(itertools.chain.from_iterable(self.lists)), pa.string())
+        return pc.list_flatten(pc.split_pattern(pa.array(self.drivers, pa.string()), _SEPARATOR))
+
+    def add(
+        self,
+        d: Decision,
+        booking_id: str,
+        drivers: list[str],
+        values: tuple[FloatArray, ...],
+    ) -> None:
+        if not drivers:
+            return
+        b = d.body
+        key = (
+            b["city"],
+            d.endpoint,
+            b["model"],
+            b["version"],
+            b["model_scope"],
+            d.arm,
+            d.served,
+            b["policy"],
+            b["temperature"],
+        )
+        code = self.keys.get(key)
+        if code is None:
+            code = self.keys[key] = len(self.keys)
+        joined = _SEPARATOR.join(drivers)
+        if joined.count(_SEPARATOR) != len(drivers) - 1:
+            self.unsplittable = True
+        self.lists.append(drivers)
+        self.key_codes.append(code)
+        self.request_id.append(d.request_id)
+        self.booking_id.append(booking_id)
+        self.decided_at.append(d.decided_at)
+        self.drivers.append(joined)
+        self.counts.append(len(drivers))
+        self.values.append(values)
+
+
+def _body_values(rows: list[dict[str, Any]], ranked: bool) -> tuple[FloatArray, ...]:
+    """(score, eta, first, prop) of candidate dicts (fallback and match answers)."""
+    n = len(rows)
+    score = np.array([math.nan if r["score"] is None else r["score"] for r in rows], np.float64)
+    eta = np.array([r["eta_seconds"] for r in rows], np.float64)
+    if not ranked:  # a match assignment is offered alone: certain
+        return score, eta, np.ones(n), np.ones(n)
+    first = np.array([r["first_propensity"] for r in rows], np.float64)
+    prop = np.array([r["propensity"] for r in rows], np.float64)
+    return score, eta, first, prop
 
 
 def decisions_table(records: list[Decision]) -> pa.Table:
     """The ``DECISIONS`` rows of some answers: one per ranked candidate (rank), one per
-    assignment with a driver (match). Columnar: the per-answer values are gathered once per
-    answer and repeated by arrow, the per-candidate ones read with one pass per column (the
-    writer thread shares the GIL with the event loop, so its Python work is kept small)."""
-    per_answer: dict[str, list[Any]] = {name: [] for name in _PER_ANSWER}
-    counts: list[int] = []
-    booking: list[str] = []
-    driver: list[str] = []
-    position: list[int] = []
-    score: list[float | None] = []
-    eta: list[float] = []
-    first: list[float] = []
-    prop: list[float] = []
-    arrays: list[tuple[FloatArray, ...]] = []  # (position, score, eta, first, prop) per answer
+    assignment with a driver (match).
+
+    The writer thread shares the GIL with the event loop, so its Python work is one small
+    step per answer: values repeated over an answer's candidates (request and booking id,
+    time) and values shared by many answers (``_SHARED``) become dictionary columns, never one
+    Python object per row, and an answer's driver ids are split by arrow from one joined
+    string. ``write_log`` publishes the dictionary columns as they are (parquet's own
+    encoding); readers get plain strings."""
+    seg = _Segments({}, [], [], [], [], [], [], [], [])
     for d in records:
         b = d.body
         if d.ranked is not None:  # the fast path: the rank answers of models
-            if score or position:  # keep list and array rows in order: flush the lists first
-                arrays.append(_lists_as_arrays(position, score, eta, first, prop))
             r = d.ranked
-            n = len(r.driver_id)
-            booking += [b["booking_id"]] * n
-            driver += r.driver_id
-            arrays.append(
-                (
-                    np.arange(1, n + 1, dtype=np.float64),
-                    r.score,
-                    r.eta_seconds,
-                    r.first_propensity,
-                    r.propensity,
-                )
-            )
+            values = (r.score, r.eta_seconds, r.first_propensity, r.propensity)
+            seg.add(d, b["booking_id"], r.driver_id, values)
         elif d.endpoint == "match":
-            rows = [a for a in b["assignments"] if a["driver_id"] is not None]
-            n = len(rows)
-            booking += [a["booking_id"] for a in rows]
-            position += [1] * n
-            first += [1.0] * n
-            prop += [1.0] * n
+            for a in b["assignments"]:
+                if a["driver_id"] is not None:
+                    seg.add(d, a["booking_id"], [a["driver_id"]], _body_values([a], False))
         else:
             rows = b["candidates"]
-            n = len(rows)
-            booking += [b["booking_id"]] * n
-            position += [c["rank"] for c in rows]
-            first += [c["first_propensity"] for c in rows]
-            prop += [c["propensity"] for c in rows]
-        if d.ranked is None:
-            driver += [r["driver_id"] for r in rows]
-            score += [r["score"] for r in rows]
-            eta += [r["eta_seconds"] for r in rows]
-        counts.append(n)
-        for name, value in (
-            ("request_id", d.request_id),
-            ("city", b["city"]),
-            ("decided_at", d.decided_at),
-            ("endpoint", d.endpoint),
-            ("model_name", b["model"]),
-            ("model_version", b["version"]),
-            ("model_scope", b["model_scope"]),
-            ("arm", d.arm),
-            ("served", d.served),
-            ("policy", b["policy"]),
-            ("temperature", b["temperature"]),
-        ):
-            per_answer[name].append(value)
-    repeat = pa.array(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
-    columns: dict[str, pa.Array] = {
-        name: pa.array(values, DECISIONS.field(name).type).take(repeat)
-        for name, values in per_answer.items()
-    }
-    if score or position:
-        arrays.append(_lists_as_arrays(position, score, eta, first, prop))
-    columns["booking_id"] = pa.array(booking, pa.string())
-    columns["driver_id"] = pa.array(driver, pa.string())
-    names = ("position", "score", "eta_seconds", "first_propensity", "propensity")
-    for k, name in enumerate(names):
+            seg.add(d, b["booking_id"], [c["driver_id"] for c in rows], _body_values(rows, True))
+    if not seg.counts:
+        return DECISIONS.empty_table()
+    counts = np.asarray(seg.counts, dtype=np.int64)
+    total = int(counts.sum())
+    of_segment = pa.array(np.repeat(np.arange(len(counts), dtype=np.int32), counts))
+    of_key = pa.array(np.repeat(np.asarray(seg.key_codes, dtype=np.int32), counts))
+    columns: dict[str, pa.Array] = {}
+    for name, per_key in zip(_SHARED, zip(*seg.keys, strict=True), strict=True):
         kind = DECISIONS.field(name).type
-        values = np.concatenate([a[k] for a in arrays]) if arrays else np.empty(0)
-        # NaN marks a missing score (fallback answers): null in the log.
-        mask = np.isnan(values) if name == "score" else None
-        columns[name] = pa.array(values, pa.float64(), mask=mask).cast(kind)
-    return pa.table([columns[name] for name in DECISIONS.names], schema=DECISIONS)
-
-
-def _lists_as_arrays(
-    position: list[int],
-    score: list[float | None],
-    eta: list[float],
-    first: list[float],
-    prop: list[float],
-) -> tuple[FloatArray, ...]:
-    """The rows read from bodies so far, as arrays (the lists emptied)."""
-    out = (
-        np.array(position, dtype=np.float64),
-        np.array([math.nan if s is None else s for s in score], dtype=np.float64),
-        np.array(eta, dtype=np.float64),
-        np.array(first, dtype=np.float64),
-        np.array(prop, dtype=np.float64),
+        if not pa.types.is_string(kind):
+            columns[name] = pa.array(per_key, kind).take(of_key)
+            continue
+        # Each distinct value once in the dictionary (readers may group on it); a null in the
+        # indices, never in the dictionary (parquet's rule).
+        distinct: dict[str, int] = {}
+        codes = [None if v is None else distinct.setdefault(v, len(distinct)) for v in per_key]
+        indices = pa.array(codes, pa.int32()).take(of_key)
+        columns[name] = pa.DictionaryArray.from_arrays(indices, pa.array(list(distinct), kind))
+    for name, per_segment in (("request_id", seg.request_id), ("booking_id", seg.booking_id)):
+        labels = pa.array(per_segment, pa.string())
+        columns[name] = pa.DictionaryArray.from_arrays(of_segment, labels)
+    columns["decided_at"] = pa.array(seg.decided_at, DECISIONS.field("decided_at").type).take(
+        of_segment
     )
-    for values in (position, score, eta, first, prop):
-        values.clear()
-    return out
+    columns["driver_id"] = seg.driver_column()
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    columns["position"] = pa.array((np.arange(total) - starts + 1).astype(np.int16))
+    names = ("score", "eta_seconds", "first_propensity", "propensity")
+    for k, name in enumerate(names):
+        column = np.concatenate([v[k] for v in seg.values]) if seg.values else np.empty(0)
+        # NaN marks a missing score (fallback answers): null in the log.
+        mask = np.isnan(column) if name == "score" else None
+        columns[name] = pa.array(column, pa.float64(), mask=mask)
+    return pa.table([columns[name] for name in DECISIONS.names], names=DECISIONS.names)
 
 
 class RecentKeys:

@@ -121,7 +121,10 @@ async def handle_rank(request: Request, service: Service) -> Response:
     log = service.log
     if log is not None:
         decided_at = datetime.now(UTC)
-        log.decision(Decision("rank", rid, decided_at, body, arm, ranked=ranked))
+        if ranked is None:  # the fallback's answer: logged from its body
+            log.decision(Decision("rank", rid, decided_at, body, arm))
+        else:
+            log.decision(Decision.ranking(rid, decided_at, body, arm, ranked))
         if shadow is not None:
             service.metrics.answers.labels(city, "shadow").inc()
             log.decision(_shadow_scoring(job, shadow, rid, decided_at))
@@ -133,7 +136,7 @@ def _shadow_scoring(job: scoring.RankJob, model: LoadedModel, rid: str, at: date
 
     def run() -> Decision:
         body, ranked = scoring.rank_answer(job, model, rid, "shadow", None)
-        return Decision("rank", rid, at, body, "shadow", served=False, ranked=ranked)
+        return Decision.ranking(rid, at, body, "shadow", ranked, served=False)
 
     return run
 

@@ -101,28 +101,36 @@ def ensure_writable(location: LocationLike) -> None:
         )
 
 
-def parquet_writer(path: LocationLike, schema: pa.Schema) -> pq.ParquetWriter:
-    """A ParquetWriter with the lake's settings (zstd; no timestamps, so bytes are stable)."""
+def parquet_writer(
+    path: LocationLike, schema: pa.Schema, dictionary: bool | list[str] = True
+) -> pq.ParquetWriter:
+    """A ParquetWriter with the lake's settings (zstd; no timestamps, so bytes are stable);
+    ``dictionary``: dictionary-encode every column (the default), none, or those named."""
     key, fs = Location.of(path).arrow()
-    return pq.ParquetWriter(key, schema, compression=COMPRESSION, filesystem=fs)
+    return pq.ParquetWriter(
+        key, schema, compression=COMPRESSION, filesystem=fs, use_dictionary=dictionary
+    )
 
 
-def write_parquet(path: LocationLike, table: pa.Table) -> None:
+def write_parquet(path: LocationLike, table: pa.Table, dictionary: bool | list[str] = True) -> None:
     """Write one table to ``path`` (not atomic on its own: use inside a staged partition)."""
-    with parquet_writer(path, table.schema) as writer:
+    with parquet_writer(path, table.schema, dictionary) as writer:
         writer.write_table(table)
 
 
-def write_file_atomic(path: LocationLike, table: pa.Table) -> None:
+def write_file_atomic(
+    path: LocationLike, table: pa.Table, dictionary: bool | list[str] = True
+) -> None:
     """Write a single parquet file whole (``Location.write_atomic``: a hidden temp file and
-    ``os.replace`` locally, one object on object storage).
+    ``os.replace`` locally, one object on object storage); ``dictionary`` as for
+    ``parquet_writer``.
 
     Raises:
         StorageError: when the directory cannot be created or written.
     """
     target = Location.of(path)
     try:
-        target.write_atomic(lambda tmp: write_parquet(tmp, table))
+        target.write_atomic(lambda tmp: write_parquet(tmp, table, dictionary))
     except OSError as exc:
         raise _storage_error(target, exc, "write") from exc
 

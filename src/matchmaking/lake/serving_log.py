@@ -68,8 +68,8 @@ def write_log(root: LocationLike, table: str, rows: pa.Table, now: datetime | No
     if rows.num_rows == 0:
         return 0
     try:
-        rows = rows.select(schema.names).cast(schema)
-    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        rows = _conform(rows, schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise InputError(f"rows for serving log {table!r} break its contract: {exc}") from exc
     # Names sort in write order (to the microsecond, then a per-process sequence): a repeat
     # outcome with the same received_at as the first one sorts after it, so "first stored
@@ -79,8 +79,14 @@ def write_log(root: LocationLike, table: str, rows: pa.Table, now: datetime | No
     # microseconds (the column is UTC by contract), far cheaper than formatting every time.
     micros = pc.cast(rows.column(_TIME_COLUMN[table]), pa.int64())
     hours = pc.floor(pc.divide(pc.cast(micros, pa.float64()), _MICROS_PER_HOUR))
-    keyed = pa.table({"city": rows.column("city"), "hour": pc.cast(hours, pa.int64())})
+    city = rows.column("city")
+    if pa.types.is_dictionary(city.type):  # group on values, not on dictionary positions
+        city = city.cast(city.type.value_type)
+    keyed = pa.table({"city": city, "hour": pc.cast(hours, pa.int64())})
     pairs = keyed.group_by(["city", "hour"], use_threads=False).aggregate([]).to_pylist()
+    # Parquet dictionary-encodes the string columns only (ids and labels repeat; the floats
+    # rarely do, and trying costs the writer CPU).
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
     written = 0
     for pair in pairs:
         city, hour_no = pair["city"], pair["hour"]
@@ -94,9 +100,26 @@ def write_log(root: LocationLike, table: str, rows: pa.Table, now: datetime | No
         when = _EPOCH + timedelta(hours=hour_no)
         directory = hour_dir(root, table, city, when.date(), when.hour)
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        write_file_atomic(directory / name, part)
+        write_file_atomic(directory / name, part, dictionary=strings)
         written += 1
     return written
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` in the contract's columns, order and types; a dictionary column of the
+    contract's type is kept as it is (a writer's cheap form of repeated values; parquet
+    stores the same bytes either way, and readers cast it back with ``read_log``)."""
+    fields, columns = [], []
+    for field in schema:
+        column = rows.column(field.name)
+        kind = column.type
+        if pa.types.is_dictionary(kind) and kind.value_type == field.type:
+            fields.append(field.with_type(kind))
+        else:
+            column = column.cast(field.type)
+            fields.append(field)
+        columns.append(column)
+    return pa.table(columns, schema=pa.schema(fields))
 
 
 def _files(directory: Location) -> list[Location]:
