@@ -5,9 +5,11 @@ A world is generated (3 days at 1,600 bookings), a model trained on it and put i
 (local SQLite store), the scoring service started on a real uvicorn in a thread with the
 decision log on and exploration in the city; then two more days are served, one with the rank
 calls one at a time (``workers=1``, the baseline) and one pipelined (``workers=4``, the
-default), in the same run. Needs the serving side of issue 13 (decision log, /v1/outcomes,
-exploration). Run: ``.venv/bin/python -m benchmarks.dispatch`` (writes
-benchmarks/reports/dispatch.md).
+default), in the same run. A third day is served with a challenger (the same model registered
+again) under the ``challenger`` alias at a 20% share: its measured share of the served bookings
+(from the decision log) must lie within the binomial 99.9% interval of 20% (issue 13's
+target). Needs the serving side of issue 13 (decision log, /v1/outcomes, exploration).
+Run: ``.venv/bin/python -m benchmarks.dispatch`` (writes benchmarks/reports/dispatch.md).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import os
 import tempfile
 import threading
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.common import checks_table, machine_lines, write_report
+from matchmaking.lake.storage import LocationLike
 
 logger = logging.getLogger("benchmarks.dispatch")
 
@@ -29,6 +32,8 @@ BOOKINGS = 1_600
 START = date(2026, 10, 1)
 REPORT = Path(__file__).parent / "reports" / "dispatch.md"
 TARGET_S = 30.0  # "well under a minute"
+CHALLENGER_SHARE = 0.2
+SHARE_LEVEL = 0.999  # the binomial interval the measured share must lie in
 
 
 def _serve(settings: object) -> tuple[object, threading.Thread, str]:
@@ -58,11 +63,43 @@ def _serve(settings: object) -> tuple[object, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+def _wait_for_split(url: str, timeout_s: float = 120.0) -> None:
+    """Until the service's registry poller shows the challenger's split share in /metrics."""
+    import httpx
+
+    wanted = f'matchmaking_challenger_share{{city="{CITY}",mode="split"}}'
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = httpx.get(f"{url}/metrics").text.splitlines()
+        if any(line.startswith(wanted) for line in lines):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the service did not load the challenger within {timeout_s:.0f} s")
+
+
+def _served_arms(lake: LocationLike, since: datetime) -> dict[str, int]:
+    """Bookings served from ``since`` on per arm, from the decision log (first answer per
+    booking; decisions carry the service's clock, not the simulated day's)."""
+    from matchmaking.lake.serving_log import read_log
+
+    rows = [r for r in read_log(lake, "decisions", CITY).to_pylist() if r["decided_at"] >= since]
+    arms: dict[str, str] = {}
+    for r in rows:
+        if r["served"]:
+            arms.setdefault(r["booking_id"], r["arm"])
+    counts: dict[str, int] = {}
+    for arm in arms.values():
+        counts[arm] = counts.get(arm, 0) + 1
+    return counts
+
+
 def main(report: Path = REPORT) -> None:
     from mlflow.tracking import MlflowClient
+    from scipy.stats import binom
 
     from matchmaking.config import Settings
     from matchmaking.processing.step import build_dataset
+    from matchmaking.registry import conventions
     from matchmaking.registry.production import set_production
     from matchmaking.training.params import TrainParams
     from matchmaking.training.train import train
@@ -85,7 +122,8 @@ def main(report: Path = REPORT) -> None:
         ).version
         uri = settings.resolved_tracking_uri()
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        set_production(client, f"{settings.model_name_prefix}-{CITY}", version, "bench", "bench")
+        name = f"{settings.model_name_prefix}-{CITY}"
+        set_production(client, name, version, "bench", "bench")
         server, thread, url = _serve(settings)
         rows = []
         try:
@@ -97,10 +135,30 @@ def main(report: Path = REPORT) -> None:
                 t0 = time.perf_counter()
                 summary = dispatch_day(req)
                 rows.append((workers, time.perf_counter() - t0, summary))
+            # The same model again, as the challenger on a share of the bookings.
+            first = client.get_model_version(name, version)
+            again = client.create_model_version(
+                name, str(first.source), first.run_id, model_id=first.model_id
+            ).version
+            client.set_registered_model_alias(name, conventions.CHALLENGER_ALIAS, again)
+            client.set_registered_model_tag(
+                name, conventions.CHALLENGER_SHARE_TAG, str(CHALLENGER_SHARE)
+            )
+            client.set_registered_model_tag(name, conventions.CHALLENGER_MODE_TAG, "split")
+            _wait_for_split(url)
+            split_day = START + timedelta(days=5)
+            split_from = datetime.now(UTC)
+            dispatch_day(
+                DispatchRequest(CITY, split_day, url, settings.lake_dir, bookings_per_day=BOOKINGS)
+            )
         finally:
             server.should_exit = True  # type: ignore[attr-defined]
-            thread.join(timeout=60)
+            thread.join(timeout=60)  # the decision log is flushed at shutdown
+        arms = _served_arms(settings.lake_dir, split_from)
     (_, seq_s, seq), (_, pipe_s, pipe) = rows
+    served = sum(arms.values())
+    to_challenger = arms.get("challenger", 0)
+    low, high = binom.interval(SHARE_LEVEL, served, CHALLENGER_SHARE)
     lines = [
         "# `world dispatch`: one served day of 1,600 bookings",
         "",
@@ -129,6 +187,14 @@ def main(report: Path = REPORT) -> None:
         "",
         f"Pipelined / sequential wall time: {pipe_s / seq_s:.2f}.",
         "",
+        "## Challenger share",
+        "",
+        f"A third day served with a challenger at {CHALLENGER_SHARE:.0%} (split by a stable "
+        f"hash of the booking id): {to_challenger:,} of {served:,} served bookings went to the "
+        f"challenger ({to_challenger / max(served, 1):.1%}); the binomial {SHARE_LEVEL:.1%} "
+        f"interval of {CHALLENGER_SHARE:.0%} at that size is {low:.0f} to {high:.0f}. "
+        f"Arms in the decision log: {dict(sorted(arms.items()))}.",
+        "",
         "## Checks",
         "",
         *checks_table(
@@ -138,6 +204,8 @@ def main(report: Path = REPORT) -> None:
                 "every booking with a free driver got one rank call": pipe.rank_calls
                 == pipe.bookings - pipe.no_driver
                 and seq.rank_calls == seq.bookings - seq.no_driver,
+                f"challenger's share within the binomial {SHARE_LEVEL:.1%} interval of "
+                f"{CHALLENGER_SHARE:.0%}": served > 0 and low <= to_challenger <= high,
             }
         ),
     ]
