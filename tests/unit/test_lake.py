@@ -146,7 +146,7 @@ def test_single_file_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyP
     target = tmp_path / "raw/city=hue/drivers.parquet"
     lake.write_file_atomic(target, _bookings(2, "old"))
 
-    def crash(path: Path, table: pa.Table) -> None:
+    def crash(path: Path, table: pa.Table, *options: object) -> None:
         path.write_bytes(b"PAR1 half a file")
         raise RuntimeError("killed")
 
