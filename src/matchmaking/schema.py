@@ -280,6 +280,19 @@ CONTEXT_FEATURES: tuple[Feature, ...] = (
     ),
     Feature("city_speed_night_kmh", "float64", "the city's night road speed", typical=(30.0, 45.0)),
     Feature(
+        "city_reference_fare",
+        "float64",
+        "the city's tariff for a reference trip (8 road km at off-peak speed), local currency",
+        typical=(20_000.0, 60_000.0),
+    ),
+    Feature(
+        "fare_vs_city_reference",
+        "float64",
+        "quoted fare / the city's reference fare: what a fare is worth in its city",
+        monotone=1,
+        typical=(0.3, 3.0),
+    ),
+    Feature(
         "city_speed_now_kmh",
         "float64",
         "the city's road speed at the request's local hour (its speed profile)",

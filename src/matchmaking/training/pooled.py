@@ -87,6 +87,7 @@ from matchmaking.training.train import (
 logger = logging.getLogger(__name__)
 
 _HOUR = FEATURE_NAMES.index("hour_local")
+_FARE = FEATURE_NAMES.index("fare")
 
 
 def experiment_label(country: str) -> str:
@@ -163,7 +164,11 @@ def read_pooled(country: str, datasets: dict[str, Location], params: TrainParams
     for city in sorted(manifests):
         read = read_labelled(storage.location(datasets[city]), manifests[city], share)
         data = read.data
-        extra = context_columns(known.get(city), data.x[:, _HOUR].astype(np.float64))
+        extra = context_columns(
+            known.get(city),
+            data.x[:, _HOUR].astype(np.float64),
+            data.x[:, _FARE].astype(np.float64),
+        )
         x = np.hstack([data.x, extra.astype(np.float32)])
         booking = data.booking + offset
         offset = int(booking.max()) + 1 if len(booking) else offset
