@@ -7,9 +7,11 @@ logged AUC, the off-policy estimate of first-offer acceptance and its paired dif
 support, ETA of the first choice, canary). The country model serves the city when
 
 * the city has no Production version of its own (a new or small market), or
-* on the city's holdout it has the higher logged AUC **and** it passes the gate with the city's
-  own model in the place of Production (no acceptance drop beyond the gate's margin, no ETA
-  rise, enough support, a good canary).
+* on the city's holdout it has the higher logged AUC **and** it passes the gate's checks with the
+  city's own model in the place of Production, except that on first-offer acceptance it must
+  not be *shown worse* beyond the gate's margin (the upper end of the paired difference's
+  interval >= -margin) rather than shown not worse: neither model is the incumbent, and a small
+  city's holdout is too short to prove either (ETA, support and canary checks as the gate's).
 
 Otherwise the city's own model serves it (also when the two cannot be compared: no holdout
 after both training windows). The choice is written as tags on the city's registered model
@@ -125,9 +127,25 @@ def choose_city(ctx: PromotionContext, city: str) -> CityOutcome:
             for who, values in (("city", own.metrics), ("country", pooled.metrics)):
                 metrics |= {f"{who}.{k}": values[k] for k in RECORDED_METRICS}
             metrics |= {f"difference.{k}": v for k, v in (difference or {}).items()}
-            scope, reason = _decide(own.metrics, pooled.metrics, difference, result.passed)
-            if not result.passed:
-                reason = f"{reason}; the country model fails the gate against it: {result.reason}"
+            # Neither model is the incumbent here: the country model must not be shown worse
+            # on acceptance (the interval's upper end below -margin), where a promotion must
+            # show a candidate is not worse (its lower end); every other gate check applies.
+            high = (difference or {}).get("acceptance_ci_high", math.nan)
+            not_worse = math.isfinite(high) and high >= -gate.max_acceptance_drop
+            others = [
+                ok for name, ok in result.checks.items() if name != "no_regression_acceptance"
+            ]
+            passed = not_worse and all(others)
+            scope, reason = _decide(own.metrics, pooled.metrics, difference, passed)
+            if not passed:
+                failed = [n for n, ok in result.checks.items() if not ok]
+                why = (
+                    f"its first-offer acceptance is worse beyond the margin "
+                    f"{gate.max_acceptance_drop} (interval upper end {high:+.4f})"
+                    if not not_worse
+                    else f"gate checks {', '.join(failed)} failed ({result.reason})"
+                )
+                reason = f"{reason}; the country model fails against it: {why}"
     serving = pooled_name if scope == SCOPE_COUNTRY else own_name
     outcome = CityOutcome(
         city,
