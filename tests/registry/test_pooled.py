@@ -14,9 +14,11 @@ from pathlib import Path
 
 import lightgbm as lgb
 import mlflow
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from support.registry_world import DAYS, HOLDOUT, START, TRAIN
 from support.tracking_server import TrackingServer
 
 from matchmaking.config import Settings
@@ -29,6 +31,7 @@ from matchmaking.registry.conventions import (
     LIGHTGBM_MODEL_FILE,
     POOLED_CITIES_TAG,
     PRODUCTION_ALIAS,
+    SAMPLE_WEIGHT_TAG,
     SCOPE_TAG,
     SERVING_COUNTRY_VERSION_TAG,
     SERVING_MODEL_TAG,
@@ -50,8 +53,6 @@ from matchmaking.training.pooled import train_country
 from matchmaking.training.train import TrainResult, register, train
 from matchmaking.world.generate import generate_world
 
-from .conftest import DAYS, HOLDOUT, START, TRAIN
-
 SMALL, LARGE = "makassar", "surabaya"  # both in ID
 
 
@@ -64,6 +65,8 @@ class Pooled:
     small_weak: TrainResult  # Makassar's own model, two boosting rounds
     small_good: TrainResult  # Makassar's own model, properly fitted
     scratch: Path
+    settings: Settings
+    train_dirs: dict[str, Path]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,17 @@ def pooled(tmp_path_factory: pytest.TempPathFactory, tracking_server: TrackingSe
     )
     small_good = train(settings, SMALL, train_dirs[SMALL], base)
     scratch = tmp_path_factory.mktemp("pooled-scratch")
-    return Pooled(root, tracking_server.uri, country, weak_country, small_weak, small_good, scratch)
+    return Pooled(
+        root,
+        tracking_server.uri,
+        country,
+        weak_country,
+        small_weak,
+        small_good,
+        scratch,
+        settings,
+        train_dirs,
+    )
 
 
 def _settings(p: Pooled) -> Settings:
@@ -248,3 +261,25 @@ def test_fleet_promote_and_rollback_cover_the_country_models(pooled: Pooled) -> 
     assert by_target["country:ID"].version == first
     mv = current_production(client, country)
     assert mv is not None and str(mv.version) == first
+
+
+def test_a_country_model_compares_the_sample_weightings_on_its_cities_validation_days(
+    pooled: Pooled,
+) -> None:
+    """``sample_weights: [none, ipw]`` works for a pooled model as for a city's: the weighted
+    fit is compared with the unweighted one on the pooled cities' validation candidates
+    (context columns appended) and the choice is recorded on the run and the version."""
+    params = TrainParams(
+        objectives=["binary"], valid_days=1, num_boost_round=30, sample_weights=["none", "ipw"]
+    )
+    result = train_country(pooled.settings, "ID", pooled.train_dirs, params)
+    client = MlflowClient(tracking_uri=pooled.server_uri, registry_uri=pooled.server_uri)
+    run = client.get_run(result.run_id).data
+    kept = run.tags[SAMPLE_WEIGHT_TAG]
+    low = run.metrics["valid_ope_dr_gain_ipw_ci_low"]
+    assert kept == ("ipw" if low > params.ipw_min_gain else "none")
+    assert run.tags["weight_selection"].startswith(f"ipw {'kept' if kept == 'ipw' else 'not'}")
+    for key in ("valid_ope_dr_none", "valid_ope_dr_ipw", "valid_auc_binary_ipw"):
+        assert np.isfinite(run.metrics[key]), key
+    mv = client.get_model_version(result.model_name, result.version)
+    assert mv.tags[SAMPLE_WEIGHT_TAG] == kept and "Sample weights: ipw" in mv.description

@@ -63,6 +63,7 @@ from matchmaking.registry.conventions import (
     OBJECTIVE_TAG,
     PARAMS_HASH_TAG,
     POOLED_CITIES_TAG,
+    SAMPLE_WEIGHT_TAG,
     SCOPE_COUNTRY,
     SCOPE_TAG,
     SCORE_KIND_TAG,
@@ -71,7 +72,14 @@ from matchmaking.registry.conventions import (
     country_model_name,
 )
 from matchmaking.schema import COUNTRY_FEATURE_NAMES, FEATURE_NAMES
-from matchmaking.training.data import Labelled, Read, read_labelled, split
+from matchmaking.training.data import (
+    Candidates,
+    Labelled,
+    Read,
+    read_candidates,
+    read_labelled,
+    split,
+)
 from matchmaking.training.params import TrainParams
 from matchmaking.training.train import (
     TrainResult,
@@ -193,6 +201,49 @@ def read_pooled(country: str, datasets: dict[str, Location], params: TrainParams
     return Pooled(Read(pooled, available, train_available), manifests, rows, digest, start, end)
 
 
+def pooled_candidates(
+    datasets: dict[str, Location], manifests: dict[str, dict[str, object]], from_day: np.datetime64
+) -> Candidates:
+    """Every candidate row of the cities' validation days (``read_candidates``, city by city),
+    context columns appended as ``read_pooled`` appends them, booking codes made distinct:
+    what ``sample_weights: [none, ipw]`` compares the two weightings on.
+
+    Raises:
+        InputError: no city has a candidate row on or after ``from_day``.
+    """
+    known = catalogue()
+    parts: list[Candidates] = []
+    offset = 0
+    for city in sorted(datasets):
+        try:
+            c = read_candidates(storage.location(datasets[city]), manifests[city], from_day)
+        except InputError as exc:
+            logger.info("%s: no validation candidates (%s)", city, exc)
+            continue
+        x = c.x.astype(np.float64)
+        extra = context_columns(known.get(city), x[:, _HOUR], x[:, _FARE])
+        booking = c.booking + offset
+        offset = int(booking.max()) + 1 if len(booking) else offset
+        parts.append(
+            Candidates(
+                np.hstack([c.x, extra.astype(np.float32)]),
+                booking,
+                c.offer_order,
+                c.first_offer_propensity,
+                c.accepted,
+            )
+        )
+    if not parts:
+        raise InputError(f"no candidate rows of {sorted(datasets)} on or after {from_day}")
+    return Candidates(
+        np.concatenate([p.x for p in parts]),
+        np.concatenate([p.booking for p in parts]),
+        np.concatenate([p.offer_order for p in parts]),
+        np.concatenate([p.first_offer_propensity for p in parts]),
+        np.concatenate([p.accepted for p in parts]),
+    )
+
+
 def _driver_table(datasets: dict[str, Location], out: Path) -> Path:
     """The union of the cities' driver tables, written to ``out``."""
     tables = [read_table(storage.join(datasets[c], DRIVER_TABLE_FILE)) for c in sorted(datasets)]
@@ -274,7 +325,12 @@ def train_country(
             {c: storage.as_uri(storage.location(datasets[c])) for c in cities},
             "pooled_datasets.json",
         )
-        chosen = fit_acceptance(train_rows, valid_rows, params, progress)
+        valid_from = valid_rows.day.min() if len(valid_rows) else np.datetime64("NaT")
+
+        def held_out() -> Candidates:
+            return pooled_candidates(datasets, pooled.manifests, valid_from)
+
+        chosen = fit_acceptance(train_rows, valid_rows, params, progress, held_out)
         metrics: dict[str, float] = {
             "train_rows": float(len(train_rows)),
             "valid_rows": float(len(valid_rows)),
@@ -285,10 +341,12 @@ def train_country(
             **chosen.metrics,
         }
         mlflow.log_metrics(metrics)
-        mlflow.log_param("objective", chosen.objective)
+        mlflow.log_params({"objective": chosen.objective, "sample_weight": chosen.sample_weight})
         mlflow.set_tags(
             {
                 "model_selection": chosen.reason,
+                "weight_selection": chosen.weight_reason,
+                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
                 OBJECTIVE_TAG: chosen.objective,
                 SCORE_KIND_TAG: chosen.score_kind,
                 MODEL_TYPE_TAG: DEFAULT_MODEL_TYPE,
@@ -333,6 +391,7 @@ def train_country(
                 POOLED_CITIES_TAG: ",".join(cities),
                 FEATURE_SET_TAG: SCOPE_COUNTRY,
                 OBJECTIVE_TAG: chosen.objective,
+                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
                 SCORE_KIND_TAG: chosen.score_kind,
                 DATA_DIGEST_TAG: data_digest,
                 FEATURES_URI_TAG: first_uri,
@@ -345,7 +404,7 @@ def train_country(
             description=(
                 f"{chosen.objective} acceptance model of {code_cc}, pooled over "
                 f"{', '.join(cities)} on features {pooled.start}..{pooled.end} (digest "
-                f"{data_digest[:12]}). {chosen.reason}."
+                f"{data_digest[:12]}). {chosen.reason}. Sample weights: {chosen.weight_reason}."
             ),
         )
         mlflow.set_tag("registered_version", version)
