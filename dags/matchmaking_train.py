@@ -10,10 +10,11 @@ executor queue (``queues``). The promotion gate runs only when ``promotion.enabl
 ``config/pipeline.yaml``: by default CI promotes.
 
 Country models (``country_models``, docs/pooled.md): ``plan_countries`` reads the asset's
-latest events and plans each country with at least ``min_cities`` configured cities whose
-newest events are all of one day; ``train_country`` fits its pooled model (reusing the version
-of identical data, so the runs of the country's other cities that day register nothing new),
-and ``promote_country`` gates it on each city's holdout when promotion is enabled.
+latest events and plans the run's city's country (every country in a manual run) when it has
+at least ``min_cities`` configured cities whose newest events are all of one day;
+``train_country`` fits its pooled model (reusing the version of identical data, so the runs of
+the country's other cities that day register nothing new), and ``promote_country`` gates it on
+each city's holdout when promotion is enabled.
 
 Logic lives in ``matchmaking.orchestration``; this file only wires it.
 """
@@ -118,11 +119,13 @@ def matchmaking_train() -> None:
     if CONFIG.country_models.enabled:
 
         @task(task_id="plan_countries", queue=CONFIG.default_queue, inlets=[FEATURES])
-        def plan_countries(*, inlet_events: Any = None) -> list[dict[str, Any]]:
+        def plan_countries(
+            *, dag_run: Any = None, inlet_events: Any = None
+        ) -> list[dict[str, Any]]:
             from matchmaking.orchestration.tasks import plan_countries as plan_of
 
             events = list(inlet_events[FEATURES][-MANUAL_LOOKBACK:])
-            return plan_of(CONFIG, [dict(e.extra) for e in events])
+            return plan_of(CONFIG, [dict(e.extra) for e in events], dag_run.partition_key)
 
         @task(
             task_id="train_country",

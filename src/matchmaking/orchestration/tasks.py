@@ -210,27 +210,36 @@ def promote_city(cfg: PipelineConfig, evaluated: CityResult, actor: str) -> City
     return {k: v for k, v in asdict(outcome).items() if k not in ("metrics", "report")}
 
 
-def plan_countries(cfg: PipelineConfig, extras: list[CityResult]) -> list[dict[str, Any]]:
+def plan_countries(
+    cfg: PipelineConfig, extras: list[CityResult], partition_key: str | None = None
+) -> list[dict[str, Any]]:
     """The country models to train from features events (``extras``, oldest first).
 
     A country is planned when ``country_models`` is enabled and at least ``min_cities`` of its
     configured cities have published features, and all of its configured cities' newest events
     are of the same day (the same windows): a run triggered by the first city's event of a
-    day plans nothing for the country, the run of its last city's event plans it. Training
-    reuses the version of identical data, so a repeated plan registers nothing new.
+    day plans nothing for the country, the run of its last city's event plans it. A run of one
+    city (``partition_key``) considers that city's country only: another country's cities'
+    events never retrain it. Training reuses the version of identical data, so a repeated plan
+    registers nothing new.
     """
     if not cfg.country_models.enabled:
         return []
     from matchmaking.markets import catalogue
 
     known = catalogue()
+    only = (
+        known.get(partition_key).country
+        if partition_key is not None and partition_key in known.ids()
+        else None
+    )
     newest = {e["city"]: e for e in latest_per_city(extras)}
     members: dict[str, list[str]] = {}
     for city in cfg.cities:
         members.setdefault(known.get(city).country, []).append(city)
     plan = []
     for country, cities in sorted(members.items()):
-        if len(cities) < cfg.country_models.min_cities:
+        if len(cities) < cfg.country_models.min_cities or only not in (None, country):
             continue
         waiting = [c for c in cities if c not in newest]
         days = {newest[c].get("day") for c in cities if c in newest}
