@@ -300,14 +300,15 @@ class ModelStore:
     # -- loading (worker threads) ----------------------------------------------------------
 
     def load(self, city_id: str) -> LoadedModel:
-        """The model of ``city_id``, loading it from the registry when not in memory.
+        """The model serving ``city_id`` (its own or its country's: ``_find``), loading it
+        from the registry when not in memory, and the city's route.
 
         Only the booster is loaded here (it serves at once); the compiled forest follows in
         the background.
 
         Raises:
             UnknownCityError: the city is not in the catalogue.
-            ModelNotFoundError: the city has no Production version.
+            ModelNotFoundError: neither the city nor its country has a Production version.
             TrackingError: the registry could not be reached.
         """
         city = get_market(city_id)
