@@ -159,6 +159,8 @@ def test_a_country_model_is_planned_once_all_its_cities_published_the_same_day()
     assert plan_countries(off, both) == []
     three = _config(cities=cfg.cities, country_models={"min_cities": 3})
     assert plan_countries(three, both) == []
-    # A city's run considers its own country only: Bangkok's run never retrains ID.
+    # A city's run plans its country only when its event is the country's newest: of the ID
+    # runs only Surabaya's (its event came last) trains the model; Bangkok's never does.
     assert plan_countries(cfg, both, "bangkok") == []
-    assert [p["country"] for p in plan_countries(cfg, both, "makassar")] == ["ID"]
+    assert plan_countries(cfg, both, "makassar") == []
+    assert [p["country"] for p in plan_countries(cfg, both, "surabaya")] == ["ID"]

@@ -219,9 +219,11 @@ def plan_countries(
     configured cities have published features, and all of its configured cities' newest events
     are of the same day (the same windows): a run triggered by the first city's event of a
     day plans nothing for the country, the run of its last city's event plans it. A run of one
-    city (``partition_key``) considers that city's country only: another country's cities'
-    events never retrain it. Training reuses the version of identical data, so a repeated plan
-    registers nothing new.
+    city (``partition_key``) plans its country only when that city's event is the country's
+    newest: of the runs of one day exactly one trains the country model, so two runs never fit
+    and register it at once (the reuse of identical data is not a lock), and another country's
+    cities' runs never retrain it. A manual run (no key) plans every ready country; training
+    reuses the version of identical data, so a repeated plan registers nothing new.
     """
     if not cfg.country_models.enabled:
         return []
@@ -234,12 +236,16 @@ def plan_countries(
         else None
     )
     newest = {e["city"]: e for e in latest_per_city(extras)}
+    order = {e.get("city"): i for i, e in enumerate(extras)}  # each city's newest position
     members: dict[str, list[str]] = {}
     for city in cfg.cities:
         members.setdefault(known.get(city).country, []).append(city)
     plan = []
     for country, cities in sorted(members.items()):
         if len(cities) < cfg.country_models.min_cities or only not in (None, country):
+            continue
+        last = max((c for c in cities if c in newest), key=lambda c: order[c], default=None)
+        if only is not None and last != partition_key:
             continue
         waiting = [c for c in cities if c not in newest]
         days = {newest[c].get("day") for c in cities if c in newest}
