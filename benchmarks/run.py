@@ -16,7 +16,18 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("world", "pipeline", "serving", "fleet", "dags", "report", "ope", "ipw", "dispatch")
+BENCHMARKS = (
+    "world",
+    "pipeline",
+    "serving",
+    "fleet",
+    "dags",
+    "report",
+    "ope",
+    "ipw",
+    "dispatch",
+    "pooled",
+)
 REPORTS = Path(__file__).parent / "reports"
 
 logger = logging.getLogger("benchmarks.run")

@@ -7,8 +7,16 @@ processing failed holds back no other. A manual run trains the run's partition k
 one every configured city's latest event. Each city runs ``train`` (which reuses the version
 already trained on the same data, code and params) then ``evaluate`` on the holdout, on its
 executor queue (``queues``). The promotion gate runs only when ``promotion.enabled`` is set in
-``config/pipeline.yaml``: by default CI promotes. Logic lives in ``matchmaking.orchestration``;
-this file only wires it.
+``config/pipeline.yaml``: by default CI promotes.
+
+Country models (``country_models``, docs/pooled.md): ``plan_countries`` reads the asset's
+latest events and plans the run's city's country (every country in a manual run) when it has
+at least ``min_cities`` configured cities whose newest events are all of one day;
+``train_country`` fits its pooled model (reusing the version of identical data, so the runs of
+the country's other cities that day register nothing new), and ``promote_country`` gates it on
+each city's holdout when promotion is enabled.
+
+Logic lives in ``matchmaking.orchestration``; this file only wires it.
 """
 
 from __future__ import annotations
@@ -107,6 +115,39 @@ def matchmaking_train() -> None:
                 promote(evaluated)
 
         city_model.expand(item=plan(queue))
+
+    if CONFIG.country_models.enabled:
+
+        @task(task_id="plan_countries", queue=CONFIG.default_queue, inlets=[FEATURES])
+        def plan_countries(
+            *, dag_run: Any = None, inlet_events: Any = None
+        ) -> list[dict[str, Any]]:
+            from matchmaking.orchestration.tasks import plan_countries as plan_of
+
+            events = list(inlet_events[FEATURES][-MANUAL_LOOKBACK:])
+            return plan_of(CONFIG, [dict(e.extra) for e in events], dag_run.partition_key)
+
+        @task(
+            task_id="train_country",
+            queue=CONFIG.default_queue,
+            max_active_tis_per_dag=CONFIG.max_parallel_cities,
+            map_index_template="{{ country }}",
+        )
+        def train_country(item: dict[str, Any]) -> dict[str, Any]:
+            from matchmaking.orchestration.tasks import train_country as train_of
+
+            get_current_context()["country"] = item["country"]  # type: ignore[typeddict-unknown-key]
+            return train_of(CONFIG, item)
+
+        @task(task_id="promote_country", queue=CONFIG.default_queue)
+        def promote_country(trained: dict[str, Any], *, dag_run: Any = None) -> dict[str, Any]:
+            from matchmaking.orchestration.tasks import promote_country as promote_of
+
+            return promote_of(CONFIG, trained, actor=f"airflow:{dag_run.run_id}")
+
+        trained_countries = train_country.expand(item=plan_countries())
+        if CONFIG.promotion.enabled:
+            promote_country.expand(trained=trained_countries)
 
 
 matchmaking_train()

@@ -74,8 +74,9 @@ class Service:
         return self.store
 
     async def model_for(self, city: str) -> LoadedModel:
-        """The city's model: from memory, else loaded from the registry off the event loop
-        (the booster only: compilation follows in the background).
+        """The model serving the city (its own, or its country's pooled one): from memory,
+        else loaded from the registry off the event loop (the booster only: compilation
+        follows in the background).
 
         Raises:
             ServiceError: 421 when another pool owns the city (``serving.shards``).

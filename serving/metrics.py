@@ -46,8 +46,16 @@ class Metrics:
         )
         self.model_version = Gauge(
             "matchmaking_model_version",
-            "Registered version served per city (absent: not loaded).",
+            "Registered version of each loaded model (absent: not loaded), by the city it serves "
+            "(a country model: country:<CC>) and name.",
             ["city", "model"],
+            registry=r,
+        )
+        self.city_model = Gauge(
+            "matchmaking_city_model",
+            "Which model serves each city: the version of the model at its route, by city, "
+            "model name and scope (city: its own model; country: its country's pooled model).",
+            ["city", "model", "model_scope"],
             registry=r,
         )
         self.models_loaded = Gauge(
@@ -148,9 +156,10 @@ class Metrics:
         )
         self.answers = Counter(
             "matchmaking_answers",
-            "Rankings answered, by city and arm (champion, challenger, fallback); shadow "
-            "scorings, which never answer, are counted with arm shadow.",
-            ["city", "arm"],
+            "Rankings answered, by city, arm (champion, challenger, fallback), the scope of the "
+            "model that scored (city, country, fallback) and its name and version (empty for "
+            "the fallback); shadow scorings, which never answer, are counted with arm shadow.",
+            ["city", "arm", "model_scope", "model", "version"],
             registry=r,
         )
         self.log_rows = Counter(

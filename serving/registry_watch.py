@@ -14,15 +14,26 @@ version's details, then its two files). When the registry cannot be reached, the
 it (``/readyz``, ``/metrics``) and the loaded models keep serving. A rollback (the alias moved
 back) is just another version change. An MLflow webhook delivery can start a poll at once
 (``routes/registry.py``); polling stays the fallback.
+
+Which model serves a city is its **route** (``Route``): its own Production model, or its
+country's pooled one (``<prefix>-country-<cc>``). ``decide`` reads it from the same search
+(docs/pooled.md): the ``serving.*`` tags ``matchmaking scope`` writes on the city's registered
+model, else the city's own Production version, else its country's. A city with no model of its
+own, a new market among them, is served by its country's model from its first request. Each
+poll decides every routed city again from that one search and switches a route live when the
+decision changed (the new model loaded first, then the route flipped by one assignment), so the
+registry calls per poll stay constant in the number of models and cities.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlflow.entities.model_registry import ModelVersion
@@ -70,6 +81,63 @@ class Registered:
         if self.alias_version is not None:
             return self.alias_version
         return None if self.staged is None else str(self.staged.version)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which registered model serves a city, and why (``decide``)."""
+
+    name: str  # ``<prefix>-<city>`` or ``<prefix>-country-<cc>``
+    scope: str  # ``city`` or ``country``
+    reason: str
+    country: str | None = None  # alpha-2, for a country route
+
+
+def _scope_tag_holds(own: Registered, country: Registered, country_name: str) -> bool:
+    """Whether the ``serving.scope=country`` choice on ``own`` still stands: it names this
+    country model and the Production versions it compared are still the current ones (a
+    Production moved since, by hand, makes it stale: docs/pooled.md)."""
+    tags = own.tags
+    return (
+        tags.get(conventions.SERVING_SCOPE_TAG) == conventions.SCOPE_COUNTRY
+        and tags.get(conventions.SERVING_MODEL_TAG, country_name) == country_name
+        and tags.get(conventions.SERVING_CITY_VERSION_TAG, "") == (own.production or "")
+        and tags.get(conventions.SERVING_COUNTRY_VERSION_TAG, "") == (country.production or "")
+    )
+
+
+def decide(
+    city: str, own_name: str, country_name: str, snapshot: dict[str, Registered]
+) -> Route | None:
+    """The route of ``city`` from one registry search (None: nothing servable), in order:
+
+    1. its registered model says ``serving.scope=country`` (``matchmaking scope``'s choice,
+       still current) and the country model has a Production version: the country model;
+    2. it has a Production version of its own: its own model;
+    3. its country's model has a Production version: the country model (no model of its own,
+       a new market among them).
+    """
+    own, pooled = snapshot.get(own_name), snapshot.get(country_name)
+    country = get_market(city).country
+    pooled_ok = pooled is not None and pooled.production is not None
+    if (
+        own is not None
+        and pooled is not None
+        and pooled_ok
+        and _scope_tag_holds(own, pooled, country_name)
+    ):
+        reason = own.tags.get(conventions.SERVING_REASON_TAG, "serving.scope=country")
+        return Route(country_name, conventions.SCOPE_COUNTRY, reason, country)
+    if own is not None and own.production is not None:
+        return Route(own_name, conventions.SCOPE_CITY, "its own Production model")
+    if pooled_ok:
+        return Route(
+            country_name,
+            conventions.SCOPE_COUNTRY,
+            "no Production model of its own: its country's model serves it",
+            country,
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -159,7 +227,12 @@ class ModelStore:
             enabled=settings.compile_forests,
         )
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._pinned = {self.model_name(c) for c in settings.hot_cities}
+        # city -> which model serves it (set by its first load, moved by the poll).
+        self._routes: dict[str, Route] = {}
+        # The last search's answer (None before the first one): routes are decided from it.
+        self._snapshot: dict[str, Registered] | None = None
+        # country-scoped city -> its exploration (no challenger: docs/pooled.md).
+        self._city_traffic: dict[str, Traffic] = {}
         self._lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
         self._status = RegistryStatus(None, None, None, None)
@@ -175,8 +248,8 @@ class ModelStore:
     # -- reading (request path) ------------------------------------------------------------
 
     def get(self, city: str) -> LoadedModel | None:
-        """The loaded model of ``city`` (marks it recently used), or None."""
-        name = self.model_name(city)
+        """The loaded model serving ``city`` (its route's; marks it recently used), or None."""
+        name = self._route_name(city)
         with self._lock:
             model = self._models.get(name)
             if model is not None:
@@ -190,11 +263,27 @@ class ModelStore:
 
     def traffic(self, city: str) -> Traffic:
         """The city's traffic as of the last poll (before any: no challenger, the
-        exploration setting)."""
-        found = self._traffic.get(self.model_name(city))
-        if found is not None:
-            return found
+        exploration setting). A city served by its country's model gets no challenger (a
+        challenger is a version of the city's own model, compared with its own Production):
+        only its exploration temperature."""
+        route = self._routes.get(city)
+        if route is not None and route.scope == conventions.SCOPE_COUNTRY:
+            held = self._city_traffic.get(city)
+            if held is not None:
+                return held
+        else:
+            found = self._traffic.get(self.model_name(city))
+            if found is not None:
+                return found
         return Traffic(temperature=self.settings.exploration.get(city) or None)
+
+    def route(self, city: str) -> Route | None:
+        """Which model serves ``city`` (None: not routed yet)."""
+        return self._routes.get(city)
+
+    def routes(self) -> dict[str, Route]:
+        """A snapshot of every city's route."""
+        return dict(self._routes)
 
     @property
     def status(self) -> RegistryStatus:
@@ -211,22 +300,22 @@ class ModelStore:
     # -- loading (worker threads) ----------------------------------------------------------
 
     def load(self, city_id: str) -> LoadedModel:
-        """The model of ``city_id``, loading it from the registry when not in memory.
+        """The model serving ``city_id`` (its own or its country's: ``_find``), loading it
+        from the registry when not in memory, and the city's route.
 
         Only the booster is loaded here (it serves at once); the compiled forest follows in
         the background.
 
         Raises:
             UnknownCityError: the city is not in the catalogue.
-            ModelNotFoundError: the city has no Production version.
+            ModelNotFoundError: neither the city nor its country has a Production version.
             TrackingError: the registry could not be reached.
         """
         city = get_market(city_id)
         model = self.get(city_id)
         if model is not None:
             return model
-        name = self.model_name(city_id)
-        with self._name_lock(name):
+        with self._name_lock(f"city:{city_id}"):
             model = self.get(city_id)  # another thread may have loaded it meanwhile
             if model is not None:
                 return model
@@ -234,35 +323,17 @@ class ModelStore:
             if failed is not None and time.monotonic() < failed[0]:
                 raise failed[1]
             try:
-                ref = self._resolve(city_id)
-                model = self._load_version(ref, city)
+                route, ref = self._find(city)
+                model, loaded = self._held_or_loaded(route, ref, city)
             except MatchmakingError as exc:
                 self.metrics.load_failures.labels(city_id).inc()
                 self._failures[city_id] = (time.monotonic() + self.failure_ttl_s, exc)
                 raise
             self._failures.pop(city_id, None)
-            self._publish(model)
-            self.metrics.loads.labels(city_id).inc()
-        self.compiler.submit(model, self._publish_compiled)
+            self._set_route(city_id, route, model)
+        if loaded:
+            self.compiler.submit(model, self._publish_compiled)
         return model
-
-    def refresh(self, city_id: str) -> bool:
-        """Swap in the city's current Production version if it changed; True when swapped.
-
-        Asks the registry for this one model (``poll_once`` asks for all of them at once).
-        Errors are recorded and never reach the caller: the loaded model keeps serving.
-        """
-        current = self._peek(self.model_name(city_id))
-        if current is None:
-            return False
-        try:
-            ref = self._resolve(city_id)
-        except ModelNotFoundError as exc:
-            logger.warning("%s; still serving v%s", exc, current.version)
-            return False
-        except TrackingError:
-            return False
-        return self._swap(current, ref)
 
     def poll_once(self) -> None:
         """One registry round: one paged search for every model, swaps where Production moved,
@@ -274,11 +345,13 @@ class ModelStore:
         except TrackingError:
             snapshot = None
         if snapshot is not None:
+            self._snapshot = snapshot
             for current in self.loaded():
                 self._follow(current, snapshot.get(current.name))
                 self._follow_traffic(current, snapshot.get(current.name))
+            self._reroute(snapshot)
         for city_id in self.settings.hot_cities:
-            if self._peek(self.model_name(city_id)) is None:
+            if self.get(city_id) is None:
                 try:
                     self.load(city_id)
                 except MatchmakingError as exc:
@@ -333,7 +406,10 @@ class ModelStore:
         return found
 
     def preload(self) -> None:
-        """Load the hot set (failures are logged; the poller retries them)."""
+        """One search (the routes' scope tags), then the hot set (failures are logged; the
+        poller retries them)."""
+        with contextlib.suppress(TrackingError):
+            self._snapshot = self.search()
         for city_id in self.settings.hot_cities:
             try:
                 self.load(city_id)
@@ -342,11 +418,142 @@ class ModelStore:
 
     def missing_hot_cities(self) -> list[str]:
         """Hot cities that are not in memory (readiness)."""
-        return [c for c in self.settings.hot_cities if self._peek(self.model_name(c)) is None]
+        return [c for c in self.settings.hot_cities if self._peek(self._route_name(c)) is None]
 
     def close(self) -> None:
         """Stop the background compilations."""
         self.compiler.shutdown()
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _route_name(self, city: str) -> str:
+        route = self._routes.get(city)
+        return route.name if route is not None else self.model_name(city)
+
+    def _country_name(self, market: Market) -> str:
+        return conventions.country_model_name(self.prefix, market.country)
+
+    def _find(self, city: Market) -> tuple[Route, Callable[[], VersionRef]]:
+        """The route of a city not loaded yet and how to get the version to load: decided
+        from the last search when it names a servable model (the version's details are asked
+        only if the model is not in memory yet), else asked of the registry directly (the
+        city's own model, then its country's), so a model registered since the last poll is
+        found at once.
+
+        Raises:
+            ModelNotFoundError: neither the city nor its country has a Production version.
+            TrackingError: the registry could not be reached.
+        """
+        own, pooled = self.model_name(city.id), self._country_name(city)
+        snapshot = self._snapshot
+        if snapshot is not None:
+            route = decide(city.id, own, pooled, snapshot)
+            if route is not None:
+                registered = snapshot[route.name]
+                return route, lambda: self._ref(registered, registered.production or "")
+        try:
+            ref = self._resolve(own)
+            return Route(own, conventions.SCOPE_CITY, "its own Production model"), lambda: ref
+        except ModelNotFoundError as own_missing:
+            try:
+                ref = self._resolve(pooled)
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(
+                    f"{city.id}: no Production model of its own ({own_missing}) nor of its "
+                    f"country {city.country} ({exc})"
+                ) from None
+        reason = "no Production model of its own: its country's model serves it"
+        return Route(pooled, conventions.SCOPE_COUNTRY, reason, city.country), lambda: ref
+
+    def _held_or_loaded(
+        self, route: Route, ref: Callable[[], VersionRef], city: Market
+    ) -> tuple[LoadedModel, bool]:
+        """The route's model: the one in memory when it is there (a country model another
+        city loaded), else ``ref()`` loaded and published. True when it was loaded here."""
+        with self._name_lock(route.name):
+            held = self._peek(route.name)
+            if held is not None:
+                return held, False
+            model = self._load_version(ref(), None if route.country else city, route.country)
+            self._publish(model)
+        self.metrics.loads.labels(model.label).inc()
+        return model, True
+
+    def _set_route(self, city: str, route: Route, model: LoadedModel) -> None:
+        """Point ``city`` at ``route`` (one assignment) and say so in ``/metrics``."""
+        old = self._routes.get(city)
+        self._routes[city] = route
+        gauge = self.metrics.city_model
+        if old is not None and (old.name, old.scope) != (route.name, route.scope):
+            with contextlib.suppress(KeyError):
+                gauge.remove(city, old.name, old.scope)
+        gauge.labels(city, route.name, route.scope).set(float(model.version))
+        if old is None or old.name != route.name:
+            logger.info("%s: served by %s v%s (%s)", city, route.name, model.version, route.reason)
+        if route.scope == conventions.SCOPE_COUNTRY:
+            self._city_traffic[city] = self._country_scoped_traffic(city, self._snapshot)
+            self._challenger_metrics(city, Traffic())  # no challenger traffic
+
+    def _country_scoped_traffic(self, city: str, snapshot: dict[str, Registered] | None) -> Traffic:
+        """A country-scoped city's traffic: no challenger; the exploration temperature of its
+        own registered model's tag (when it has one), else the setting."""
+        own = (snapshot or {}).get(self.model_name(city))
+        tags = own.tags if own is not None else {}
+        return Traffic(
+            temperature=_temperature(
+                tags, self.model_name(city), self.settings.exploration.get(city)
+            )
+        )
+
+    def _reroute(self, snapshot: dict[str, Registered]) -> None:
+        """Decide every routed city again from this search; switch the ones whose decision
+        changed (a city's own model reached Production, a scope tag flipped). The new model is
+        loaded before the route moves: requests never wait, a failed load keeps the old route."""
+        for city_id, route in list(self._routes.items()):
+            city = get_market(city_id)
+            new = decide(city_id, self.model_name(city_id), self._country_name(city), snapshot)
+            if new is None:
+                continue  # nothing servable any more: keep serving what is loaded
+            if new.country is not None:
+                self._city_traffic[city_id] = self._country_scoped_traffic(city_id, snapshot)
+            if new.name == route.name:
+                if new != route:
+                    self._routes[city_id] = new  # a new reason only
+                continue
+            registered = snapshot[new.name]
+            ref = functools.partial(self._ref, registered, registered.production or "")
+            try:
+                with self._name_lock(f"city:{city_id}"):
+                    model, loaded = self._held_or_loaded(new, ref, city)
+                    self._set_route(city_id, new, model)
+            except MatchmakingError as exc:
+                self.metrics.swap_failures.labels(city_id).inc()
+                logger.error(
+                    "%s: switching to %s failed, still served by %s: %s",
+                    city_id,
+                    new.name,
+                    route.name,
+                    exc,
+                )
+                continue
+            self.metrics.swaps.labels(city_id).inc()
+            if loaded:
+                self.compiler.submit(model, self._publish_compiled)
+            if new.scope == conventions.SCOPE_CITY:
+                self._city_traffic.pop(city_id, None)
+            self._release(route.name)
+
+    def _release(self, name: str) -> None:
+        """Drop a model no route points to any more (unless a hot city's)."""
+        if name in self._pinned() or any(r.name == name for r in self._routes.values()):
+            return
+        with self._lock:
+            gone = self._models.pop(name, None)
+            self.metrics.models_loaded.set(len(self._models))
+        if gone is not None:
+            self._forget_metrics(gone)
+            self._traffic.pop(name, None)
+            logger.info("released %s v%s: no city is routed to it", gone.name, gone.version)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -380,6 +587,8 @@ class ModelStore:
         """Take the challenger, its share and mode, and the exploration temperature from the
         search (the registered model's aliases and tags); the challenger's files are fetched
         only when its alias names a version not held yet."""
+        if current.city is None or current.name != self._route_name(current.city.id):
+            return  # a country model, or a city model not serving: traffic is ``traffic``'s
         name, city = current.name, current.city.id
         default_t = self.settings.exploration.get(city)
         if registered is None:
@@ -420,6 +629,8 @@ class ModelStore:
             self._challenger_metrics(city, new)
 
     def _load_challenger(self, name: str, version: str, current: LoadedModel) -> LoadedModel | None:
+        if current.city is None:
+            return None
         self._count("get_model_version")
         try:
             mv = self.client.get_model_version(name, version)
@@ -440,7 +651,7 @@ class ModelStore:
             )
             return None
         self._challenger_failed.pop(name, None)
-        self.metrics.loads.labels(current.city.id).inc()
+        self.metrics.loads.labels(current.label).inc()
         return model
 
     def _challenger_metrics(self, city: str, traffic: Traffic) -> None:
@@ -485,9 +696,9 @@ class ModelStore:
             if now is None or ref.version == now.version:
                 return False
             try:
-                new = self._load_version(ref, now.city)
+                new = self._load_version(ref, now.city, now.country)
             except MatchmakingError as exc:
-                self.metrics.swap_failures.labels(now.city.id).inc()
+                self.metrics.swap_failures.labels(now.label).inc()
                 logger.error(
                     "swap of %s to v%s failed, still serving v%s: %s",
                     ref.name,
@@ -497,15 +708,22 @@ class ModelStore:
                 )
                 return False
             self._publish(new)
-        self.metrics.swaps.labels(new.city.id).inc()
-        self.metrics.loads.labels(new.city.id).inc()
+        self.metrics.swaps.labels(new.label).inc()
+        self.metrics.loads.labels(new.label).inc()
+        for city_id, route in list(self._routes.items()):
+            if route.name == new.name:
+                self.metrics.city_model.labels(city_id, route.name, route.scope).set(
+                    float(new.version)
+                )
         logger.info("swapped %s: v%s -> v%s", ref.name, now.version, new.version)
         self.compiler.submit(new, self._publish_compiled)
         return True
 
-    def _load_version(self, ref: VersionRef, city: Market) -> LoadedModel:
+    def _load_version(
+        self, ref: VersionRef, city: Market | None, country: str | None = None
+    ) -> LoadedModel:
         self._count("download")
-        return load_version(self.client, ref, city, self.uri)
+        return load_version(self.client, ref, city, self.uri, country)
 
     def _count(self, call: str) -> None:
         """Count one registry call (``/metrics``, and this thread's tally for the poll)."""
@@ -524,11 +742,11 @@ class ModelStore:
         with self._lock:
             return self._name_locks.setdefault(name, threading.Lock())
 
-    def _resolve(self, city_id: str) -> VersionRef:
+    def _resolve(self, name: str) -> VersionRef:
         """Ask the registry for one model's Production version, recording whether it answered."""
         self._count("resolve")
         try:
-            ref = resolve_production(self.client, self.model_name(city_id))
+            ref = resolve_production(self.client, name)
         except TrackingError as exc:
             self._registry_failed(str(exc))
             raise
@@ -572,15 +790,15 @@ class ModelStore:
             self._models.move_to_end(model.name)
             excess = len(self._models) - self.settings.max_models
             if excess > 0:
-                for name in [n for n in self._models if n not in self._pinned][:excess]:
+                pinned = self._pinned()
+                for name in [n for n in self._models if n not in pinned][:excess]:
                     evicted.append(self._models.pop(name))
             self.metrics.models_loaded.set(len(self._models))
-        self.metrics.model_version.labels(model.city.id, model.name).set(float(model.version))
+        self.metrics.model_version.labels(model.label, model.name).set(float(model.version))
         self._engine_metrics(model, old)
         for gone in evicted:
             self.metrics.evictions.inc()
-            self.metrics.model_version.remove(gone.city.id, gone.name)
-            self._engine_metrics(None, gone)
+            self._forget_metrics(gone)
             logger.info(
                 "evicted %s v%s (LRU, max_models=%d)",
                 gone.name,
@@ -588,12 +806,22 @@ class ModelStore:
                 self.settings.max_models,
             )
 
+    def _pinned(self) -> set[str]:
+        """Models never evicted: those serving the hot cities (their routes' models; a hot
+        city not routed yet: its own model's name)."""
+        return {self._route_name(c) for c in self.settings.hot_cities}
+
+    def _forget_metrics(self, gone: LoadedModel) -> None:
+        with contextlib.suppress(KeyError):
+            self.metrics.model_version.remove(gone.label, gone.name)
+        self._engine_metrics(None, gone)
+
     def _engine_metrics(self, new: LoadedModel | None, old: LoadedModel | None) -> None:
         gauge = self.metrics.model_engine
         for m in (old, new):
             if m is not None:
                 for engine in ("lleaves", "lightgbm"):
                     with contextlib.suppress(KeyError):
-                        gauge.remove(m.city.id, m.name, engine)
+                        gauge.remove(m.label, m.name, engine)
         if new is not None:
-            gauge.labels(new.city.id, new.name, new.engine).set(1)
+            gauge.labels(new.label, new.name, new.engine).set(1)

@@ -347,7 +347,7 @@ class RankedCandidate(BaseModel):
 
 
 Arm = Literal["champion", "challenger", "fallback"]
-ModelScope = Literal["city", "fallback"]
+ModelScope = Literal["city", "country", "fallback"]
 Policy = Literal["greedy", "plackett-luce"]
 
 
@@ -363,7 +363,10 @@ class RankResponse(BaseModel):
         description="Who answered: the Production model, its challenger, or the "
         "nearest-ETA fallback."
     )
-    model_scope: ModelScope = Field(description="'city': the city's model; 'fallback'.")
+    model_scope: ModelScope = Field(
+        description="'city': the city's own model scored; 'country': its country's pooled "
+        "model (``model`` names it: <prefix>-country-<cc>); 'fallback': nearest ETA."
+    )
     policy: Policy = Field(description="How the order was chosen (docs/serving.md#exploration).")
     temperature: float | None = Field(description="Plackett-Luce temperature; null: greedy.")
     candidates: list[RankedCandidate] = Field(description="In the served order: offer first.")
@@ -390,7 +393,7 @@ class MatchResponse(BaseModel):
     score_kind: Literal["probability", "rank_score"]
     total_score: float = Field(description="Sum of the assigned pairs' scores (maximised).")
     arm: Literal["champion"]
-    model_scope: Literal["city"]
+    model_scope: Literal["city", "country"]
     policy: Literal["greedy"]
     temperature: None
     assignments: list[Assignment]

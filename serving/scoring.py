@@ -1,5 +1,8 @@
 """The scoring steps, without HTTP: check a decoded request, rank, fall back, match.
 
+The model is the city's own or its country's pooled one (``LoadedModel.scope``: the answer's
+``model_scope``); either builds its input for the request's market (``LoadedModel.features``).
+
 ``rank_job`` / ``match_job`` check what the schema cannot (configured limits, duplicate ids,
 coordinates inside the city; ``FieldErrors`` names every offending field) and turn the request
 into the online feature inputs. ``rank`` scores them with a city's model; ``rank_nearest_eta``
@@ -241,7 +244,7 @@ def rank_answer(
     temperature: float | None = None,
 ) -> tuple[dict[str, Any], Ranked]:
     """``rank``'s answer, and the served order as arrays."""
-    matrix = model.features([online_booking(job.booking)], job.rows)
+    matrix = model.features(job.city, [online_booking(job.booking)], job.rows)
     scores = model.predict(matrix)
     served = policy.serve_order(
         scores, model.ref.score_kind == "probability", temperature, request_id
@@ -264,7 +267,7 @@ def rank_answer(
         "score_kind": model.ref.score_kind,
         "fallback": False,
         "arm": arm,
-        "model_scope": "city",
+        "model_scope": model.scope,
         "policy": served.policy,
         "temperature": served.temperature,
         "candidates": ranking(job.rows.driver_id, scores, eta, served),
@@ -363,7 +366,7 @@ def match(job: MatchJob, model: LoadedModel, request_id: str = "") -> dict[str, 
         home_lng=np.tile(one.home_lng, n_b),
         eta_seconds=np.full(n_b * n_d, np.nan),
     )
-    matrix = model.features([online_booking(x) for x in req.bookings], rows)
+    matrix = model.features(job.city, [online_booking(x) for x in req.bookings], rows)
     scores = model.predict(matrix).reshape(n_b, n_d)
     eta = (matrix[:, ETA_COLUMN] * 60.0).reshape(n_b, n_d)
     assigned, value = dispatch(scores, probabilistic=model.ref.score_kind == "probability")
@@ -397,7 +400,7 @@ def match(job: MatchJob, model: LoadedModel, request_id: str = "") -> dict[str, 
         "score_kind": model.ref.score_kind,
         "total_score": total,
         "arm": "champion",
-        "model_scope": "city",
+        "model_scope": model.scope,
         "policy": policy.GREEDY,
         "temperature": None,
         "assignments": out,

@@ -1,4 +1,5 @@
-"""``GET /v1/models``: what is loaded, which version, found how, since when."""
+"""``GET /v1/models``: what is loaded, which version, found how, since when, serving which
+cities."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", responses=ERROR_RESPONSES)
 async def list_models(service: ServiceDep) -> Response:
     """What is loaded, which version, found how, since when, scored by which engine
-    (``lleaves``: the compiled forest; ``lightgbm``: the booster, until it is swapped in)."""
+    (``lleaves``: the compiled forest; ``lightgbm``: the booster, until it is swapped in), and
+    which model serves each city it has seen (``routes``: its own, or its country's)."""
     store = service.require_store()
+    routes = store.routes()
     return json_response(
         {
             "models": [
                 {
-                    "city": m.city.id,
+                    "city": m.city.id if m.city is not None else None,
+                    "scope": m.scope,
+                    "country": m.country,
+                    "cities": sorted(c for c, r in routes.items() if r.name == m.name),
                     "model": m.name,
                     "version": m.version,
                     "source": m.ref.source,
@@ -37,6 +43,10 @@ async def list_models(service: ServiceDep) -> Response:
                 }
                 for m in reversed(store.loaded())
             ],
+            "routes": {
+                city: {"model": r.name, "model_scope": r.scope, "reason": r.reason}
+                for city, r in sorted(routes.items())
+            },
             "max_models": service.settings.max_models,
             "pool": service.settings.shard,
             "compiles_pending": store.compiler.pending(),

@@ -116,7 +116,9 @@ async def handle_rank(request: Request, service: Service) -> Response:
         body, ranked = scoring.rank_answer(job, model, rid, arm, traffic.temperature)
         log_extra = {"city": city, "model_version": model.version, "arm": arm}
     service.metrics.latency.labels("rank", city).observe(time.perf_counter() - started)
-    service.metrics.answers.labels(city, arm).inc()
+    service.metrics.answers.labels(
+        city, arm, body["model_scope"], body["model"] or "", body["version"] or ""
+    ).inc()
     request.scope["state"]["log_extra"] = log_extra
     log = service.log
     if log is not None:
@@ -126,7 +128,9 @@ async def handle_rank(request: Request, service: Service) -> Response:
         else:
             log.decision(Decision.ranking(rid, decided_at, body, arm, ranked))
         if shadow is not None:
-            service.metrics.answers.labels(city, "shadow").inc()
+            service.metrics.answers.labels(
+                city, "shadow", shadow.scope, shadow.name, shadow.version
+            ).inc()
             log.decision(_shadow_scoring(job, shadow, rid, decided_at))
     return json_response(body)
 

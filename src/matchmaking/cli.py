@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from matchmaking.config import Settings
 from matchmaking.errors import ConfigError, InputError, MatchmakingError, cli_lines, field_problems
 from matchmaking.progress import PROGRESS_ENV_VAR, command_progress, export_choice, progress_wanted
-from matchmaking.registry.commands import promote_command, rollback_command
+from matchmaking.registry.commands import promote_command, rollback_command, scope_command
 from matchmaking.world.dispatch import DEFAULT_TEMPERATURE_MIN
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 app.command("promote")(promote_command)
 app.command("rollback")(rollback_command)
+app.command("scope")(scope_command)
 world_app = typer.Typer(
     help="The synthetic ride-hailing world (stands in for production data).", no_args_is_help=True
 )
@@ -284,6 +285,55 @@ def train(
         f"model: {result.model_name} v{result.version} ({result.objective})"
         f"{' [reused]' if result.reused else ''}\nrun_id: {result.run_id}\n"
         f"model_uri: {result.model_uri}"
+    )
+
+
+@app.command("train-country")
+def train_country(
+    country: Annotated[str, typer.Option(help="ISO 3166 alpha-2 code of the country, e.g. ID.")],
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A city's feature dataset, CITY=DIR-or-URI (repeatable, or a comma list). "
+            "Default: the newest "
+            "published dataset of each of the country's cities (of --start..--end when given)."
+        ),
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="Window start of the default datasets.")] = None,
+    end: Annotated[str | None, typer.Option(help="Window end of the default datasets.")] = None,
+    params: Annotated[
+        Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable)."),
+    ] = None,
+    reuse_existing: Annotated[
+        bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
+    ] = True,
+    progress: ProgressOption = None,
+) -> None:
+    """Fit one model pooled over the country's cities (city context as features) and register
+    it as <prefix>-country-<cc> (docs/pooled.md)."""
+    from matchmaking.training.params import load_params, parse_overrides
+    from matchmaking.training.pooled import country_datasets
+    from matchmaking.training.pooled import train_country as run_train_country
+
+    p = load_params(params, parse_overrides(set_ or []))
+    settings = Settings()
+    given: dict[str, str] = {}
+    for item in (part for value in features or [] for part in value.split(",") if part):
+        city, sep, where = item.partition("=")
+        if not sep or not city or not where:
+            raise InputError(f"--features {item!r} is not CITY=DIR (e.g. medan=/lake/features/...)")
+        given[city.strip()] = where.strip()
+    datasets = dict(given) if given else country_datasets(settings, country, start, end)
+    shown = command_progress(progress, f"train-country {country.upper()}")
+    result = run_train_country(settings, country, datasets, p, reuse_existing, shown)  # type: ignore[arg-type]
+    typer.echo(
+        f"model: {result.model_name} v{result.version} ({result.objective})"
+        f"{' [reused]' if result.reused else ''}\npooled: {', '.join(sorted(datasets))}\n"
+        f"run_id: {result.run_id}\nmodel_uri: {result.model_uri}"
     )
 
 

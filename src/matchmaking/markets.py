@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 MARKETS_ENV = "MATCHMAKING_MARKETS"
 DEFAULT_FILE = "markets.yaml"
 SIZES = ("mega", "large", "medium", "small")
+#: City ids may not begin with these: ``<prefix>-country-<cc>`` names a country's pooled model
+#: (``registry.conventions.country_model_name``), never a city's.
+RESERVED_ID_PREFIXES = ("country-",)
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 5x faster
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -132,6 +135,12 @@ class MarketEntry(_Strict):
     def _slug(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError(f"{value!r} is not a city id (lowercase letters, digits and '-')")
+        reserved = next((p for p in RESERVED_ID_PREFIXES if value.startswith(p)), None)
+        if reserved is not None:
+            raise ValueError(
+                f"{value!r}: city ids may not begin with {reserved!r} (reserved for country "
+                "models, <prefix>-country-<cc>); rename the market"
+            )
         return value
 
     @field_validator("country")
@@ -249,6 +258,15 @@ class Catalogue:
 
     def ids(self) -> list[str]:
         return list(self.markets)
+
+    def cities_of(self, country: str) -> list[str]:
+        """The ids of ``country``'s markets (alpha-2 code, any case), in catalogue order."""
+        code = country.upper()
+        return [m.id for m in self.markets.values() if m.country == code]
+
+    def countries(self) -> list[str]:
+        """The countries that have markets, sorted."""
+        return sorted({m.country for m in self.markets.values()})
 
     def closest(self, city_id: str, n: int = 3) -> list[str]:
         """The known ids closest to ``city_id`` (difflib), best first."""

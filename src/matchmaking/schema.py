@@ -253,6 +253,58 @@ FEATURES: tuple[Feature, ...] = (
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
+# City-level context: constant within a city, read from its ``Market`` (``markets.py``), never
+# from the data. Only country models (pooled over a country's cities) take them, appended after
+# ``FEATURE_NAMES`` (``COUNTRY_FEATURE_NAMES``); a city model's input stays ``FEATURE_NAMES``,
+# so every city model already trained or served keeps its contract. Serving builds them from
+# the request's ``Market`` with ``features.context.context_row`` (docs/pooled.md).
+CONTEXT_FEATURES: tuple[Feature, ...] = (
+    Feature(
+        "city_log10_daily_bookings",
+        "float64",
+        "log10 of the catalogue's full-scale daily bookings of the city (its size)",
+        typical=(4.0, 6.0),
+    ),
+    Feature("city_radius_km", "float64", "radius of the city's service area", typical=(8.0, 25.0)),
+    Feature(
+        "city_speed_peak_kmh",
+        "float64",
+        "the city's road speed at the worst peak",
+        typical=(15.0, 25.0),
+    ),
+    Feature(
+        "city_speed_offpeak_kmh",
+        "float64",
+        "the city's midday off-peak road speed",
+        typical=(25.0, 35.0),
+    ),
+    Feature("city_speed_night_kmh", "float64", "the city's night road speed", typical=(30.0, 45.0)),
+    Feature(
+        "city_reference_fare",
+        "float64",
+        "the city's tariff for a reference trip (8 road km at off-peak speed), local currency",
+        typical=(20_000.0, 60_000.0),
+    ),
+    Feature(
+        "fare_vs_city_reference",
+        "float64",
+        "quoted fare / the city's reference fare: what a fare is worth in its city",
+        monotone=1,
+        typical=(0.3, 3.0),
+    ),
+    Feature(
+        "city_speed_now_kmh",
+        "float64",
+        "the city's road speed at the request's local hour (its speed profile)",
+        typical=(15.0, 45.0),
+    ),
+)
+CONTEXT_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in CONTEXT_FEATURES)
+#: The input of a country model: the city contract, then the city context.
+COUNTRY_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + CONTEXT_FEATURE_NAMES
+#: Every feature either contract uses, by name (monotone constraints are looked up here).
+ALL_FEATURES: dict[str, Feature] = {f.name: f for f in (*FEATURES, *CONTEXT_FEATURES)}
+
 ID_COLUMNS: tuple[str, ...] = ("booking_id", "driver_id")
 # What the logging policy logged (raw CANDIDATES and BOOKINGS): carried beside the features in
 # the published dataset for off-policy evaluation. Never features (tests/unit/test_features.py).

@@ -39,12 +39,16 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
         for city, trained in training_runs(airflow, CITIES).items():
             assert trained["state"] == "success", (city, airflow.logs("scheduler"))
             tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
-            # The city's run plans, trains and evaluates that city only.
+            # The city's run plans, trains and evaluates that city only; its country-model
+            # branch plans no country (Jakarta and Bangkok are alone in theirs) and is skipped.
             assert sorted((t["task_id"], t["map_index"]) for t in tis) == [
                 ("evaluate", 0),
                 ("plan", -1),
+                ("plan_countries", -1),
                 ("train", 0),
+                ("train_country", -1),
             ]
+            assert {t["state"] for t in tis if t["task_id"] == "train_country"} == {"skipped"}
             assert {t["rendered_map_index"] for t in tis if t["task_id"] == "train"} == {city}
     for city in CITIES:
         assert registered_versions(tracking_server.uri, prefix, city) == ["1"]

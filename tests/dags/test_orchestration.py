@@ -18,7 +18,12 @@ from matchmaking.orchestration.config import (
     load_pipeline_config,
     run_day,
 )
-from matchmaking.orchestration.tasks import data_windows, features_event, plan_training
+from matchmaking.orchestration.tasks import (
+    data_windows,
+    features_event,
+    plan_countries,
+    plan_training,
+)
 
 
 def _config(**values: object) -> PipelineConfig:
@@ -124,3 +129,38 @@ def test_the_parse_time_city_check_reads_the_ids_the_catalogue_holds(
     monkeypatch.setenv(markets.MARKETS_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         PipelineConfig.model_validate({"cities": ["jakarta"]})
+
+
+def _event(city: str, day: str) -> dict[str, object]:
+    return {
+        "city": city,
+        "day": day,
+        "features_uri": f"file:///lake/features/city={city}/{day}/train",
+        "holdout_features_uri": f"file:///lake/features/city={city}/{day}/holdout",
+    }
+
+
+def test_a_country_model_is_planned_once_all_its_cities_published_the_same_day() -> None:
+    """Makassar and Surabaya (ID) and Bangkok (TH, alone): ID is planned only when both ID
+    cities' newest events are of one day; TH never (one city < min_cities); nothing when the
+    country models are off."""
+    cfg = _config(cities=["makassar", "surabaya", "bangkok"])
+    first = [_event("makassar", "2026-08-11"), _event("bangkok", "2026-08-11")]
+    assert plan_countries(cfg, first) == []  # Surabaya has not published yet
+    both = [*first, _event("surabaya", "2026-08-10")]
+    assert plan_countries(cfg, both) == []  # Surabaya's newest is of another day
+    both.append(_event("surabaya", "2026-08-11"))
+    (planned,) = plan_countries(cfg, both)
+    assert planned["country"] == "ID" and planned["day"] == "2026-08-11"
+    assert planned["features"] == {
+        c: f"file:///lake/features/city={c}/2026-08-11/train" for c in ("makassar", "surabaya")
+    }
+    off = _config(cities=cfg.cities, country_models={"enabled": False})
+    assert plan_countries(off, both) == []
+    three = _config(cities=cfg.cities, country_models={"min_cities": 3})
+    assert plan_countries(three, both) == []
+    # A city's run plans its country only when its event is the country's newest: of the ID
+    # runs only Surabaya's (its event came last) trains the model; Bangkok's never does.
+    assert plan_countries(cfg, both, "bangkok") == []
+    assert plan_countries(cfg, both, "makassar") == []
+    assert [p["country"] for p in plan_countries(cfg, both, "surabaya")] == ["ID"]

@@ -109,6 +109,28 @@ def _assert_same_arms(got: list[ArmStats], want: list[ArmStats]) -> None:
                 assert asdict(g)[key] == value, key
 
 
+def test_answers_of_the_country_model_are_never_a_version_of_the_citys_model(
+    tmp_path: Path,
+) -> None:
+    """A city served by its country's pooled model for a while, then by its own v1: the
+    country model's answers (also v1, of another registered model) are their own row, and the
+    champion compared with a challenger is the city's own v1."""
+    lake = tmp_path / "mixed"
+    write_traffic(
+        lake,
+        [
+            Arm("champion", "1", 0.60, 150, scope="country"),
+            Arm("champion", "1", 0.70, 200),
+            Arm("challenger", "2", 0.75, 200),
+        ],
+    )
+    settings = Settings(lake_uri=str(lake))
+    report = build_report(settings, "jakarta", None, None, OnlineThresholds(min_bookings=50))
+    champions = {a.version: a.bookings for a in report.arms if a.arm == "champion"}
+    assert champions == {"1": 200, "mm-country-id v1": 150}
+    assert report.champion is not None and report.champion.version == "1"
+
+
 def test_a_repeated_outcome_and_a_retried_request_count_once(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     write_traffic(lake, [Arm("champion", "1", 0.7, 300), Arm("challenger", "2", 0.8, 300)])

@@ -52,8 +52,10 @@ def booster(processed_world: ProcessedWorld) -> lgb.Booster:
 class _Unconstrained(TrainParams):
     """The project's parameters without the monotone constraints."""
 
-    def lgb_params(self, objective: Objective) -> dict[str, object]:
-        params = super().lgb_params(objective)
+    def lgb_params(
+        self, objective: Objective, feature_names: tuple[str, ...] = FEATURE_NAMES
+    ) -> dict[str, object]:
+        params = super().lgb_params(objective, feature_names)
         del params["monotone_constraints"], params["monotone_constraints_method"]
         return params
 

@@ -56,3 +56,11 @@ def test_commands_print_the_summary_and_exit_with_failures(
     assert neither.exit_code == 2 and "--all-cities" in neither.output
     both = runner.invoke(app, ["promote", "--city", "jakarta", "--all-cities"])
     assert both.exit_code == 2
+
+
+def test_online_evidence_refuses_a_country_model() -> None:
+    """A country model has no challenger on live traffic: ``--evidence online --country`` is
+    bad input (exit 2), refused before the registry is asked."""
+    result = CliRunner().invoke(_app(), ["promote", "--country", "ID", "--evidence", "online"])
+    assert result.exit_code == 2, result.output
+    assert "--evidence offline" in result.output

@@ -111,7 +111,8 @@ def test_json_log_lines_carry_the_request_id() -> None:
 
 
 def test_a_failed_load_is_not_retried_by_every_request(tmp_path: object) -> None:
-    """A city without a Production model costs one registry call per TTL, not per request."""
+    """A city without a Production model (of its own, or of its country) costs one registry
+    call for each of the two per TTL, not per request."""
     from serving.metrics import Metrics
     from serving.registry_watch import ModelStore
 
@@ -122,19 +123,20 @@ def test_a_failed_load_is_not_retried_by_every_request(tmp_path: object) -> None
     calls = []
     resolve = store._resolve
 
-    def counting(city_id: str):  # type: ignore[no-untyped-def]
-        calls.append(city_id)
-        return resolve(city_id)
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return resolve(name)
 
     store._resolve = counting  # type: ignore[method-assign]
     for _ in range(3):
-        with pytest.raises(ModelNotFoundError):
+        with pytest.raises(ModelNotFoundError, match="nor of its country ID"):
             store.load("jakarta")
-    assert calls == ["jakarta"]
+    tried = ["matchmaking-jakarta", "matchmaking-country-id"]
+    assert calls == tried
     store._failures["jakarta"] = (0.0, store._failures["jakarta"][1])  # the TTL ran out
     with pytest.raises(ModelNotFoundError):
         store.load("jakarta")
-    assert calls == ["jakarta", "jakarta"]
+    assert calls == tried + tried
 
 
 @pytest.mark.parametrize(

@@ -19,25 +19,31 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from matchmaking.schema import FEATURE_NAMES, FEATURES
+from matchmaking.schema import ALL_FEATURES, FEATURE_NAMES
 
 # Plausible ranges per feature (uniform draws), so trees split where requests land.
 PIP_REQUIREMENTS = ["mlflow", "lightgbm", "numpy", "pandas"]
 
 
-def random_frame(n: int, seed: int) -> pd.DataFrame:
-    """Random rows with the contract's columns (float64), in contract order."""
+def random_frame(n: int, seed: int, names: Sequence[str] = FEATURE_NAMES) -> pd.DataFrame:
+    """Random rows with the columns ``names`` (float64; default the city contract), in order."""
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
-        {f.name: rng.uniform(*f.typical, n) for f in FEATURES}, columns=FEATURE_NAMES
+        {name: rng.uniform(*ALL_FEATURES[name].typical, n) for name in names}, columns=list(names)
     )
 
 
 def random_booster(
-    seed: int, objective: str = "binary", n: int = 3000, rounds: int = 30
+    seed: int,
+    objective: str = "binary",
+    n: int = 3000,
+    rounds: int = 30,
+    names: Sequence[str] = FEATURE_NAMES,
 ) -> lgb.Booster:
-    """A small booster; acceptance falls with ETA and rises with rating and heading home."""
-    x = random_frame(n, seed)
+    """A small booster; acceptance falls with ETA and rises with rating and heading home.
+    With the country contract (``schema.COUNTRY_FEATURE_NAMES``) it also depends on the city
+    context: faster cities and cheap fares for the city accept more."""
+    x = random_frame(n, seed, names)
     rng = np.random.default_rng(seed + 1)
     logit = (
         1.0
@@ -47,6 +53,8 @@ def random_booster(
         + 0.01 * x["minutes_to_shift_end"] / 10
         + rng.normal(0, 0.5, n)
     )
+    if "city_speed_now_kmh" in x:
+        logit += 0.15 * (x["city_speed_now_kmh"] - 30.0) - 1.0 * (x["fare_vs_city_reference"] - 1)
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
     params: dict[str, object] = {
         "objective": objective,
@@ -56,7 +64,7 @@ def random_booster(
         "num_threads": 1,
         "seed": seed,
     }
-    ds = lgb.Dataset(x.to_numpy(), y, feature_name=list(FEATURE_NAMES))
+    ds = lgb.Dataset(x.to_numpy(), y, feature_name=list(names))
     if objective == "lambdarank":
         ds.set_group(np.full(n // 10, 10))
     return lgb.train(params, ds, num_boost_round=rounds)
@@ -97,16 +105,19 @@ def register_model(
     driver_table: Path,
     objective: str = "binary",
     alias: str | None = "production",
+    version_tags: dict[str, str] | None = None,
+    model_tags: dict[str, str] | None = None,
 ) -> str:
     """Log ``booster`` as training does, register a version of ``name``; returns the version.
 
-    With ``alias`` set, the alias is moved to the new version (a promotion).
+    With ``alias`` set, the alias is moved to the new version (a promotion). ``version_tags``
+    and ``model_tags`` are added to the version's and (when it is created) the model's tags.
     """
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     exp_id = _experiment(client, f"serving-tests-{name}", tracking_uri)
-    example = random_frame(5, 0)
+    example = random_frame(5, 0, booster.feature_name())
     with mlflow.start_run(experiment_id=exp_id) as run:
         info = mlflow.lightgbm.log_model(
             booster,
@@ -119,7 +130,7 @@ def register_model(
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
+        client.create_registered_model(name, tags=model_tags)
     mv = client.create_model_version(
         name,
         info.model_uri,
@@ -128,6 +139,7 @@ def register_model(
         tags={
             "objective": objective,
             "score_kind": "probability" if objective == "binary" else "rank_score",
+            **(version_tags or {}),
         },
     )
     version = str(mv.version)

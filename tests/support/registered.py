@@ -14,6 +14,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from matchmaking.features.context import with_context
 from matchmaking.features.core import build_matrix
 from matchmaking.features.online import (
     DriverTable,
@@ -22,6 +23,14 @@ from matchmaking.features.online import (
     build_online_inputs,
 )
 from matchmaking.markets import get_market
+from matchmaking.registry.conventions import (
+    COUNTRY_TAG,
+    FEATURE_SET_TAG,
+    SCOPE_COUNTRY,
+    SCOPE_TAG,
+    country_model_name,
+)
+from matchmaking.schema import COUNTRY_FEATURE_NAMES
 from serving.settings import ServeSettings
 from support.model_factory import random_booster, register_model, write_driver_table
 
@@ -55,6 +64,32 @@ class Registered:
         self.versions.setdefault(city, []).append(version)
         return version
 
+    def country_name(self, country: str) -> str:
+        return country_model_name(self.prefix, country)
+
+    def register_country(self, country: str, seed: int, alias: str | None = "production") -> str:
+        """A country model (``<prefix>-country-<cc>``, the country contract, the tags
+        ``train-country`` sets); its booster and table are kept under ``country:<CC>``."""
+        booster = random_booster(seed, names=COUNTRY_FEATURE_NAMES)
+        key = f"country:{country.upper()}"
+        folder = self.tmp / f"{key.replace(':', '-')}-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = write_driver_table(folder / "driver_table.parquet", KNOWN_DRIVERS, seed)
+        tags = {SCOPE_TAG: SCOPE_COUNTRY, COUNTRY_TAG: country.upper()}
+        version = register_model(
+            self.uri,
+            self.country_name(country),
+            booster,
+            table,
+            alias=alias,
+            version_tags={**tags, FEATURE_SET_TAG: SCOPE_COUNTRY},
+            model_tags=tags,
+        )
+        self.boosters[f"{key}@{version}"] = booster
+        self.tables[f"{key}@{version}"] = table
+        self.versions.setdefault(key, []).append(version)
+        return version
+
 
 def serve_settings(reg: Registered, **overrides: object) -> ServeSettings:
     """Service settings pointing at the test registry (fast polling)."""
@@ -72,9 +107,10 @@ def serve_settings(reg: Registered, **overrides: object) -> ServeSettings:
 
 
 def expected_scores(
-    reg: Registered, city: str, version: str, body: dict[str, Any]
+    reg: Registered, city: str, version: str, body: dict[str, Any], country: str | None = None
 ) -> dict[str, float]:
-    """Booster.predict on the online feature matrix, by driver id (built outside the service)."""
+    """Booster.predict on the online feature matrix, by driver id (built outside the service);
+    with ``country``, of that country's model, on the matrix with ``city``'s context columns."""
     b = body["booking"]
     cands = body["candidates"]
     booking = OnlineBooking(
@@ -96,7 +132,11 @@ def expected_scores(
         home_lng=np.array([c["home"]["lng"] for c in cands]),
         eta_seconds=np.array([c.get("eta_seconds", np.nan) for c in cands], dtype=np.float64),
     )
-    table = DriverTable.from_parquet(reg.tables[f"{city}@{version}"])
-    matrix = build_matrix(build_online_inputs(get_market(city), [booking], rows, table))
-    scores = reg.boosters[f"{city}@{version}"].predict(matrix)
+    key = f"country:{country.upper()}@{version}" if country else f"{city}@{version}"
+    market = get_market(city)
+    table = DriverTable.from_parquet(reg.tables[key])
+    matrix = build_matrix(build_online_inputs(market, [booking], rows, table))
+    if country:
+        matrix = with_context(matrix, market)
+    scores = reg.boosters[key].predict(matrix)
     return dict(zip(rows.driver_id, scores.tolist(), strict=True))

@@ -25,6 +25,7 @@ class Arm:
     p_accept: float
     bookings: int
     served: bool = True
+    scope: str = "city"  # "country": answered by the city's country model (mm-country-<cc>)
 
 
 @dataclass
@@ -75,9 +76,11 @@ def write_traffic(
                         "city": city,
                         "decided_at": at,
                         "endpoint": "rank",
-                        "model_name": None if a.version is None else f"mm-{city}",
+                        "model_name": None
+                        if a.version is None
+                        else ("mm-country-id" if a.scope == "country" else f"mm-{city}"),
                         "model_version": a.version,
-                        "model_scope": "city" if a.version else "fallback",
+                        "model_scope": a.scope if a.version else "fallback",
                         "arm": a.arm,
                         "served": True,
                         "driver_id": drv,

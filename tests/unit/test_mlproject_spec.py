@@ -24,7 +24,7 @@ def test_no_parameter_defaults_to_an_empty_value(entry_point: str) -> None:
     assert not empty, f"{entry_point}: MLflow would log {empty} as ''"
 
 
-@pytest.mark.parametrize("entry_point", ["train", "main"])
+@pytest.mark.parametrize("entry_point", ["train", "train_country", "main"])
 def test_hyperparameter_defaults_are_train_yaml_values(entry_point: str) -> None:
     file_params = load_params()
     hyper = {k: v for k, v in _defaults(entry_point).items() if k in type(file_params).model_fields}

@@ -44,12 +44,13 @@ from matchmaking.evaluation.plots import (
     plot_importance,
     plot_policies,
 )
+from matchmaking.features.context import model_input
 from matchmaking.lake import storage
 from matchmaking.lake.storage import Location, LocationLike
+from matchmaking.markets import get_market
 from matchmaking.progress import SILENT, Progress
-from matchmaking.registry.conventions import CITY_TAG
+from matchmaking.registry.conventions import CITY_TAG, COUNTRY_TAG, SCOPE_COUNTRY, SCOPE_TAG
 from matchmaking.reporting.drift import evaluation_drift
-from matchmaking.schema import FEATURE_NAMES
 from matchmaking.scorer import Scorer, load_scorer
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,16 @@ def check_model_city(model_uri: str, city: str, tags: Mapping[str, str] | None =
         InputError: the model's ``city`` tag names another city.
         ModelNotFoundError: see ``model_tags``.
     """
-    model_city = (model_tags(model_uri) if tags is None else tags).get(CITY_TAG)
+    tags = model_tags(model_uri) if tags is None else tags
+    if tags.get(SCOPE_TAG) == SCOPE_COUNTRY:  # a country model scores each of its cities
+        country = get_market(city).country
+        if tags.get(COUNTRY_TAG, "").upper() != country:
+            raise InputError(
+                f"{model_uri} is the country model of {tags.get(COUNTRY_TAG)!r}, and {city!r} "
+                f"is a city of {country}; evaluate {country}'s country model or a {city} model"
+            )
+        return
+    model_city = tags.get(CITY_TAG)
     if model_city is None:
         logger.warning("%s has no city tag: cannot check it was trained for %s", model_uri, city)
     elif model_city != city:
@@ -225,7 +235,7 @@ def evaluate(
     rows, manifest = read_holdout(city, features_dir)
     progress.step(f"loading {model_uri}")
     scorer = load_model(model_uri, tags)
-    matrix = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    matrix = model_input(rows, scorer.feature_names, get_market(city))
     model_scores = np.asarray(scorer.predict(matrix), dtype=np.float64)
     probabilistic = scorer.score_kind == "probability"
     scores = policy_scores(rows, model_scores)

@@ -6,7 +6,9 @@ module joins them out of core in DuckDB (the files are scanned, never loaded who
 day is about 800k bookings and 6M decision rows) and reduces them to one row per booking:
 
 - the booking's *served* decision: its first answered request (``served`` true; a retry of the
-  same booking does not count twice), its arm and model version;
+  same booking does not count twice), its arm and model version (an answer of the city's
+  country model, ``model_scope`` country, is labelled ``<model name> v<N>``: never a version
+  of the city's own model);
 - its first offer (position 1) and that offer's outcome, the number of offers, the ETA of the
   offer that was accepted, and whether the trip completed.
 
@@ -192,7 +194,9 @@ _DECISION_COLUMNS = [
     "request_id",
     "booking_id",
     "decided_at",
+    "model_name",
     "model_version",
+    "model_scope",
     "arm",
     "served",
     "driver_id",
@@ -229,7 +233,16 @@ FROM per_booking GROUP BY arm, version ORDER BY arm, version
 
 def _load(con: duckdb.DuckDBPyConnection, decisions: str, outcomes: str | None) -> None:
     """Tables ``served`` (the served decision rows), ``per_booking`` and ``shadow_top``."""
-    con.execute(f"CREATE TEMP TABLE dec AS SELECT * FROM {decisions}")
+    # A version is a number of the city's own model; answers of its country's pooled model
+    # (``model_scope`` country, docs/pooled.md) are labelled ``<model name> v<N>`` so they
+    # never count as a version of the city's model.
+    con.execute(
+        f"""CREATE TEMP TABLE dec AS
+        SELECT *, CASE WHEN model_scope = 'country'
+                       THEN model_name || ' v' || coalesce(model_version, '')
+                       ELSE coalesce(model_version, '') END AS version
+        FROM {decisions}"""
+    )
     con.execute(
         """CREATE TEMP TABLE served AS
         WITH first_req AS (
@@ -253,7 +266,7 @@ def _load(con: duckdb.DuckDBPyConnection, decisions: str, outcomes: str | None) 
         """CREATE TEMP TABLE per_booking AS
         SELECT s.booking_id,
                any_value(s.arm) AS arm,
-               any_value(coalesce(s.model_version, '')) AS version,
+               any_value(s.version) AS version,
                max(o.outcome) FILTER (WHERE o.stage = 'offer' AND s.position = 1) AS first_outcome,
                count(o.outcome) FILTER (WHERE o.stage = 'offer') AS offers,
                max(s.eta_seconds) FILTER (WHERE o.stage = 'offer' AND o.outcome = 'accepted')
@@ -300,7 +313,7 @@ def _shadow_rows(con: duckdb.DuckDBPyConnection, confidence: float) -> list[ArmS
     shadow's first choice weighs 1 / (the served policy's ``first_propensity`` of it)."""
     rows = con.execute(
         """WITH sh AS (
-            SELECT booking_id, any_value(coalesce(model_version, '')) AS version,
+            SELECT booking_id, any_value(version) AS version,
                    arg_min(driver_id, position) AS top
             FROM dec WHERE NOT served GROUP BY booking_id),
         joined AS (

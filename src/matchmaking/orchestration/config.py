@@ -56,6 +56,16 @@ class PromotionConfig(BaseModel):
         return self.enabled and (self.cities is None or city in self.cities)
 
 
+class CountryModelsConfig(BaseModel):
+    """Whether ``matchmaking_train`` trains country models, pooled over the configured cities of
+    a country (docs/pooled.md), and from how many cities on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    min_cities: Annotated[int, Field(ge=1)] = 2
+
+
 class PipelineConfig(BaseModel):
     """Everything the DAGs need that is not code."""
 
@@ -70,6 +80,7 @@ class PipelineConfig(BaseModel):
     train_params: dict[str, str] = {}
     evaluate_seed: int = 7
     promotion: PromotionConfig = PromotionConfig()
+    country_models: CountryModelsConfig = CountryModelsConfig()
     retries: Annotated[int, Field(ge=0)] = 2
     retry_delay_minutes: Annotated[float, Field(ge=0.0)] = 5.0
     max_parallel_cities: Annotated[int, Field(ge=1)] = 16

@@ -208,3 +208,118 @@ def promote_city(cfg: PipelineConfig, evaluated: CityResult, actor: str) -> City
         raise MatchmakingError(f"{city}: promotion gate could not run: {outcome.detail}")
     logger.info("%s v%s: %s (%s)", city, outcome.version, outcome.status, outcome.detail)
     return {k: v for k, v in asdict(outcome).items() if k not in ("metrics", "report")}
+
+
+def plan_countries(
+    cfg: PipelineConfig, extras: list[CityResult], partition_key: str | None = None
+) -> list[dict[str, Any]]:
+    """The country models to train from features events (``extras``, oldest first).
+
+    A country is planned when ``country_models`` is enabled and at least ``min_cities`` of its
+    configured cities have published features, and all of its configured cities' newest events
+    are of the same day (the same windows): a run triggered by the first city's event of a
+    day plans nothing for the country, the run of its last city's event plans it. A run of one
+    city (``partition_key``) plans its country only when that city's event is the country's
+    newest: of the runs of one day exactly one trains the country model, so two runs never fit
+    and register it at once (the reuse of identical data is not a lock), and another country's
+    cities' runs never retrain it. A manual run (no key) plans every ready country; training
+    reuses the version of identical data, so a repeated plan registers nothing new.
+    """
+    if not cfg.country_models.enabled:
+        return []
+    from matchmaking.markets import catalogue
+
+    known = catalogue()
+    only = (
+        known.get(partition_key).country
+        if partition_key is not None and partition_key in known.ids()
+        else None
+    )
+    newest = {e["city"]: e for e in latest_per_city(extras)}
+    order = {e.get("city"): i for i, e in enumerate(extras)}  # each city's newest position
+    members: dict[str, list[str]] = {}
+    for city in cfg.cities:
+        members.setdefault(known.get(city).country, []).append(city)
+    plan = []
+    for country, cities in sorted(members.items()):
+        if len(cities) < cfg.country_models.min_cities or only not in (None, country):
+            continue
+        last = max((c for c in cities if c in newest), key=lambda c: order[c], default=None)
+        if only is not None and last != partition_key:
+            continue
+        waiting = [c for c in cities if c not in newest]
+        days = {newest[c].get("day") for c in cities if c in newest}
+        if waiting or len(days) != 1:
+            logger.info(
+                "%s: country model waits for features of %s (days seen: %s)",
+                country,
+                waiting or "the same day from every city",
+                sorted(str(d) for d in days),
+            )
+            continue
+        plan.append(
+            {
+                "country": country,
+                "day": days.pop(),
+                "features": {c: newest[c]["features_uri"] for c in cities},
+                "holdout_features": {c: newest[c]["holdout_features_uri"] for c in cities},
+            }
+        )
+    return plan
+
+
+def train_country(cfg: PipelineConfig, item: dict[str, Any]) -> dict[str, Any]:
+    """Run ``train_country`` on the country's cities' training features; reuses an identical
+    version."""
+    from mlflow.tracking import MlflowClient
+
+    from matchmaking.orchestration.projects import run_project, run_tags, step_environment
+    from matchmaking.registry.conventions import country_model_name
+    from matchmaking.training.pooled import experiment_label
+
+    country = item["country"]
+    features = ",".join(f"{c}={lake_location(u)}" for c, u in sorted(item["features"].items()))
+    with step_environment(cfg) as settings:
+        from matchmaking.orchestration.projects import city_experiment
+
+        run_id = run_project(
+            "train_country",
+            {"country": country, "features": features, **cfg.train_params},
+            city_experiment(settings, experiment_label(country)),
+            run_name=f"train-{experiment_label(country)}",
+        )
+        version = run_tags(run_id, "registered_version")["registered_version"]
+        reused = MlflowClient().get_run(run_id).data.tags.get("reused_version") == "true"
+        name = country_model_name(settings.model_name_prefix, country)
+    logger.info("%s: %s v%s%s", country, name, version, " (reused)" if reused else "")
+    return {
+        **item,
+        "train_run_id": run_id,
+        "model_name": name,
+        "version": version,
+        "reused": reused,
+    }
+
+
+def promote_country(cfg: PipelineConfig, trained: dict[str, Any], actor: str) -> dict[str, Any]:
+    """The promotion gate for a trained country version (where promotion is configured), on
+    the holdout of each of its cities; a refusal is an outcome, not a task failure.
+
+    Raises:
+        MatchmakingError: the gate could not run.
+    """
+    from matchmaking.errors import GateFailedError, MatchmakingError
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.registry.promote import promote
+
+    country = trained["country"]
+    if not cfg.promotion.enabled:
+        return {"country": country, "status": "not configured", "version": trained["version"]}
+    with step_environment(cfg) as settings:
+        (outcome,) = promote(
+            settings, [], countries=[country], version=trained["version"], actor=actor
+        )
+    if outcome.exit_code not in (0, GateFailedError.exit_code):
+        raise MatchmakingError(f"{country}: promotion gate could not run: {outcome.detail}")
+    logger.info("%s v%s: %s (%s)", country, outcome.version, outcome.status, outcome.detail)
+    return {k: v for k, v in asdict(outcome).items() if k not in ("metrics", "report")}

@@ -1,9 +1,11 @@
 """Typer commands ``promote`` and ``rollback``, registered by ``matchmaking.cli``.
 
 They parse options, call ``promote.promote`` (``online.promote_online`` with ``--evidence
-online``) / ``rollback.rollback``, print each city's gate
-report (promote) and the fleet summary, and exit with the highest failure code (7 = a gate
-refused a candidate).
+online``) / ``rollback.rollback`` / ``scope.choose``, print each model's gate report
+(promote) and the fleet summary, and exit with the highest failure code (7 = a gate refused a
+candidate). ``--country CC`` acts on the country model ``<prefix>-country-<cc>``;
+``--all-cities`` covers the country models too (offline evidence only: a country model has no
+challenger on live traffic).
 """
 
 from __future__ import annotations
@@ -33,12 +35,28 @@ CityOption = Annotated[
     ),
 ]
 AllCitiesOption = Annotated[
-    bool, typer.Option("--all-cities", help="Every city that has a registered model.")
+    bool,
+    typer.Option(
+        "--all-cities",
+        help="Every city that has a registered model, and every country model (countries first).",
+    ),
+]
+CountryOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--country",
+        help="Country model to act on (<prefix>-country-<cc>), by ISO code; repeatable or a "
+        "comma list (ID,TH). With --city: both.",
+    ),
 ]
 
 
+def _split(values: list[str] | None) -> list[str]:
+    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
+
+
 def _targets(city: list[str] | None, all_cities: bool) -> list[str] | None:
-    cities = [c.strip() for value in city or [] for c in value.split(",") if c.strip()]
+    cities = _split(city)
     if all_cities and cities:
         raise InputError("give either --city or --all-cities, not both")
     if not all_cities and not cities:
@@ -62,6 +80,20 @@ def _day(value: str | None, option: str) -> date | None:
         raise InputError(f"{option} {value!r} is not a date; use YYYY-MM-DD") from None
 
 
+def _fleet_targets(
+    city: list[str] | None, country: list[str] | None, all_cities: bool
+) -> tuple[list[str] | None, list[str] | None]:
+    """``(cities, countries)`` to act on; ``(None, None)``: every registered model."""
+    cities, countries = _split(city), [c.upper() for c in _split(country)]
+    if all_cities and (cities or countries):
+        raise InputError("give --city / --country or --all-cities, not both")
+    if not all_cities and not (cities or countries):
+        raise InputError(
+            "name the models with --city X or --country CC (repeatable) or pass --all-cities"
+        )
+    return (None, None) if all_cities else (cities, countries)
+
+
 def _finish(outcomes: list[CityOutcome]) -> None:
     typer.echo(format_summary(outcomes))
     code = exit_code(outcomes)
@@ -72,6 +104,7 @@ def _finish(outcomes: list[CityOutcome]) -> None:
 def promote_command(
     city: CityOption = None,
     all_cities: AllCitiesOption = False,
+    country: CountryOption = None,
     version: Annotated[
         str | None, typer.Option(help="Candidate version (default: the newest); one city only.")
     ] = None,
@@ -108,10 +141,19 @@ def promote_command(
         typer.Option(help="Online evidence: last day of decisions, YYYY-MM-DD (default: all)."),
     ] = None,
 ) -> None:
-    """Move Production to a candidate version only if it passes the promotion gate."""
+    """Move Production to a candidate version only if it passes the promotion gate.
+
+    A country model is gated on the holdout of each city it was pooled from; after Production
+    moves, the serving choice (own or country model) of the cities concerned is made again.
+    """
     try:
         if evidence is Evidence.online:
             refuse_offline_options(version, holdout)
+            if country:
+                raise InputError(
+                    "--evidence online gates a city's challenger on its live traffic; a country "
+                    "model gets no challenger traffic: promote it with --evidence offline"
+                )
             outcomes = promote_online(
                 Settings(),
                 _targets(city, all_cities),
@@ -124,9 +166,11 @@ def promote_command(
         else:
             if since is not None or until is not None:
                 raise InputError("--since and --until choose the window of --evidence online")
+            cities, countries = _fleet_targets(city, country, all_cities)
             outcomes = promote(
                 Settings(),
-                _targets(city, all_cities),
+                cities,
+                countries=countries,
                 version=version,
                 dry_run=dry_run,
                 holdout=holdout,
@@ -145,6 +189,7 @@ def promote_command(
 def rollback_command(
     city: CityOption = None,
     all_cities: AllCitiesOption = False,
+    country: CountryOption = None,
     to: Annotated[
         str | None,
         typer.Option(help="Version to put back (default: the previous Production); one city."),
@@ -155,7 +200,40 @@ def rollback_command(
 ) -> None:
     """Put the previous (or the given) version back in Production, without the gate."""
     try:
-        outcomes = rollback(Settings(), _targets(city, all_cities), to=to, actor=actor)
+        cities, countries = _fleet_targets(city, country, all_cities)
+        outcomes = rollback(Settings(), cities, to=to, actor=actor, countries=countries)
+    except MatchmakingError as exc:
+        typer.echo(cli_lines(str(exc)), err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    _finish(outcomes)
+
+
+def scope_command(
+    city: CityOption = None,
+    all_cities: AllCitiesOption = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compare and report; record nothing.")
+    ] = False,
+    holdout: Annotated[
+        str | None,
+        typer.Option(help="Holdout feature dataset of the city (default: found); one city only."),
+    ] = None,
+    gate_config: Annotated[
+        Path | None, typer.Option(help="Gate thresholds YAML (default: the packaged gate.yaml).")
+    ] = None,
+) -> None:
+    """Choose which Production model serves each city, its own or its country's, and record
+    why on the city's registered model (tags serving.*; docs/pooled.md)."""
+    from matchmaking.registry.scope import choose
+
+    try:
+        outcomes = choose(
+            Settings(),
+            _targets(city, all_cities),
+            holdout=holdout,
+            thresholds=load_thresholds(gate_config),
+            dry_run=dry_run,
+        )
     except MatchmakingError as exc:
         typer.echo(cli_lines(str(exc)), err=True)
         raise typer.Exit(exc.exit_code) from exc

@@ -31,6 +31,59 @@ def model_name(prefix: str, city: str, model_type: str = DEFAULT_MODEL_TYPE) -> 
     return f"{prefix}-{model_type}-{city}"
 
 
+# -- country models ----------------------------------------------------------------------------
+#
+# One pooled model per country: ``<prefix>-country-<cc>`` (``cc``: the ISO 3166 alpha-2 code in
+# lower case; ``<prefix>-<type>-country-<cc>`` for another model type). City ids may never
+# begin with ``country-`` (``markets.RESERVED_ID_PREFIXES``), so a country model's name is never
+# any city's: ``city_of_model`` refuses it by its ``scope`` tag and by its shape.
+
+#: Registered-model (and version) tag: ``city`` (a city's own model, the default for untagged
+#: models) or ``country`` (pooled over a country's cities).
+SCOPE_TAG = "scope"
+SCOPE_CITY = "city"
+SCOPE_COUNTRY = "country"
+#: Registered-model (and version) tag of a country model: its ISO 3166 alpha-2 code.
+COUNTRY_TAG = "country"
+#: Version tag of a country model: the comma-separated ids of the cities it was pooled from.
+POOLED_CITIES_TAG = "pooled_cities"
+#: Version tag: which input contract the version takes (``city``: ``schema.FEATURE_NAMES``;
+#: ``country``: ``schema.COUNTRY_FEATURE_NAMES``). Untagged versions take ``city``.
+FEATURE_SET_TAG = "feature_set"
+COUNTRY_NAME_PART = "country"
+
+
+def country_model_name(prefix: str, country: str, model_type: str = DEFAULT_MODEL_TYPE) -> str:
+    """The registered model pooled over ``country``'s cities: ``<prefix>-country-<cc>``."""
+    code = country.lower()
+    if model_type == DEFAULT_MODEL_TYPE:
+        return f"{prefix}-{COUNTRY_NAME_PART}-{code}"
+    return f"{prefix}-{model_type}-{COUNTRY_NAME_PART}-{code}"
+
+
+def country_of_model(name: str, prefix: str, tags: Mapping[str, str] | None = None) -> str | None:
+    """The country (upper-case alpha-2) whose acceptance model ``name`` is, or None.
+
+    Tagged models (``scope=country``, ``country=<CC>``) must be exactly
+    ``country_model_name(prefix, CC)``; an untagged one must have that shape for a two-letter
+    code. A city's model, another model type or another prefix is never a country's.
+    """
+    tags = tags or {}
+    if tags.get(MODEL_TYPE_TAG, DEFAULT_MODEL_TYPE) != DEFAULT_MODEL_TYPE:
+        return None
+    scope = tags.get(SCOPE_TAG)
+    if scope is not None and scope != SCOPE_COUNTRY:
+        return None
+    code = tags.get(COUNTRY_TAG)
+    if code is not None:
+        return code.upper() if name == country_model_name(prefix, code) else None
+    head = f"{prefix}-{COUNTRY_NAME_PART}-"
+    rest = name[len(head) :] if name.startswith(head) else ""
+    if len(rest) == 2 and rest.isalpha() and rest.islower():
+        return rest.upper()
+    return None
+
+
 def city_of_model(
     name: str,
     prefix: str,
@@ -44,13 +97,18 @@ def city_of_model(
     (registered before the tags) is ``<prefix>-<rest>`` with ``rest`` one of the known
     ``cities`` (the catalogue) when they are given. A name with more parts than
     ``<prefix>-<city>`` (``matchmaking-cancellation-jakarta``, a model of another prefix that
-    begins with this one) is not any city's model.
+    begins with this one) is not any city's model, nor is a country model
+    (``<prefix>-country-<cc>``, or ``scope`` other than ``city``).
     """
     tags = tags or {}
     head = f"{prefix}-"
     if not name.startswith(head):
         return None
     if tags.get(MODEL_TYPE_TAG, DEFAULT_MODEL_TYPE) != DEFAULT_MODEL_TYPE:
+        return None
+    if tags.get(SCOPE_TAG, SCOPE_CITY) != SCOPE_CITY:
+        return None
+    if name.startswith(f"{head}{COUNTRY_NAME_PART}-"):  # a country model, never a city's
         return None
     city = tags.get(CITY_TAG)
     if city is not None:
@@ -147,6 +205,37 @@ CHALLENGER_MODES = (CHALLENGER_SPLIT, CHALLENGER_SHADOW)
 #: Registered-model tag: the Plackett-Luce exploration temperature of the city's answers
 #: (overrides ``MATCHMAKING_SERVE_EXPLORATION``; "0": the greedy order).
 EXPLORATION_TAG = "serving.exploration_temperature"
+
+# -- which model serves a city: tags on the CITY's registered model, written by ``scope`` ------
+#
+# ``registry.scope`` compares the city's own Production version with its country's Production
+# version on the city's holdout (the gate's measurements) and records the choice on the city's
+# registered model, so one paged ``search_registered_models`` returns every city's choice with
+# the aliases. Serving reads ``serving.scope`` (and ``serving.model``); the rest says why. A
+# city with no registered model, or no ``serving.scope`` tag, is served by its own Production
+# version when it has one, else by its country's (docs/pooled.md).
+
+#: ``city`` or ``country``: whose Production version scores the city's requests.
+SERVING_SCOPE_TAG = "serving.scope"
+#: The registered model that serves the city (``<prefix>-<city>`` or ``<prefix>-country-<cc>``).
+SERVING_MODEL_TAG = "serving.model"
+#: Why, in words, with the figures.
+SERVING_REASON_TAG = "serving.reason"
+#: The Production versions compared ("" when the model has none).
+SERVING_CITY_VERSION_TAG = "serving.city_version"
+SERVING_COUNTRY_VERSION_TAG = "serving.country_version"
+SERVING_DECIDED_AT_TAG = "serving.decided_at"
+#: The holdout dataset the choice was measured on (digest; "" when nothing was measured).
+SERVING_HOLDOUT_DIGEST_TAG = "serving.holdout_digest"
+#: Prefix of the figures: ``serving.city.<metric>``, ``serving.country.<metric>`` (``auc``,
+#: ``acceptance``) and ``serving.difference.<metric>`` (country - city, paired).
+SERVING_METRIC_PREFIX = "serving."
+
+
+def serving_metric_tag(who: str, metric: str) -> str:
+    """``serving.<who>.<metric>``: ``who`` is ``city``, ``country`` or ``difference``."""
+    return f"{SERVING_METRIC_PREFIX}{who}.{metric}"
+
 
 # -- CI ids, on promote runs and on the versions they move ------------------------------------
 

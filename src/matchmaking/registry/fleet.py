@@ -10,13 +10,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from matchmaking.config import Settings
 from matchmaking.errors import MatchmakingError
 from matchmaking.markets import catalogue
-from matchmaking.registry.conventions import city_of_model
+from matchmaking.registry.conventions import city_of_model, country_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,40 @@ def format_summary(outcomes: list[CityOutcome]) -> str:
         cells = [str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, str(r[-1])]).rstrip())
     failed = sum(1 for o in outcomes if o.exit_code)
-    lines.append(f"{len(outcomes)} city(ies), {failed} failed")
+    countries = sum(1 for o in outcomes if o.city.startswith(COUNTRY_TARGET_PREFIX))
+    what = f"{len(outcomes) - countries} city(ies)" + (
+        f", {countries} country model(s)" if countries else ""
+    )
+    lines.append(f"{what}, {failed} failed")
     return "\n".join(lines)
+
+
+#: How a country model is named among the fleet's targets and outcomes: ``country:<CC>``.
+COUNTRY_TARGET_PREFIX = "country:"
+
+
+def _registered_models(client: MlflowClient, prefix: str) -> list[RegisteredModel]:
+    """Every registered model whose name begins with ``<prefix>-`` (one paged search)."""
+    models: list[RegisteredModel] = []
+    token: str | None = None
+    while True:
+        page = client.search_registered_models(
+            filter_string=f"name LIKE '{prefix}-%'", max_results=200, page_token=token
+        )
+        models.extend(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def registered_countries(client: MlflowClient, settings: Settings) -> list[str]:
+    """Every country (alpha-2, upper case) that has a registered model ``<prefix>-country-<cc>``
+    (``conventions.country_of_model``), sorted."""
+    prefix = settings.model_name_prefix
+    found = {
+        country_of_model(rm.name, prefix, tags=rm.tags) for rm in _registered_models(client, prefix)
+    }
+    return sorted(c for c in found if c is not None)
 
 
 def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
@@ -78,20 +111,13 @@ def registered_cities(client: MlflowClient, settings: Settings) -> list[str]:
     prefix = settings.model_name_prefix
     known = catalogue()
     cities: list[str] = []
-    token: str | None = None
-    while True:
-        page = client.search_registered_models(
-            filter_string=f"name LIKE '{prefix}-%'", max_results=200, page_token=token
-        )
-        for rm in page:
-            city = city_of_model(rm.name, prefix, known, tags=rm.tags)
-            if city is None:
-                logger.debug("%s is not a model <%s>-<city>: left out", rm.name, prefix)
-            else:
-                cities.append(city)
-        token = page.token
-        if not token:
-            return sorted(cities)
+    for rm in _registered_models(client, prefix):
+        city = city_of_model(rm.name, prefix, known, tags=rm.tags)
+        if city is None:
+            logger.debug("%s is not a model <%s>-<city>: left out", rm.name, prefix)
+        else:
+            cities.append(city)
+    return sorted(cities)
 
 
 def for_each_city(

@@ -30,9 +30,11 @@ from matchmaking.evaluation.offpolicy import (
     paired_difference,
 )
 from matchmaking.evaluation.replay import pick_best
+from matchmaking.features.context import add_context
+from matchmaking.markets import Market
 from matchmaking.registry.conventions import SCORE_PROBABILITY
 from matchmaking.registry.gate import GATE_METRICS, Canary, GateThresholds, canary_checks
-from matchmaking.schema import FEATURE_NAMES, GROUP_COLUMN
+from matchmaking.schema import GROUP_COLUMN
 from matchmaking.scorer import load_scorer
 
 logger = logging.getLogger(__name__)
@@ -57,14 +59,17 @@ class Holdout:
     log: FirstOffers
 
     @classmethod
-    def of(cls, rows: pd.DataFrame) -> Holdout:
-        """The holdout of ``rows``.
+    def of(cls, rows: pd.DataFrame, market: Market | None = None) -> Holdout:
+        """The holdout of ``rows`` (with ``market``: its city context columns added, so a
+        country model can be measured on it as well as the city's own).
 
         Raises:
             InputError: the rows carry no decision log (published before propensities were
                 logged): process the window again.
             DataQualityError: the decision log cannot support an estimate.
         """
+        if market is not None:
+            rows = add_context(rows, market)
         return cls(rows, decision_log(rows))
 
 
@@ -77,7 +82,12 @@ def measure(name: str, mv: ModelVersion, holdout: Holdout, thresholds: GateThres
         canary = Canary(False, False, False, math.inf, f"{uri} does not load: {exc}")
         return Measured(str(mv.version), dict.fromkeys(GATE_METRICS, math.nan), canary)
     rows = holdout.rows
-    x = rows[list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    names = list(booster.feature_names)  # a country model's input adds the city context
+    missing = [n for n in names if n not in rows.columns]
+    if missing:
+        canary = Canary(False, False, False, math.inf, f"{uri}: the holdout lacks {missing}")
+        return Measured(str(mv.version), dict.fromkeys(GATE_METRICS, math.nan), canary)
+    x = rows[names].to_numpy(dtype=np.float64)
     scores = np.asarray(booster.predict(x), dtype=np.float64)
     probabilistic = booster.score_kind == SCORE_PROBABILITY
     auc = float(logged_metrics(rows, {"model": scores}, probabilistic).loc["model", "auc"])
@@ -144,7 +154,7 @@ def _canary(
     groups = pd.factorize(rows[GROUP_COLUMN])[0]
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
     bounds = list(zip(starts, np.r_[starts[1:], len(groups)], strict=True))
-    features = rows[list(FEATURE_NAMES)].astype("float64")
+    features = rows[list(booster.feature_names)].astype("float64")  # type: ignore[attr-defined]
     canary = features.iloc[: bounds[min(thresholds.canary_bookings, len(bounds)) - 1][1]]
     scores = np.asarray(booster.predict(canary), dtype=np.float64)  # type: ignore[attr-defined]
     finite, in_range = canary_checks(scores, len(canary), probabilistic)

@@ -50,7 +50,7 @@ from matchmaking.registry.conventions import (
 from matchmaking.registry.fleet import CityOutcome, for_each_city, registered_cities
 from matchmaking.registry.gate import GateResult, GateThresholds, load_thresholds
 from matchmaking.registry.production import current_production, is_not_found
-from matchmaking.registry.promote import gate_city_locked, move, refuse
+from matchmaking.registry.promote import gate_city_locked, move, refresh_choices, refuse
 from matchmaking.registry.report import experiment_id
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ def _gate_city(
             CHALLENGER_ALIAS,
             exc,
         )
+    refresh_choices(ctx, [city], moved)
     return moved
 
 

@@ -45,6 +45,8 @@ class Labelled:
         propensity: the logging policy's probability of the row's offer given the offers
             before it (``offer_propensity``; never a feature), or None for a dataset
             published before the decision log carried it.
+        names: the columns of ``x`` (``FEATURE_NAMES``; a country model's pooled rows add
+            the context features, ``schema.COUNTRY_FEATURE_NAMES``).
     """
 
     x: npt.NDArray[np.float32]
@@ -52,13 +54,16 @@ class Labelled:
     day: npt.NDArray[np.datetime64]
     booking: npt.NDArray[np.int64]
     propensity: npt.NDArray[np.float64] | None = None
+    names: tuple[str, ...] = FEATURE_NAMES
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, keep: npt.NDArray[np.bool_]) -> Labelled:
         p = self.propensity[keep] if self.propensity is not None else None
-        return Labelled(self.x[keep], self.y[keep], self.day[keep], self.booking[keep], p)
+        return Labelled(
+            self.x[keep], self.y[keep], self.day[keep], self.booking[keep], p, self.names
+        )
 
     def group_sizes(self) -> npt.NDArray[np.int64]:
         """Rows per booking, in order (LightGBM's query groups)."""

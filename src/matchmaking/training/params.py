@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from matchmaking.config import load_yaml_model
 from matchmaking.errors import ConfigError, field_problems
-from matchmaking.schema import FEATURES
+from matchmaking.schema import ALL_FEATURES, FEATURE_NAMES
 
 DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "config" / "train.yaml"
 
@@ -58,8 +58,11 @@ class TrainParams(BaseModel):
     ipw_clip: float = Field(10.0, ge=1)
     ipw_min_gain: float = 0.0
 
-    def lgb_params(self, objective: Objective) -> dict[str, object]:
-        """LightGBM parameters for one objective, deterministic given the seed."""
+    def lgb_params(
+        self, objective: Objective, feature_names: tuple[str, ...] = FEATURE_NAMES
+    ) -> dict[str, object]:
+        """LightGBM parameters for one objective on ``feature_names`` (the city contract by
+        default; a country model's adds the context features), deterministic given the seed."""
         params: dict[str, object] = {
             "objective": objective,
             "learning_rate": self.learning_rate,
@@ -74,7 +77,7 @@ class TrainParams(BaseModel):
             "deterministic": True,
             "force_row_wise": True,
             "verbosity": -1,
-            "monotone_constraints": [f.monotone for f in FEATURES],
+            "monotone_constraints": [ALL_FEATURES[n].monotone for n in feature_names],
             "monotone_constraints_method": "intermediate",
         }
         if objective == "binary":

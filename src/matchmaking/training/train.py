@@ -143,7 +143,7 @@ def fit(
     inverse propensities (``training.weighting.ipw_weights``), so early stopping watches the
     weighted validation loss too; ``valid_auc`` is always the unweighted logged AUC."""
     train, valid = _as_labelled(train), _as_labelled(valid)
-    names = list(FEATURE_NAMES)
+    names = list(train.names)
     w_train = w_valid = None
     if sample_weight == "ipw":
         w_train = ipw_weights(train.propensity, train.booking, objective, params.ipw_clip)
@@ -169,7 +169,7 @@ def fit(
     label = objective if sample_weight == "none" else f"{objective} ({sample_weight} weights)"
     rounds = progress.rounds(f"fitting {label}", params.num_boost_round)
     booster = lgb.train(
-        params.lgb_params(objective),
+        params.lgb_params(objective, train.names),
         dtrain,
         num_boost_round=params.num_boost_round,
         valid_sets=[dvalid],
