@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dagworld import LOGICAL_DATE, WORLD_DAYS, WORLD_START, pipeline_config
+from support.dagworld import (
+    LOGICAL_DATE,
+    SUMMARY_DAYS,
+    WINDOW_DAYS,
+    WORLD_DAYS,
+    WORLD_START,
+    day_labels,
+    pipeline_config,
+)
 from support.deployment import (
     RUN_TIMEOUT_S,
     pipeline_deployment,
@@ -94,7 +102,7 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     cfg = PipelineConfig.model_validate(config)
     heavy_suffix = cfg.task_suffix(heavy_q)
 
-    def on_heavy_queue(task_id: str) -> bool:  # plan_<suffix> is light: the default queue
+    def on_heavy_queue(task_id: str) -> bool:  # plan_*<suffix> are light: the default queue
         return task_id.endswith(heavy_suffix) and not task_id.startswith("plan")
 
     workers = {"worker-a": [default_q], "worker-b": [heavy_q, default_q]}
@@ -137,8 +145,16 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     assert set(ran_on.values()) == {"worker-a", "worker-b"}, ran_on
     heavy = {k: w for k, w in ran_on.items() if on_heavy_queue(k[0])}
     assert {k[0] for k in heavy} == {
-        f"{step}{heavy_suffix}" for step in ("process", "publish", "train", "evaluate")
+        f"{step}{heavy_suffix}"
+        for step in ("summarise", "process_day", "process", "publish", "train", "evaluate")
     }
+    # One per-day task instance per (city, day) of the fresh lake, the heavy city's on its queue.
+    for step, days in (("summarise", SUMMARY_DAYS), ("process_day", WINDOW_DAYS)):
+        labels = {t["rendered_map_index"] for _, t in tis if t["task_id"].startswith(step)}
+        assert labels == day_labels(CITIES, days), step
+        assert {t["rendered_map_index"] for _, t in tis if t["task_id"] == step + heavy_suffix} == (
+            day_labels([HEAVY], days)
+        )
     assert set(heavy.values()) == {"worker-b"}, heavy
     for city, t in tis:
         expected = heavy_q if on_heavy_queue(t["task_id"]) else default_q

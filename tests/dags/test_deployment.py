@@ -9,14 +9,23 @@ other city's training.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from support.dagworld import CITIES, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.dagworld import (
+    CITIES,
+    LOGICAL_DATE,
+    SUMMARY_DAYS,
+    WINDOW_DAYS,
+    AirflowEnv,
+    day_labels,
+    fresh_lake,
+    pipeline_config,
+)
 from support.deployment import (
     RUN_TIMEOUT_S,
+    AirflowDeployment,
     pipeline_deployment,
     registered_versions,
     training_runs,
@@ -29,13 +38,21 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
     airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    with pipeline_deployment(tmp_path, pipeline_config(airflow_env.lake), tracking_server.uri) as (
+    lake = fresh_lake(airflow_env.lake, tmp_path)  # nothing processed yet
+    with pipeline_deployment(tmp_path, pipeline_config(lake), tracking_server.uri) as (
         airflow,
         prefix,
     ):
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         assert data["state"] == "success", airflow.logs("scheduler")
+        # The fan-out ran one task instance per missing (city, day), on the executor.
+        data_tis = airflow.task_instances("matchmaking_data", run_id)
+        for task_id, days in (("summarise", SUMMARY_DAYS), ("process_day", WINDOW_DAYS)):
+            mapped = [t for t in data_tis if t["task_id"] == task_id]
+            assert {t["state"] for t in mapped} == {"success"}, mapped
+            assert len(mapped) == len(CITIES) * len(days)
+            assert {t["rendered_map_index"] for t in mapped} == day_labels(CITIES, days)
         for city, trained in training_runs(airflow, CITIES).items():
             assert trained["state"] == "success", (city, airflow.logs("scheduler"))
             tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
@@ -56,8 +73,7 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
     airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     # A copy of the tiny world in which one of Bangkok's raw partitions is not parquet.
-    lake = tmp_path / "data" / "lake"
-    shutil.copytree(airflow_env.lake, lake)
+    lake = fresh_lake(airflow_env.lake, tmp_path)
     broken = lake / "raw" / "city=bangkok" / "date=2026-08-06" / "bookings.parquet"
     assert broken.exists()
     broken.write_bytes(b"not parquet: a truncated upload")
@@ -68,12 +84,25 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         assert data["state"] == "failed"
-        # The city group is mapped over CITIES: map index 0 is Jakarta, 1 Bangkok.
+        # Task instances by their label: the city, or "city day" for the per-day tasks.
         tis = {
-            (t["task_id"], CITIES[t["map_index"]]): t
+            (t["task_id"], t["rendered_map_index"]): t
             for t in airflow.task_instances("matchmaking_data", run_id)
         }
-        # Bangkok failed after its retry; Jakarta processed and published all the same.
+        # The broken day failed its own summarise task after its retry; the Bangkok days
+        # whose history needs it failed naming it; the day before it was built.
+        states = {k: t["state"] for k, t in tis.items() if k[0] in ("summarise", "process_day")}
+        failed_summaries = {("summarise", "bangkok 2026-08-06")}
+        failed_days = {("process_day", f"bangkok 2026-08-{d:02d}") for d in range(6, 11)}
+        assert {k for k, v in states.items() if v == "failed"} == failed_summaries | failed_days
+        assert set(states) == {("summarise", c) for c in day_labels(CITIES, SUMMARY_DAYS)} | {
+            ("process_day", c) for c in day_labels(CITIES, WINDOW_DAYS)
+        }
+        assert tis[("summarise", "bangkok 2026-08-06")]["try_number"] == 2
+        assert {v for k, v in states.items() if k not in failed_summaries | failed_days} == {
+            "success"
+        }
+        # Bangkok's window failed after its retry; Jakarta processed and published all the same.
         assert tis[("process", "bangkok")]["state"] == "failed"
         assert tis[("process", "bangkok")]["try_number"] == 2
         assert tis[("publish", "bangkok")]["state"] == "upstream_failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -27,6 +28,20 @@ WORLD_START = date(2026, 8, 1)
 WORLD_DAYS = 10
 # The run of this logical date processes 2026-08-05..08 (train) and 2026-08-09..10 (holdout).
 LOGICAL_DATE = datetime(2026, 8, 11, 2, 0, tzinfo=UTC)
+WINDOW_DAYS = [f"2026-08-{d:02d}" for d in range(5, 11)]  # the features it builds
+SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(1, 11)]  # with the history's summaries
+
+
+def fresh_lake(world: Path, parent: Path) -> Path:
+    """A lake holding only ``world``'s raw data (nothing processed yet) under ``parent``."""
+    lake = parent / "data" / "lake"
+    shutil.copytree(world / "raw", lake / "raw")
+    return lake
+
+
+def day_labels(cities: list[str], days: list[str]) -> set[str]:
+    """The labels (rendered map indexes) of the (city, day) task instances."""
+    return {f"{c} {d}" for c in cities for d in days}
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,11 @@ class PipelineConfig(BaseModel):
         """Task id suffix of a queue's tasks: none on the default queue, ``_<queue>`` else."""
         return "" if queue == self.default_queue else "_" + queue.replace("-", "_")
 
+    def plan_key(self, step: str, queue: str) -> str:
+        """The key of the data DAG's plan listing the (city, day) pairs of ``step``
+        (``summarise`` or ``process_day``) on ``queue``: the step's task id."""
+        return f"{step}{self.task_suffix(queue)}"
+
     @property
     def retry_delay(self) -> timedelta:
         return timedelta(minutes=self.retry_delay_minutes)

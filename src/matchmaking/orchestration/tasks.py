@@ -31,8 +31,132 @@ def data_windows(cfg: PipelineConfig, day: date) -> Windows:
     return windows(end, cfg.windows.train_days, cfg.windows.holdout_days)
 
 
-def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
-    """Run ``process_data`` on the training and the holdout window of ``city``."""
+DayItem = dict[str, str]  # {"city": ..., "day": "YYYY-MM-DD"}: one mapped task instance
+
+
+def _span(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def plan_days(cfg: PipelineConfig, day: date) -> dict[str, list[DayItem]]:
+    """The (city, day) pairs the run for ``day`` has to build, by executor queue.
+
+    Per city: the days from the first history day of the training window to the end of the
+    holdout window whose summary is not published for today's inputs (``summarise``), and
+    the days of the two windows whose feature partition is not (``process_day``). "Today's
+    inputs" are the digests of the raw files, the roster and the code (``processing.day``):
+    a day whose raw data changed is missing again. Nothing is validated or built here; every
+    queue has both keys (an empty list maps no task instance).
+    """
+    from matchmaking import lake
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.processing.day import DayProcessor
+    from matchmaking.processing.inputs import history_from
+
+    w = data_windows(cfg, day)
+    plan: dict[str, list[DayItem]] = {}
+    for queue in cfg.cities_by_queue():
+        plan[cfg.plan_key("summarise", queue)] = []
+        plan[cfg.plan_key("process_day", queue)] = []
+    with step_environment(cfg) as settings:
+        for city in cfg.cities:
+            proc = DayProcessor(settings, city, cfg.max_bad_share)
+            first = history_from(w.train_start, lake.list_dates(settings.lake_dir, city))
+            queue = cfg.queue_of(city)
+            summaries = proc.missing_summaries(_span(first, w.holdout_end))
+            days = [d for d in _span(w.train_start, w.holdout_end) if proc.find_day(d) is None]
+            plan[cfg.plan_key("summarise", queue)] += [
+                {"city": city, "day": d.isoformat()} for d in summaries
+            ]
+            plan[cfg.plan_key("process_day", queue)] += [
+                {"city": city, "day": d.isoformat()} for d in days
+            ]
+            logger.info(
+                "%s: %d summaries and %d feature days to build (%s..%s)",
+                city,
+                len(summaries),
+                len(days),
+                w.train_start,
+                w.holdout_end,
+            )
+    return plan
+
+
+def summarise_city_day(cfg: PipelineConfig, city: str, day: date) -> DayItem:
+    """Validate one city-day and publish its summary (reused when published).
+
+    Raises:
+        DataQualityError: too many of the day's rows are bad (nothing published).
+        StorageError: the day's raw partitions are missing.
+    """
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.processing.day import DayProcessor
+
+    with step_environment(cfg) as settings:
+        summary = DayProcessor(settings, city, cfg.max_bad_share).ensure_summary(day)
+    return {"city": city, "day": day.isoformat(), "summary_digest": summary.digest}
+
+
+def process_city_day(cfg: PipelineConfig, city: str, day: date) -> CityResult:
+    """Build one city-day's feature partition (``matchmaking process-day``, its own MLflow
+    run) from the summaries the ``summarise`` tasks published.
+
+    Raises:
+        DataQualityError: a summary its history needs is not published (that day's own
+            task failed: it names the day), or the day itself is over the bad-row limit.
+    """
+    from matchmaking import lake
+    from matchmaking.errors import DataQualityError
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.processing.day import DayProcessor
+    from matchmaking.processing.step import process_day
+
+    with step_environment(cfg) as settings:
+        proc = DayProcessor(settings, city, cfg.max_bad_share)
+        missing = proc.missing_summaries([*proc.history_days(day), day])
+        if missing:
+            raise DataQualityError(
+                f"{city} {day}: the summaries of {lake.describe_days(missing)} are not "
+                "published, and this day's features need them (its 28-day history, or its "
+                "own validation). Their summarise tasks failed or did not run: fix those days "
+                "and clear their tasks, then this one"
+            )
+        result = process_day(settings, city, day, cfg.max_bad_share, processor=proc)
+    return {
+        "city": city,
+        "day": day.isoformat(),
+        "digest": result.digest,
+        "rows": int(result.manifest["rows"]),  # type: ignore[call-overload]
+        "reused": result.reused,
+    }
+
+
+def missing_window_days(cfg: PipelineConfig, city: str, day: date) -> list[date]:
+    """The days of ``city``'s two windows whose feature partition is not published."""
+    from matchmaking.orchestration.projects import step_environment
+    from matchmaking.processing.day import DayProcessor
+
+    w = data_windows(cfg, day)
+    with step_environment(cfg) as settings:
+        proc = DayProcessor(settings, city, cfg.max_bad_share)
+        return [d for d in _span(w.train_start, w.holdout_end) if proc.find_day(d) is None]
+
+
+def process_city(
+    cfg: PipelineConfig, city: str, day: date, *, require_days: bool = False
+) -> CityResult:
+    """Run ``process_data`` on the training and the holdout window of ``city``.
+
+    With ``require_days`` (the data DAG, after its ``process_day`` tasks) every day of both
+    windows must be published already: the step then only assembles the windows' manifests
+    from them, and a city with a day that failed fails here, naming it, without trying it
+    again.
+
+    Raises:
+        DataQualityError: ``require_days`` and a day of the windows is not published.
+    """
+    from matchmaking import lake
+    from matchmaking.errors import DataQualityError
     from matchmaking.orchestration.projects import (
         city_experiment,
         run_project,
@@ -41,6 +165,14 @@ def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
     )
 
     w = data_windows(cfg, day)
+    if require_days:
+        missing = missing_window_days(cfg, city, day)
+        if missing:
+            raise DataQualityError(
+                f"{city}: the feature partitions of {lake.describe_days(missing)} are not "
+                "published, so its windows cannot be assembled: their process_day tasks "
+                "failed (see them). Fix those days and clear their tasks, then this one"
+            )
     out: CityResult = {"city": city, "day": day.isoformat()}
     with step_environment(cfg) as settings:
         experiment_id = city_experiment(settings, city)
