@@ -80,7 +80,7 @@ def engine_config(settings: Settings) -> eng.EngineConfig:
     return eng.EngineConfig(
         memory_limit=settings.process_memory_limit,
         temp_dir=settings.process_temp_dir,
-        threads=settings.process_threads or os.cpu_count() or 1,
+        threads=settings.process_threads or len(os.sched_getaffinity(0)),
         bucket_rows=settings.process_bucket_rows,
         batch_rows=settings.process_batch_rows,
     )
