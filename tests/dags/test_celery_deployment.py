@@ -26,6 +26,7 @@ from support.dagworld import (
     WORLD_DAYS,
     WORLD_START,
     day_labels,
+    fresh_lake,
     pipeline_config,
 )
 from support.deployment import (
@@ -33,6 +34,7 @@ from support.deployment import (
     pipeline_deployment,
     registered_versions,
     training_runs,
+    unsuccessful,
 )
 from support.tracking_server import TrackingServer
 
@@ -96,9 +98,8 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     started = time.monotonic()
     token = secrets.token_hex(3)  # queues of this run only: the Redis db may be shared
     default_q, heavy_q = f"t{token}-default", f"t{token}-heavy"
-    config = pipeline_config(
-        four_city_lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q}
-    )
+    lake = fresh_lake(four_city_lake, tmp_path)  # nothing processed, a short history
+    config = pipeline_config(lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q})
     cfg = PipelineConfig.model_validate(config)
     heavy_suffix = cfg.task_suffix(heavy_q)
 
@@ -112,7 +113,8 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
         ) as (airflow, prefix):
             run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
             data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
-            assert data["state"] == "success", airflow.logs("worker-a")
+            data_tis = airflow.task_instances("matchmaking_data", run_id)
+            assert data["state"] == "success", (unsuccessful(data_tis), airflow.logs("worker-a"))
             trained = training_runs(airflow, CITIES)
             assert {c: r["state"] for c, r in trained.items()} == dict.fromkeys(CITIES, "success")
             tis: list[tuple[str, dict[str, Any]]] = [

@@ -264,13 +264,13 @@ def test_one_day_through_both_dags_registers_a_version_per_city(
     # history, one process_day per (city, day) of the windows, each labelled "city day".
     assert first_day.labels["summarise"] == day_labels(CITIES, SUMMARY_DAYS)
     assert first_day.labels["process_day"] == day_labels(CITIES, WINDOW_DAYS)
-    assert len([k for k in first_day.data_states if k.startswith("process_day[")]) == 12
+    assert len([k for k in first_day.data_states if k.startswith("process_day[")]) == 6
     # The asset event names each city's datasets and process runs: URIs and run ids only.
     assert first_day.event["day"] == "2026-08-11"
     assert set(first_day.event["cities"]) == set(CITIES)
     for city, published in first_day.event["cities"].items():
-        assert published["window"] == ["2026-08-05", "2026-08-08"]
-        assert published["holdout_window"] == ["2026-08-09", "2026-08-10"]
+        assert published["window"] == ["2026-08-08", "2026-08-09"]
+        assert published["holdout_window"] == ["2026-08-10", "2026-08-10"]
         assert published["features_uri"].startswith(airflow_env.lake.as_uri())
         for key in ("process_run_id", "holdout_process_run_id"):
             run = client.get_run(published[key])

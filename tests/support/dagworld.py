@@ -26,16 +26,27 @@ DAGS_DIR = REPO / "dags"
 CITIES = ["jakarta", "bangkok"]
 WORLD_START = date(2026, 8, 1)
 WORLD_DAYS = 10
-# The run of this logical date processes 2026-08-05..08 (train) and 2026-08-09..10 (holdout).
+# The run of this logical date processes 2026-08-08..09 (train) and 2026-08-10 (holdout).
 LOGICAL_DATE = datetime(2026, 8, 11, 2, 0, tzinfo=UTC)
-WINDOW_DAYS = [f"2026-08-{d:02d}" for d in range(5, 11)]  # the features it builds
-SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(1, 11)]  # with the history's summaries
+# A fresh lake (``fresh_lake``) starts on this day: the history of the windows' days.
+FRESH_FROM = date(2026, 8, 6)
+WINDOW_DAYS = [f"2026-08-{d:02d}" for d in range(8, 11)]  # the feature days a run builds
+SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(6, 11)]  # with their history's summaries
 
 
 def fresh_lake(world: Path, parent: Path) -> Path:
-    """A lake holding only ``world``'s raw data (nothing processed yet) under ``parent``."""
+    """A lake under ``parent`` holding ``world``'s raw data from ``FRESH_FROM`` on, nothing
+    processed: a short history keeps the per-day fan-out of the deployment tests small."""
     lake = parent / "data" / "lake"
-    shutil.copytree(world / "raw", lake / "raw")
+    for city_dir in sorted((world / "raw").iterdir()):
+        target = lake / "raw" / city_dir.name
+        target.mkdir(parents=True)
+        for entry in city_dir.iterdir():
+            day = entry.name.removeprefix("date=")
+            if entry.is_file():
+                shutil.copy2(entry, target / entry.name)
+            elif entry.name.startswith("date=") and date.fromisoformat(day) >= FRESH_FROM:
+                shutil.copytree(entry, target / entry.name)
     return lake
 
 
@@ -59,7 +70,7 @@ def pipeline_config(lake: Path, **overrides: object) -> dict[str, object]:
     config: dict[str, object] = {
         "cities": CITIES,
         "lake_uri": lake.as_uri(),
-        "windows": {"train_days": 4, "holdout_days": 2, "lag_days": 1},
+        "windows": {"train_days": 2, "holdout_days": 1, "lag_days": 1},
         "train_params": {"objectives": "binary", "num_boost_round": "20", "valid_days": "1"},
         "retries": 1,
         "retry_delay_minutes": 0,
