@@ -124,3 +124,44 @@ def test_the_parse_time_city_check_reads_the_ids_the_catalogue_holds(
     monkeypatch.setenv(markets.MARKETS_ENV, str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match=r"missing\.yaml"):
         PipelineConfig.model_validate({"cities": ["jakarta"]})
+
+
+def test_plan_days_lists_the_unbuilt_city_days_none_once_built_and_a_changed_day_again(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+
+    from matchmaking.orchestration.tasks import plan_days, process_city_day, summarise_city_day
+    from matchmaking.world.generate import generate_world
+
+    lake = tmp_path / "data" / "lake"
+    first = date(2026, 8, 1)
+    generate_world(["jakarta"], first, 4, 5, lake, 0.002, 60, progress=False)
+    cfg = _config(
+        cities=["jakarta"],
+        queues={"jakarta": "heavy"},
+        lake_uri=lake.as_uri(),
+        windows={"train_days": 2, "holdout_days": 1, "lag_days": 1},
+    )
+    run = date(2026, 8, 5)  # windows 08-02..03 and 08-04, history from the lake's first day
+
+    def pairs(plan: dict[str, list[dict[str, str]]], key: str) -> list[str]:
+        return [p["day"] for p in plan[key]]
+
+    plan = plan_days(cfg, run)
+    assert set(plan) == {"summarise_heavy", "process_day_heavy"}  # the queues with cities
+    assert pairs(plan, "summarise_heavy") == [f"2026-08-0{d}" for d in (1, 2, 3, 4)]
+    assert pairs(plan, "process_day_heavy") == [f"2026-08-0{d}" for d in (2, 3, 4)]
+    for item in plan["summarise_heavy"]:
+        summarise_city_day(cfg, "jakarta", date.fromisoformat(item["day"]))
+    for item in plan["process_day_heavy"]:
+        assert process_city_day(cfg, "jakarta", date.fromisoformat(item["day"]))["rows"] > 0
+    again = plan_days(cfg, run)
+    assert again["summarise_heavy"] == again["process_day_heavy"] == []
+    # The same rows in other bytes: that day's raw digest changed, so its summary is missing,
+    # and so are the features of that day and of the day whose history it is.
+    raw = lake / "raw" / "city=jakarta" / "date=2026-08-03" / "candidates.parquet"
+    pq.write_table(pq.read_table(raw), raw, compression="snappy")
+    changed = plan_days(cfg, run)
+    assert pairs(changed, "summarise_heavy") == ["2026-08-03"]
+    assert pairs(changed, "process_day_heavy") == ["2026-08-03", "2026-08-04"]
