@@ -25,7 +25,6 @@ from support.dagworld import (
 )
 from support.deployment import (
     RUN_TIMEOUT_S,
-    AirflowDeployment,
     pipeline_deployment,
     registered_versions,
     training_runs,

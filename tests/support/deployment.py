@@ -326,7 +326,7 @@ def pipeline_deployment(
         drop_database(name)
 
 
-RUN_TIMEOUT_S = 900.0  # a bound on a loaded shared machine (load 20+ seen); a passing run takes a fraction
+RUN_TIMEOUT_S = 900.0  # a bound on a loaded shared machine (load 20+ seen), not a timing
 
 
 def registered_versions(tracking_uri: str, prefix: str, city: str) -> list[str]:
