@@ -7,16 +7,17 @@ and holdout windows ending D - lag_days (``config/pipeline.yaml``), one city-day
    is not published for today's raw data and code (a rerun plans none).
 2. ``summarise`` is mapped over the days missing a summary (validation, per-driver daily
    aggregates), then ``process_day`` over the days missing features (history from the
-   summaries), each one task instance per (city, day), on the city's executor queue.
+   summaries), on the city's executor queue: one task instance per (city, day), or per
+   ``days_per_task`` days of a city when the configuration says more than 1 (the demo).
 3. Each city's ``process`` runs the ``process_data`` MLflow project on both windows, which
    only assembles their manifests from the published days, and ``publish`` emits an event on
    the ``matchmaking_features`` asset with the city as partition key: ``matchmaking_train``
    trains each city on its own event.
 
-A failed (city, day) fails its own task, the days of that city whose history needs it, and
-that city's ``process``; every other city's days run and publish. Tasks are mapped once per
-executor queue (``queues``). Logic lives in ``matchmaking.orchestration``; this file only wires
-it.
+A failed (city, day) fails its own task (the other days of a several-day task still run), the
+days of that city whose history needs it, and that city's ``process``; every other city's days
+run and publish. Tasks are mapped once per executor queue (``queues``). Logic lives in
+``matchmaking.orchestration``; this file only wires it.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ CONFIG = load_pipeline_config()
 FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=features_asset_uri(CONFIG))
 
 
-def _label(city: str, day: str | None = None) -> None:
-    """The mapped instance's label (``map_index_template``): the city, and the day if any."""
-    get_current_context()["label"] = f"{city} {day}" if day else city  # type: ignore[typeddict-unknown-key]
+def _label(city: str, days: list[str] | None = None) -> None:
+    """The mapped instance's label (``map_index_template``): the city, and its days if any."""
+    from matchmaking.orchestration.tasks import day_label
+
+    get_current_context()["label"] = day_label(city, days) if days else city  # type: ignore[typeddict-unknown-key]
 
 
 @dag(
@@ -72,23 +75,23 @@ def matchmaking_data() -> None:
         }
 
         @task(task_id=f"summarise{suffix}", **on_queue)
-        def summarise(city: str, day: str) -> dict[str, Any]:
+        def summarise(city: str, days: list[str]) -> list[dict[str, Any]]:
             from datetime import date
 
-            from matchmaking.orchestration.tasks import summarise_city_day
+            from matchmaking.orchestration.tasks import summarise_city_days
 
-            _label(city, day)
-            return summarise_city_day(CONFIG, city, date.fromisoformat(day))
+            _label(city, days)
+            return summarise_city_days(CONFIG, city, [date.fromisoformat(d) for d in days])
 
         # all_done: a failed summary of one city must not stop the other cities' days.
         @task(task_id=f"process_day{suffix}", trigger_rule="all_done", **on_queue)
-        def process_day(city: str, day: str) -> dict[str, Any]:
+        def process_day(city: str, days: list[str]) -> list[dict[str, Any]]:
             from datetime import date
 
-            from matchmaking.orchestration.tasks import process_city_day
+            from matchmaking.orchestration.tasks import process_city_days
 
-            _label(city, day)
-            return process_city_day(CONFIG, city, date.fromisoformat(day))
+            _label(city, days)
+            return process_city_days(CONFIG, city, [date.fromisoformat(d) for d in days])
 
         # all_done: each city checks its own days (a failed day fails only its city).
         @task(task_id=f"process{suffix}", trigger_rule="all_done", **on_queue)

@@ -31,7 +31,8 @@ LOGICAL_DATE = datetime(2026, 8, 11, 2, 0, tzinfo=UTC)
 # A fresh lake (``fresh_lake``) starts on this day: the history of the windows' days.
 FRESH_FROM = date(2026, 8, 6)
 WINDOW_DAYS = [f"2026-08-{d:02d}" for d in range(8, 11)]  # the feature days a run builds
-SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(6, 11)]  # with their history's summaries
+# The summaries published before them (the last day's is published by its own process_day).
+SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(6, 10)]
 
 
 def fresh_lake(world: Path, parent: Path) -> Path:

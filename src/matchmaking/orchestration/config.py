@@ -73,6 +73,10 @@ class PipelineConfig(BaseModel):
     retries: Annotated[int, Field(ge=0)] = 2
     retry_delay_minutes: Annotated[float, Field(ge=0.0)] = 5.0
     max_parallel_cities: Annotated[int, Field(ge=1)] = 16
+    # Days of one city per task instance of the data DAG's per-day steps: 1 maps one
+    # instance per missing (city, day); more cuts the task-instance count (each instance
+    # costs a task process start) at the price of a broken day failing its chunk's task.
+    days_per_task: Annotated[int, Field(ge=1)] = 1
     default_queue: str = "default"
     queues: dict[str, str] = {}
     pod_templates: dict[str, str] = {}

@@ -177,6 +177,7 @@ class DayProcessor:
         self._summaries: dict[date, Summary] = {}
         self._keys: dict[date, str] = {}
         self._roster: pd.DataFrame | None = None
+        self._checked: set[date] = set()  # days whose raw partitions passed the footer check
         self.rejected_parent: Location | None = None  # where a rejected day's files go
         self.progress: Progress = SILENT
 
@@ -205,8 +206,11 @@ class DayProcessor:
                 f"(`matchmaking world generate --cities {self.city} --start {missing[0]} "
                 f"--days {(missing[-1] - missing[0]).days + 1}`)"
             )
+        # Each day's footers once per processor: a window's days share their history days.
         for d in days:
-            lake.check_partitions(self.settings.lake_dir, self.city, RAW_TABLES, d, d)
+            if d not in self._checked:
+                lake.check_partitions(self.settings.lake_dir, self.city, RAW_TABLES, d, d)
+                self._checked.add(d)
 
     # -- summaries ---------------------------------------------------------------------------
 
