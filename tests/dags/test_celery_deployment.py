@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 from support.dagworld import (
+    HISTORY_ONLY_DAYS,
     LOGICAL_DATE,
-    SUMMARY_DAYS,
+    WHOLE_CITY_TASKS,
     WINDOW_DAYS,
     WORLD_DAYS,
     WORLD_START,
-    day_labels,
+    chunk_labels,
     fresh_lake,
     pipeline_config,
 )
@@ -99,7 +100,9 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     token = secrets.token_hex(3)  # queues of this run only: the Redis db may be shared
     default_q, heavy_q = f"t{token}-default", f"t{token}-heavy"
     lake = fresh_lake(four_city_lake, tmp_path)  # nothing processed, a short history
-    config = pipeline_config(lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q})
+    config = pipeline_config(
+        lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q}, **WHOLE_CITY_TASKS
+    )
     cfg = PipelineConfig.model_validate(config)
     heavy_suffix = cfg.task_suffix(heavy_q)
 
@@ -150,13 +153,15 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
         f"{step}{heavy_suffix}"
         for step in ("summarise", "process_day", "process", "publish", "train", "evaluate")
     }
-    # One per-day task instance per (city, day) of the fresh lake, the heavy city's on its queue.
-    for step, days in (("summarise", SUMMARY_DAYS), ("process_day", WINDOW_DAYS)):
+    # Each city's missing days in one task instance per step (days_per_task), the heavy
+    # city's on its queue.
+    for step, days in (("summarise", HISTORY_ONLY_DAYS), ("process_day", WINDOW_DAYS)):
         labels = {t["rendered_map_index"] for _, t in tis if t["task_id"].startswith(step)}
-        assert labels == day_labels(CITIES, days), step
-        assert {t["rendered_map_index"] for _, t in tis if t["task_id"] == step + heavy_suffix} == (
-            day_labels([HEAVY], days)
-        )
+        assert labels == chunk_labels(CITIES, days), step
+        heavy_labels = {
+            t["rendered_map_index"] for _, t in tis if t["task_id"] == step + heavy_suffix
+        }
+        assert heavy_labels == chunk_labels([HEAVY], days), step
     assert set(heavy.values()) == {"worker-b"}, heavy
     for city, t in tis:
         expected = heavy_q if on_heavy_queue(t["task_id"]) else default_q

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from support.dagworld import (
     CITIES,
+    HISTORY_ONLY_DAYS,
     LOGICAL_DATE,
     SUMMARY_DAYS,
+    WHOLE_CITY_TASKS,
     WINDOW_DAYS,
     AirflowEnv,
+    chunk_labels,
     day_labels,
     fresh_lake,
     pipeline_config,
@@ -39,20 +42,18 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
 ) -> None:
     started = time.monotonic()
     lake = fresh_lake(airflow_env.lake, tmp_path)  # nothing processed yet
-    with pipeline_deployment(tmp_path, pipeline_config(lake), tracking_server.uri) as (
-        airflow,
-        prefix,
-    ):
+    config = pipeline_config(lake, **WHOLE_CITY_TASKS)
+    with pipeline_deployment(tmp_path, config, tracking_server.uri) as (airflow, prefix):
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         data_tis = airflow.task_instances("matchmaking_data", run_id)
         assert data["state"] == "success", unsuccessful(data_tis)
-        # The fan-out ran one task instance per missing (city, day), on the executor.
-        for task_id, days in (("summarise", SUMMARY_DAYS), ("process_day", WINDOW_DAYS)):
+        # The fan-out ran on the executor, each city's missing days in one task instance per
+        # step (days_per_task; the next test maps one per (city, day)).
+        for task_id, days in (("summarise", HISTORY_ONLY_DAYS), ("process_day", WINDOW_DAYS)):
             mapped = [t for t in data_tis if t["task_id"] == task_id]
             assert {t["state"] for t in mapped} == {"success"}, mapped
-            assert len(mapped) == len(CITIES) * len(days)
-            assert {t["rendered_map_index"] for t in mapped} == day_labels(CITIES, days)
+            assert {t["rendered_map_index"] for t in mapped} == chunk_labels(CITIES, days)
         for city, trained in training_runs(airflow, CITIES).items():
             assert trained["state"] == "success", (city, airflow.logs("scheduler"))
             tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
@@ -89,8 +90,9 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
             (t["task_id"], t["rendered_map_index"]): t
             for t in airflow.task_instances("matchmaking_data", run_id)
         }
-        # The broken day failed its own summarise task after its retry; the Bangkok days
-        # whose history needs it failed naming it; the day before it was built.
+        # The broken day failed its own summarise task after its retry, and its process_day
+        # on the same file; the Bangkok day whose history needs it failed naming it; the day
+        # before it was built.
         states = {k: t["state"] for k, t in tis.items() if k[0] in ("summarise", "process_day")}
         failed_summaries = {("summarise", "bangkok 2026-08-09")}
         failed_days = {("process_day", f"bangkok 2026-08-{d:02d}") for d in (9, 10)}
