@@ -254,13 +254,9 @@ def process_day(
     day: date,
     max_bad_share: float = 0.05,
     force: bool = False,
-    processor: DayProcessor | None = None,
 ) -> Day:
     """One city-day as an MLflow run: the day's feature partition (and the summaries of the
-    days before it that its history needs), reused when published with the same inputs.
-
-    ``processor``: the city's ``DayProcessor`` when the caller already has one (its digests
-    of the raw files are reused)."""
+    days before it that its history needs), reused when published with the same inputs."""
     tracking.configure(settings)
     tracking.use_experiment(settings, city)
     with mlflow.start_run(run_name=f"process-day-{city}-{day}"):
@@ -268,8 +264,7 @@ def process_day(
         mlflow.log_params({"city": city, "day": day, "max_bad_share": max_bad_share})
         try:
             lake.check_partitions(settings.lake_dir, city, RAW_TABLES, day, day)
-            proc = processor or DayProcessor(settings, city, max_bad_share)
-            result = proc.ensure_day(day, force=force)
+            result = DayProcessor(settings, city, max_bad_share).ensure_day(day, force=force)
         except DataQualityError as exc:
             mlflow.set_tag("failure", str(exc)[:5000])
             raise
