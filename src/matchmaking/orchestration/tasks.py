@@ -192,12 +192,13 @@ def process_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> list[
 
     Raises:
         DataQualityError: a summary a day's history needs is not published (that day's own
-            task failed: it names the day), or the day itself is over the bad-row limit.
+            task failed: it names the day), or a day's raw files break the contract or it is
+            over the bad-row limit (several failed days: one error naming each).
+        StorageError: the task's only day has a raw partition missing.
     """
     from matchmaking import lake
     from matchmaking.errors import DataQualityError
     from matchmaking.processing.day import DayProcessor
-    from matchmaking.schema import RAW_TABLES
 
     with lake_settings(cfg) as settings:
         proc = DayProcessor(settings, city, cfg.max_bad_share)
@@ -213,8 +214,7 @@ def process_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> list[
                     "Their summarise tasks (or the earlier days of this task) failed or did "
                     "not run: fix those days and clear their tasks, then this one"
                 )
-            lake.check_partitions(settings.lake_dir, city, RAW_TABLES, day, day)
-            result = proc.ensure_day(day)
+            result = proc.ensure_day(day)  # checks the raw partitions' footers first
             return {
                 "city": city,
                 "day": day.isoformat(),
