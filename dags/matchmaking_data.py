@@ -85,13 +85,14 @@ def matchmaking_data() -> None:
 
         # all_done: a failed summary of one city must not stop the other cities' days.
         @task(task_id=f"process_day{suffix}", trigger_rule="all_done", **on_queue)
-        def process_day(city: str, days: list[str]) -> list[dict[str, Any]]:
+        def process_day(city: str, days: list[str], summaries: list[str]) -> list[dict[str, Any]]:
             from datetime import date
 
             from matchmaking.orchestration.tasks import process_city_days
 
             _label(city, days)
-            return process_city_days(CONFIG, city, [date.fromisoformat(d) for d in days])
+            own = [date.fromisoformat(d) for d in summaries]  # summaries no other task needs
+            return process_city_days(CONFIG, city, [date.fromisoformat(d) for d in days], own)
 
         # all_done: each city checks its own days (a failed day fails only its city).
         @task(task_id=f"process{suffix}", trigger_rule="all_done", **on_queue)

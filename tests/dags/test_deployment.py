@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from support.dagworld import (
     CITIES,
-    HISTORY_ONLY_DAYS,
     LOGICAL_DATE,
     SUMMARY_DAYS,
     WHOLE_CITY_TASKS,
@@ -48,12 +47,14 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         data_tis = airflow.task_instances("matchmaking_data", run_id)
         assert data["state"] == "success", unsuccessful(data_tis)
-        # The fan-out ran on the executor, each city's missing days in one task instance per
-        # step (days_per_task; the next test maps one per (city, day)).
-        for task_id, days in (("summarise", HISTORY_ONLY_DAYS), ("process_day", WINDOW_DAYS)):
-            mapped = [t for t in data_tis if t["task_id"] == task_id]
-            assert {t["state"] for t in mapped} == {"success"}, mapped
-            assert {t["rendered_map_index"] for t in mapped} == chunk_labels(CITIES, days)
+        # The fan-out ran on the executor, each city's missing days in one process_day
+        # instance that summarised them too (days_per_task; the next test maps one per
+        # (city, day)), so summarise mapped none.
+        mapped = [t for t in data_tis if t["task_id"] == "process_day"]
+        assert {t["state"] for t in mapped} == {"success"}, mapped
+        assert {t["rendered_map_index"] for t in mapped} == chunk_labels(CITIES, WINDOW_DAYS)
+        summarised = [(t["map_index"], t["state"]) for t in data_tis if t["task_id"] == "summarise"]
+        assert summarised == [(-1, "skipped")]
         for city, trained in training_runs(airflow, CITIES).items():
             assert trained["state"] == "success", (city, airflow.logs("scheduler"))
             tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
@@ -85,9 +86,10 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         assert data["state"] == "failed"
-        # Task instances by their label: the city, or "city day" for the per-day tasks.
+        # Task instances by their label: the city, or "city day" for the per-day tasks (one
+        # that never ran has none: the city groups are mapped over CITIES, in order).
         tis = {
-            (t["task_id"], t["rendered_map_index"]): t
+            (t["task_id"], t["rendered_map_index"] or CITIES[t["map_index"]]): t
             for t in airflow.task_instances("matchmaking_data", run_id)
         }
         # The broken day failed its own summarise task after its retry, and its process_day

@@ -158,8 +158,10 @@ def test_plan_days_lists_the_unbuilt_city_days_none_once_built_and_a_changed_day
     assert pairs(plan, "process_day_heavy") == [f"2026-08-0{d}" for d in (2, 3, 4)]
     for item in plan["summarise_heavy"]:
         summarise_city_days(cfg, "jakarta", [date.fromisoformat(d) for d in item["days"]])
+    assert [item["summaries"] for item in plan["process_day_heavy"]] == [[], [], ["2026-08-04"]]
     for item in plan["process_day_heavy"]:
-        (built,) = process_city_days(cfg, "jakarta", [date.fromisoformat(d) for d in item["days"]])
+        days, own = ([date.fromisoformat(d) for d in item[k]] for k in ("days", "summaries"))
+        (built,) = process_city_days(cfg, "jakarta", days, own)
         assert built["rows"] > 0
     again = plan_days(cfg, run)
     assert again["summarise_heavy"] == again["process_day_heavy"] == []
@@ -193,6 +195,16 @@ def test_days_per_task_cuts_a_citys_days_into_chunks_and_a_broken_day_fails_only
         windows={"train_days": 2, "holdout_days": 2, "lag_days": 1},
         days_per_task=3,
     )
+    # A task holding all of a city's days publishes every summary itself: none to summarise.
+    whole = plan_days(cfg.model_copy(update={"days_per_task": 9}), date(2026, 8, 6))
+    assert whole["summarise"] == []
+    assert whole["process_day"] == [
+        {
+            "city": "jakarta",
+            "days": [f"2026-08-0{d}" for d in (2, 3, 4, 5)],
+            "summaries": [f"2026-08-0{d}" for d in (1, 2, 3, 4, 5)],
+        }
+    ]
     plan = plan_days(cfg, date(2026, 8, 6))  # windows 08-02..03 and 08-04..05
     # 08-05's summary is published by its own task (no other day needs it); 08-02..04's are
     # needed by 08-05's task too, so they are summarised first.
@@ -230,4 +242,6 @@ def test_days_per_task_cuts_a_citys_days_into_chunks_and_a_broken_day_fails_only
     # needs it) and 08-05; nothing else.
     again = plan_days(cfg, date(2026, 8, 6))
     assert again["summarise"] == []
-    assert [item["days"] for item in again["process_day"]] == [["2026-08-04", "2026-08-05"]]
+    assert again["process_day"] == [
+        {"city": "jakarta", "days": ["2026-08-04", "2026-08-05"], "summaries": ["2026-08-04"]}
+    ]

@@ -56,12 +56,11 @@ def day_labels(cities: list[str], days: list[str]) -> set[str]:
     return {f"{c} {d}" for c in cities for d in days}
 
 
-# ``days_per_task`` covering a city's days: one ``summarise`` instance a city for the history
-# days before the windows, one ``process_day`` for the windows' days (their summaries with
-# them). The deployment tests that are not about one broken day use it: 4 per-day task
-# instances for two cities instead of 14.
-WHOLE_CITY_TASKS = {"days_per_task": len(SUMMARY_DAYS) + 1}
-HISTORY_ONLY_DAYS = [d for d in SUMMARY_DAYS if d not in WINDOW_DAYS]
+# ``days_per_task`` covering a city's days: one ``process_day`` instance a city, which
+# publishes every summary its days need itself (no ``summarise`` instance). The deployment
+# tests that are not about one broken day use it: 2 per-day task instances for two cities
+# instead of 14.
+WHOLE_CITY_TASKS = {"days_per_task": len(SUMMARY_DAYS) + 2}
 
 
 def chunk_labels(cities: list[str], days: list[str]) -> set[str]:

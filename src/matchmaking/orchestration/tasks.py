@@ -80,12 +80,12 @@ def plan_days(cfg: PipelineConfig, day: date) -> dict[str, list[DayItem]]:
     Per city: the days of the two windows whose feature partition is not published for
     today's inputs (``process_day``), and the days from the first history day of the
     training window to the end of the holdout window whose summary is not (``summarise``),
-    but for the days whose ``process_day`` task publishes the summary itself (no later day
-    of another task needs it: the last day of a daily run, or every day of a chunk), each
-    list cut into instances of ``days_per_task`` days. "Today's inputs" are the digests of
-    the raw files, the roster and the code (``processing.day``): a day whose raw data
-    changed is missing again. Nothing is validated or built here; every queue has both keys
-    (an empty list maps no task instance).
+    but for the summaries one ``process_day`` task alone needs, which it publishes itself
+    (its ``summaries``: the new day of a daily run, every summary when a task holds all of a
+    city's days), each list cut into instances of ``days_per_task`` days. "Today's inputs"
+    are the digests of the raw files, the roster and the code (``processing.day``): a day
+    whose raw data changed is missing again. Nothing is validated or built here; every
+    queue has both keys (an empty list maps no task instance).
     """
     from matchmaking import lake
     from matchmaking.processing.day import DayProcessor
@@ -104,11 +104,8 @@ def plan_days(cfg: PipelineConfig, day: date) -> dict[str, list[DayItem]]:
             queue = cfg.queue_of(city)
             days = [d for d in _span(w.train_start, w.holdout_end) if proc.find_day(d) is None]
             chunks = day_items(city, days, per_task)
-            summaries = [
-                d
-                for d in proc.missing_summaries(_span(first, w.holdout_end))
-                if not _built_with_its_needers(proc, d, days, chunks)
-            ]
+            missing = proc.missing_summaries(_span(first, w.holdout_end))
+            summaries = _assign_summaries(proc, missing, days, chunks)
             plan[cfg.plan_key("summarise", queue)] += day_items(city, summaries, per_task)
             plan[cfg.plan_key("process_day", queue)] += chunks
             logger.info(
@@ -123,18 +120,27 @@ def plan_days(cfg: PipelineConfig, day: date) -> dict[str, list[DayItem]]:
     return plan
 
 
-def _built_with_its_needers(
-    proc: DayProcessor, day: date, days: list[date], chunks: list[DayItem]
-) -> bool:
-    """Whether ``process_day`` publishes ``day``'s summary itself, so that no ``summarise``
-    task is needed: ``day`` is one of the feature ``days`` to build, and every one of them
-    whose history holds it is in ``day``'s own task (after it, the days being in order).
-    Otherwise the day would be validated twice (its summary, then its features)."""
-    if day not in days:
-        return False
+def _assign_summaries(
+    proc: DayProcessor, missing: list[date], days: list[date], chunks: list[DayItem]
+) -> list[date]:
+    """Which task publishes each missing summary; returns those for ``summarise``.
+
+    A summary that the feature days of one ``process_day`` task alone need (the day itself,
+    or a day of their history) is published by that task, which validates the day anyway
+    or before its first day that needs it: it goes to the task's ``summaries``. The others,
+    shared by several tasks, are summarised first so that those tasks run in parallel
+    without validating a day twice."""
     chunk_of = {d: i for i, item in enumerate(chunks) for d in item["days"]}
-    own = chunk_of[day.isoformat()]
-    return all(chunk_of[d.isoformat()] == own for d in days if day in proc.history_days(d))
+    for item in chunks:
+        item["summaries"] = []
+    shared = []
+    for x in missing:
+        owners = {chunk_of[d.isoformat()] for d in days if d == x or x in proc.history_days(d)}
+        if len(owners) == 1:
+            chunks[owners.pop()]["summaries"].append(x.isoformat())
+        else:  # several tasks need it (or none: summarised all the same)
+            shared.append(x)
+    return shared
 
 
 def _each_day(city: str, days: list[date], build: Any) -> list[dict[str, Any]]:
@@ -185,10 +191,14 @@ def summarise_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> lis
         return _each_day(city, days, summarise)
 
 
-def process_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> list[CityResult]:
+def process_city_days(
+    cfg: PipelineConfig, city: str, days: list[date], summaries: list[date] | None = None
+) -> list[CityResult]:
     """Build each of ``city``'s ``days``' feature partition (and its summary, when missing),
-    in order, the history from the summaries the ``summarise`` tasks or this task's earlier
-    days published (a partition is reused when published with the same inputs).
+    in order, a partition reused when published with the same inputs. The history comes
+    from the summaries the ``summarise`` tasks published, and from ``summaries``: those this
+    task publishes itself (the plan's, which no other task needs), validated before the first
+    day that needs them.
 
     Raises:
         DataQualityError: a summary a day's history needs is not published (that day's own
@@ -203,10 +213,15 @@ def process_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> list[
     with lake_settings(cfg) as settings:
         proc = DayProcessor(settings, city, cfg.max_bad_share)
 
+        own = set(summaries or [])
+        tried: set[date] = set()  # own summaries a day of this task needed already
+
         def build(day: date) -> CityResult:
-            # The day's own summary is published here when missing (validating the day);
-            # its history's are published by summarise tasks, or by this task's earlier days.
-            missing = proc.missing_summaries(proc.history_days(day))
+            # The day's own summary is published here when missing (validating the day), and
+            # so are this task's own history summaries, the first time a day needs them.
+            history = proc.history_days(day)
+            missing = [d for d in proc.missing_summaries(history) if d not in own or d in tried]
+            tried.update(d for d in [*history, day] if d in own)
             if missing:
                 raise DataQualityError(
                     f"{city} {day}: the summaries of {lake.describe_days(missing)} are not "
