@@ -49,11 +49,11 @@ class Settings(BaseSettings):
     promotion_lease_s: float = Field(default=900.0, gt=0)
     # The process step's out-of-core engine (docs/scale.md): DuckDB's memory limit (beyond it
     # DuckDB spills to a scratch directory under ``process_temp_dir``, default the system's
-    # temporary directory), its threads, the rows validated at once and the rows per feature
-    # batch (cut at booking boundaries).
+    # temporary directory), its threads (default: the cores the process may run on), the rows
+    # validated at once and the rows per feature batch (cut at booking boundaries).
     process_memory_limit: str = "2GB"
     process_temp_dir: Path | None = None
-    process_threads: Annotated[int, Field(ge=1)] = 2
+    process_threads: Annotated[int, Field(ge=1)] | None = None
     process_bucket_rows: Annotated[int, Field(ge=1000)] = 1_000_000
     process_batch_rows: Annotated[int, Field(ge=100)] = 250_000
 

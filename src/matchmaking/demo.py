@@ -106,6 +106,10 @@ def run_demo(
                 "cities": list(DEMO_CITIES),
                 "lake_uri": (data_dir / "lake").as_uri(),
                 "windows": {"train_days": days, "holdout_days": HOLDOUT_DAYS, "lag_days": 1},
+                # dag.test() runs one task instance after another: each city's days in one
+                # process_day instance, which publishes their summaries too, instead of one
+                # instance per (city, day) (days_per_task: 1 in production).
+                "days_per_task": total_days,
                 "retries": 0,
             },
             sort_keys=False,

@@ -73,7 +73,14 @@ def use_experiment(settings: Settings, city: str) -> str:
         location = None
         if not settings.resolved_tracking_uri().startswith(("http://", "https://")):
             location = (settings.artifacts_dir.resolve() / name).as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=location)
+        try:
+            exp_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as exc:
+            # Another step of the city created it meanwhile (the per-day tasks run at once).
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise exc from None
+            exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

@@ -19,12 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dagworld import LOGICAL_DATE, WORLD_DAYS, WORLD_START, pipeline_config
+from support.dagworld import (
+    LOGICAL_DATE,
+    WHOLE_CITY_TASKS,
+    WINDOW_DAYS,
+    WORLD_DAYS,
+    WORLD_START,
+    chunk_labels,
+    fresh_lake,
+    pipeline_config,
+)
 from support.deployment import (
     RUN_TIMEOUT_S,
     pipeline_deployment,
     registered_versions,
     training_runs,
+    unsuccessful,
 )
 from support.tracking_server import TrackingServer
 
@@ -88,13 +98,14 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     started = time.monotonic()
     token = secrets.token_hex(3)  # queues of this run only: the Redis db may be shared
     default_q, heavy_q = f"t{token}-default", f"t{token}-heavy"
+    lake = fresh_lake(four_city_lake, tmp_path)  # nothing processed, a short history
     config = pipeline_config(
-        four_city_lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q}
+        lake, cities=CITIES, default_queue=default_q, queues={HEAVY: heavy_q}, **WHOLE_CITY_TASKS
     )
     cfg = PipelineConfig.model_validate(config)
     heavy_suffix = cfg.task_suffix(heavy_q)
 
-    def on_heavy_queue(task_id: str) -> bool:  # plan_<suffix> is light: the default queue
+    def on_heavy_queue(task_id: str) -> bool:  # plan_*<suffix> are light: the default queue
         return task_id.endswith(heavy_suffix) and not task_id.startswith("plan")
 
     workers = {"worker-a": [default_q], "worker-b": [heavy_q, default_q]}
@@ -104,7 +115,8 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
         ) as (airflow, prefix):
             run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
             data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
-            assert data["state"] == "success", airflow.logs("worker-a")
+            data_tis = airflow.task_instances("matchmaking_data", run_id)
+            assert data["state"] == "success", (unsuccessful(data_tis), airflow.logs("worker-a"))
             trained = training_runs(airflow, CITIES)
             assert {c: r["state"] for c, r in trained.items()} == dict.fromkeys(CITIES, "success")
             tis: list[tuple[str, dict[str, Any]]] = [
@@ -124,10 +136,15 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
             client.delete(key)
         client.close()
 
-    # A run's queue group with no city to train maps over nothing: one skipped instance.
+    # A run's queue group with no city to train maps over nothing: one skipped instance; so
+    # does summarise, each city's process_day publishing its summaries (days_per_task).
     skipped = [t for _, t in tis if t["state"] == "skipped"]
     assert all(t["map_index"] == -1 and t["task_id"].startswith(("train", "evaluate"))
-               for t in skipped), skipped  # fmt: skip
+               for t in skipped if not t["task_id"].startswith("summarise")), skipped  # fmt: skip
+    assert {t["task_id"] for t in skipped if t["task_id"].startswith("summarise")} == {
+        "summarise",
+        "summarise" + heavy_suffix,
+    }
     tis = [(city, t) for city, t in tis if t["state"] != "skipped"]
     assert all(t["state"] == "success" for _, t in tis), [t for _, t in tis]
     ran_on = {(t["task_id"], t["map_index"], city):
@@ -137,8 +154,17 @@ def test_the_dags_run_on_two_celery_workers_with_the_heavy_city_on_its_own_queue
     assert set(ran_on.values()) == {"worker-a", "worker-b"}, ran_on
     heavy = {k: w for k, w in ran_on.items() if on_heavy_queue(k[0])}
     assert {k[0] for k in heavy} == {
-        f"{step}{heavy_suffix}" for step in ("process", "publish", "train", "evaluate")
+        f"{step}{heavy_suffix}"
+        for step in ("process_day", "process", "publish", "train", "evaluate")
     }
+    # Each city's missing days in one process_day instance (days_per_task), the heavy
+    # city's on its queue.
+    labels = {t["rendered_map_index"] for _, t in tis if t["task_id"].startswith("process_day")}
+    assert labels == chunk_labels(CITIES, WINDOW_DAYS)
+    heavy_labels = {
+        t["rendered_map_index"] for _, t in tis if t["task_id"] == f"process_day{heavy_suffix}"
+    }
+    assert heavy_labels == chunk_labels([HEAVY], WINDOW_DAYS)
     assert set(heavy.values()) == {"worker-b"}, heavy
     for city, t in tis:
         expected = heavy_q if on_heavy_queue(t["task_id"]) else default_q

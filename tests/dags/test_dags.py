@@ -6,6 +6,7 @@ Airflow metadata database: two cities, 300 bookings a day, 20 boosting rounds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,17 @@ from typing import Any
 
 import pytest
 import yaml
-from support.dagworld import CITIES, DAGS_DIR, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.dagworld import (
+    CITIES,
+    DAGS_DIR,
+    LOGICAL_DATE,
+    SUMMARY_DAYS,
+    WINDOW_DAYS,
+    AirflowEnv,
+    day_labels,
+    fresh_lake,
+    pipeline_config,
+)
 from support.tracking_server import TrackingServer
 
 from matchmaking.orchestration.local import features_events
@@ -62,6 +73,20 @@ def test_tasks_are_mapped_over_the_configured_cities(airflow_env: AirflowEnv) ->
     # Each city publishes after its own process task only (a mapped task group per city).
     assert publish.upstream_task_ids == {"process"}
     assert publish.task_group is process.task_group
+    # The (city, day) fan-out before it: the plan's missing summaries, then the missing
+    # feature days, each mapped (expand_kwargs) over its list of the plan; a failed day of
+    # one city stops neither the other cities' days nor their windows (all_done).
+    assert data.get_task("plan_summarise").upstream_task_ids == {"plan_days"}
+    summarise, process_day = data.get_task("summarise"), data.get_task("process_day")
+    for mapped, plan in ((summarise, "plan_summarise"), (process_day, "plan_process_day")):
+        assert type(mapped).__name__ == "DecoratedMappedOperator"
+        assert type(mapped.op_kwargs_expand_input).__name__ == "ListOfDictsExpandInput"
+        assert mapped.op_kwargs_expand_input.value.operator.task_id == plan
+        assert mapped.max_active_tis_per_dag == 16
+    assert process_day.upstream_task_ids == {"plan_process_day", "summarise"}
+    assert process_day.trigger_rule == "all_done"
+    assert process.upstream_task_ids == {"process_day"}
+    assert process.trigger_rule == "all_done"
     # The training DAG runs on that asset, one run per partition (city), and maps
     # train -> evaluate over plan's cities in a group per city.
     assert type(train.timetable).__name__ == "PartitionedAssetTimetable"
@@ -112,6 +137,15 @@ def test_heavy_cities_get_task_groups_on_their_own_queue(
     assert _mapped_over(data.get_task("process_heavy")) == {"city": ["jakarta"]}
     queues = {t.task_id: t.queue for dag in (data, train) for t in dag.tasks}
     assert queues == {
+        "plan_days": "default",
+        "plan_summarise": "default",
+        "plan_process_day": "default",
+        "plan_summarise_heavy": "default",
+        "plan_process_day_heavy": "default",
+        "summarise": "default",
+        "process_day": "default",
+        "summarise_heavy": "heavy",
+        "process_day_heavy": "heavy",
         "process": "default",
         "publish": "default",
         "process_heavy": "heavy",
@@ -149,6 +183,7 @@ class DayRun:
     train_states: dict[str, str]
     event: dict[str, Any]
     trained: list[dict[str, Any]]
+    labels: dict[str, set[str]]  # task id -> its instances' labels (rendered map indexes)
 
 
 def _states(dag_run: Any) -> dict[str, str]:
@@ -161,6 +196,14 @@ def _train_states_ok(states: dict[str, str]) -> bool:
     country = {k: v for k, v in states.items() if k.startswith("train_country")}
     others = {v for k, v in states.items() if k not in country}
     return others == {"success"} and set(country.values()) <= {"skipped"}
+
+
+def _labels(dag_run: Any) -> dict[str, set[str]]:
+    labels: dict[str, set[str]] = {}
+    for ti in dag_run.get_task_instances():
+        if ti.map_index >= 0:
+            labels.setdefault(ti.task_id, set()).add(ti.rendered_map_index)
+    return labels
 
 
 def _xcoms(dag_run: Any, task_id: str) -> list[dict[str, Any]]:
@@ -188,12 +231,29 @@ def run_day(env: AirflowEnv, server: TrackingServer) -> DayRun:
         data_run = bag.dags["matchmaking_data"].test(logical_date=LOGICAL_DATE)
         event = features_events(data_run.run_id)
         train_run = bag.dags["matchmaking_train"].test(logical_date=None)
-        return DayRun(_states(data_run), _states(train_run), event, _xcoms(train_run, "train"))
+        return DayRun(
+            _states(data_run),
+            _states(train_run),
+            event,
+            _xcoms(train_run, "train"),
+            _labels(data_run),
+        )
 
 
 @pytest.fixture(scope="module")
-def first_day(airflow_session: AirflowEnv, tracking_server: TrackingServer) -> DayRun:
-    return run_day(airflow_session, tracking_server)
+def e2e_env(airflow_session: AirflowEnv, tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
+    """The session's Airflow on a lake of its own: the world's raw data, nothing processed
+    (other tests of the session process the shared lake)."""
+    lake = fresh_lake(airflow_session.lake, tmp_path_factory.mktemp("e2e"))
+    config = lake.parent.parent / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(pipeline_config(lake)))
+    vars_ = {**airflow_session.pipeline_vars, "MATCHMAKING_PIPELINE_CONFIG": str(config)}
+    return dataclasses.replace(airflow_session, lake=lake, config=config, pipeline_vars=vars_)
+
+
+@pytest.fixture(scope="module")
+def first_day(e2e_env: AirflowEnv, tracking_server: TrackingServer) -> DayRun:
+    return run_day(e2e_env, tracking_server)
 
 
 @pytest.fixture
@@ -212,20 +272,26 @@ def _versions(client: Any, prefix: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_one_day_through_both_dags_registers_a_version_per_city(
-    first_day: DayRun, airflow_env: AirflowEnv, client: Any
+    first_day: DayRun, e2e_env: AirflowEnv, client: Any
 ) -> None:
+    airflow_env = e2e_env
     assert set(first_day.data_states.values()) == {"success"}, first_day.data_states
     assert _train_states_ok(first_day.train_states), first_day.train_states
-    assert sorted(k for k in first_day.data_states if k.startswith("process")) == [
+    assert sorted(k for k in first_day.data_states if k.startswith("process[")) == [
         "process[0]",
         "process[1]",
     ]
+    # On a fresh lake: one summarise instance per (city, day) of the windows and their
+    # history, one process_day per (city, day) of the windows, each labelled "city day".
+    assert first_day.labels["summarise"] == day_labels(CITIES, SUMMARY_DAYS)
+    assert first_day.labels["process_day"] == day_labels(CITIES, WINDOW_DAYS)
+    assert len([k for k in first_day.data_states if k.startswith("process_day[")]) == 6
     # The asset event names each city's datasets and process runs: URIs and run ids only.
     assert first_day.event["day"] == "2026-08-11"
     assert set(first_day.event["cities"]) == set(CITIES)
     for city, published in first_day.event["cities"].items():
-        assert published["window"] == ["2026-08-05", "2026-08-08"]
-        assert published["holdout_window"] == ["2026-08-09", "2026-08-10"]
+        assert published["window"] == ["2026-08-08", "2026-08-09"]
+        assert published["holdout_window"] == ["2026-08-10", "2026-08-10"]
         assert published["features_uri"].startswith(airflow_env.lake.as_uri())
         for key in ("process_run_id", "holdout_process_run_id"):
             run = client.get_run(published[key])
@@ -249,10 +315,18 @@ def test_one_day_through_both_dags_registers_a_version_per_city(
 
 @pytest.mark.slow
 def test_rerunning_the_same_day_registers_nothing_new(
-    first_day: DayRun, airflow_env: AirflowEnv, tracking_server: TrackingServer, client: Any
+    first_day: DayRun, e2e_env: AirflowEnv, tracking_server: TrackingServer, client: Any
 ) -> None:
+    airflow_env = e2e_env
     again = run_day(airflow_env, tracking_server)
-    assert set(again.data_states.values()) == {"success"}, again.data_states
+    # Every day is published: the plan maps no (city, day) at all (one skipped instance each).
+    mapped_days = {
+        k: v for k, v in again.data_states.items() if k.startswith(("summarise", "process_day"))
+    }
+    assert mapped_days == {"summarise[-1]": "skipped", "process_day[-1]": "skipped"}, mapped_days
+    assert "summarise" not in again.labels and "process_day" not in again.labels
+    rest = {k: v for k, v in again.data_states.items() if k not in mapped_days}
+    assert set(rest.values()) == {"success"}, again.data_states
     assert _train_states_ok(again.train_states), again.train_states
     # Same content-addressed datasets, new process runs.
     for city in CITIES:
@@ -269,8 +343,9 @@ def test_rerunning_the_same_day_registers_nothing_new(
 
 @pytest.mark.slow
 def test_a_failed_train_task_leaves_the_registry_untouched(
-    first_day: DayRun, airflow_env: AirflowEnv, client: Any
+    first_day: DayRun, e2e_env: AirflowEnv, client: Any
 ) -> None:
+    airflow_env = e2e_env
     from mlflow.exceptions import ExecutionException
 
     from matchmaking.orchestration.config import load_pipeline_config

@@ -9,17 +9,29 @@ other city's training.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.dagworld import CITIES, LOGICAL_DATE, AirflowEnv, pipeline_config
+from support.dagworld import (
+    CITIES,
+    LOGICAL_DATE,
+    SUMMARY_DAYS,
+    WHOLE_CITY_TASKS,
+    WINDOW_DAYS,
+    AirflowEnv,
+    chunk_labels,
+    day_labels,
+    fresh_lake,
+    pipeline_config,
+)
 from support.deployment import (
     RUN_TIMEOUT_S,
     pipeline_deployment,
     registered_versions,
     training_runs,
+    unsuccessful,
 )
 from support.tracking_server import TrackingServer
 
@@ -29,13 +41,21 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
     airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    with pipeline_deployment(tmp_path, pipeline_config(airflow_env.lake), tracking_server.uri) as (
-        airflow,
-        prefix,
-    ):
+    lake = fresh_lake(airflow_env.lake, tmp_path)  # nothing processed yet
+    config = pipeline_config(lake, **WHOLE_CITY_TASKS)
+    with pipeline_deployment(tmp_path, config, tracking_server.uri) as (airflow, prefix):
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
-        assert data["state"] == "success", airflow.logs("scheduler")
+        data_tis = airflow.task_instances("matchmaking_data", run_id)
+        assert data["state"] == "success", unsuccessful(data_tis)
+        # The fan-out ran on the executor, each city's missing days in one process_day
+        # instance that summarised them too (days_per_task; the next test maps one per
+        # (city, day)), so summarise mapped none.
+        mapped = [t for t in data_tis if t["task_id"] == "process_day"]
+        assert {t["state"] for t in mapped} == {"success"}, mapped
+        assert {t["rendered_map_index"] for t in mapped} == chunk_labels(CITIES, WINDOW_DAYS)
+        summarised = [(t["map_index"], t["state"]) for t in data_tis if t["task_id"] == "summarise"]
+        assert summarised == [(-1, "skipped")]
         for city, trained in training_runs(airflow, CITIES).items():
             assert trained["state"] == "success", (city, airflow.logs("scheduler"))
             tis = airflow.task_instances("matchmaking_train", trained["dag_run_id"])
@@ -55,14 +75,20 @@ def test_a_run_triggered_through_the_rest_api_succeeds_and_triggers_training(
     print(f"deployment test: {time.monotonic() - started:.0f} s")
 
 
+def _label(ti: dict[str, Any]) -> str:
+    label = str(ti["rendered_map_index"])
+    if ti["task_id"] in ("process", "publish") and label == str(ti["map_index"]):
+        return CITIES[ti["map_index"]]
+    return label
+
+
 @pytest.mark.slow
 def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
     airflow_env: AirflowEnv, tracking_server: TrackingServer, tmp_path: Path
 ) -> None:
     # A copy of the tiny world in which one of Bangkok's raw partitions is not parquet.
-    lake = tmp_path / "data" / "lake"
-    shutil.copytree(airflow_env.lake, lake)
-    broken = lake / "raw" / "city=bangkok" / "date=2026-08-06" / "bookings.parquet"
+    lake = fresh_lake(airflow_env.lake, tmp_path)
+    broken = lake / "raw" / "city=bangkok" / "date=2026-08-09" / "bookings.parquet"
     assert broken.exists()
     broken.write_bytes(b"not parquet: a truncated upload")
     with pipeline_deployment(tmp_path, pipeline_config(lake), tracking_server.uri) as (
@@ -72,12 +98,26 @@ def test_a_city_whose_processing_fails_holds_back_no_other_citys_training(
         run_id = airflow.trigger("matchmaking_data", LOGICAL_DATE.isoformat())
         data = airflow.wait_for_run("matchmaking_data", run_id, RUN_TIMEOUT_S)
         assert data["state"] == "failed"
-        # The city group is mapped over CITIES: map index 0 is Jakarta, 1 Bangkok.
+        # Task instances by their label: the city, or "city day" for the per-day tasks (one
+        # that never ran shows its map index: the city groups are mapped over CITIES).
         tis = {
-            (t["task_id"], CITIES[t["map_index"]]): t
-            for t in airflow.task_instances("matchmaking_data", run_id)
+            (t["task_id"], _label(t)): t for t in airflow.task_instances("matchmaking_data", run_id)
         }
-        # Bangkok failed after its retry; Jakarta processed and published all the same.
+        # The broken day failed its own summarise task after its retry, and its process_day
+        # on the same file; the Bangkok day whose history needs it failed naming it; the day
+        # before it was built.
+        states = {k: t["state"] for k, t in tis.items() if k[0] in ("summarise", "process_day")}
+        failed_summaries = {("summarise", "bangkok 2026-08-09")}
+        failed_days = {("process_day", f"bangkok 2026-08-{d:02d}") for d in (9, 10)}
+        assert {k for k, v in states.items() if v == "failed"} == failed_summaries | failed_days
+        assert set(states) == {("summarise", c) for c in day_labels(CITIES, SUMMARY_DAYS)} | {
+            ("process_day", c) for c in day_labels(CITIES, WINDOW_DAYS)
+        }
+        assert tis[("summarise", "bangkok 2026-08-09")]["try_number"] == 2
+        assert {v for k, v in states.items() if k not in failed_summaries | failed_days} == {
+            "success"
+        }
+        # Bangkok's window failed after its retry; Jakarta processed and published all the same.
         assert tis[("process", "bangkok")]["state"] == "failed"
         assert tis[("process", "bangkok")]["try_number"] == 2
         assert tis[("publish", "bangkok")]["state"] == "upstream_failed"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from matchmaking.config import Settings
 from matchmaking.errors import ConfigError
 from matchmaking.orchestration.config import (
     DEFAULT_CONFIG,
@@ -164,3 +166,122 @@ def test_a_country_model_is_planned_once_all_its_cities_published_the_same_day()
     assert plan_countries(cfg, both, "bangkok") == []
     assert plan_countries(cfg, both, "makassar") == []
     assert [p["country"] for p in plan_countries(cfg, both, "surabaya")] == ["ID"]
+
+
+def test_plan_days_lists_the_unbuilt_city_days_none_once_built_and_a_changed_day_again(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+
+    from matchmaking.orchestration.tasks import plan_days, process_city_days, summarise_city_days
+    from matchmaking.world.generate import generate_world
+
+    lake = tmp_path / "data" / "lake"
+    first = date(2026, 8, 1)
+    generate_world(["jakarta"], first, 4, 5, lake, 0.002, 60, progress=False)
+    cfg = _config(
+        cities=["jakarta"],
+        queues={"jakarta": "heavy"},
+        lake_uri=lake.as_uri(),
+        windows={"train_days": 2, "holdout_days": 1, "lag_days": 1},
+    )
+    run = date(2026, 8, 5)  # windows 08-02..03 and 08-04, history from the lake's first day
+
+    def pairs(plan: dict[str, list[dict[str, Any]]], key: str) -> list[str]:
+        assert all(len(p["days"]) == 1 for p in plan[key])  # days_per_task: 1, the default
+        return [p["days"][0] for p in plan[key]]
+
+    plan = plan_days(cfg, run)
+    assert set(plan) == {"summarise_heavy", "process_day_heavy"}  # the queues with cities
+    # The last day's summary is published by its own process_day (no other day needs it).
+    assert pairs(plan, "summarise_heavy") == [f"2026-08-0{d}" for d in (1, 2, 3)]
+    assert pairs(plan, "process_day_heavy") == [f"2026-08-0{d}" for d in (2, 3, 4)]
+    for item in plan["summarise_heavy"]:
+        summarise_city_days(cfg, "jakarta", [date.fromisoformat(d) for d in item["days"]])
+    assert [item["summaries"] for item in plan["process_day_heavy"]] == [[], [], ["2026-08-04"]]
+    for item in plan["process_day_heavy"]:
+        days, own = ([date.fromisoformat(d) for d in item[k]] for k in ("days", "summaries"))
+        (built,) = process_city_days(cfg, "jakarta", days, own)
+        assert built["rows"] > 0
+    again = plan_days(cfg, run)
+    assert again["summarise_heavy"] == again["process_day_heavy"] == []
+    # The same rows in other bytes: that day's raw digest changed, so its summary is missing,
+    # and so are the features of that day and of the day whose history it is.
+    raw = lake / "raw" / "city=jakarta" / "date=2026-08-03" / "candidates.parquet"
+    pq.write_table(pq.read_table(raw), raw, compression="snappy")
+    changed = plan_days(cfg, run)
+    assert pairs(changed, "summarise_heavy") == ["2026-08-03"]
+    assert pairs(changed, "process_day_heavy") == ["2026-08-03", "2026-08-04"]
+
+
+def test_days_per_task_cuts_a_citys_days_into_chunks_and_a_broken_day_fails_only_itself(
+    tmp_path: Path,
+) -> None:
+    from matchmaking.errors import DataQualityError
+    from matchmaking.orchestration.tasks import (
+        day_label,
+        plan_days,
+        process_city_days,
+        summarise_city_days,
+    )
+    from matchmaking.processing.day import DayProcessor
+    from matchmaking.world.generate import generate_world
+
+    lake = tmp_path / "data" / "lake"
+    generate_world(["jakarta"], date(2026, 8, 1), 5, 5, lake, 0.002, 60, progress=False)
+    cfg = _config(
+        cities=["jakarta"],
+        lake_uri=lake.as_uri(),
+        windows={"train_days": 2, "holdout_days": 2, "lag_days": 1},
+        days_per_task=3,
+    )
+    # A task holding all of a city's days publishes every summary itself: none to summarise.
+    whole = plan_days(cfg.model_copy(update={"days_per_task": 9}), date(2026, 8, 6))
+    assert whole["summarise"] == []
+    assert whole["process_day"] == [
+        {
+            "city": "jakarta",
+            "days": [f"2026-08-0{d}" for d in (2, 3, 4, 5)],
+            "summaries": [f"2026-08-0{d}" for d in (1, 2, 3, 4, 5)],
+        }
+    ]
+    plan = plan_days(cfg, date(2026, 8, 6))  # windows 08-02..03 and 08-04..05
+    # 08-05's summary is published by its own task (no other day needs it); 08-02..04's are
+    # needed by 08-05's task too, so they are summarised first.
+    summaries = [item["days"] for item in plan["summarise"]]
+    assert summaries == [["2026-08-01", "2026-08-02", "2026-08-03"], ["2026-08-04"]]
+    assert [item["days"] for item in plan["process_day"]] == [
+        ["2026-08-02", "2026-08-03", "2026-08-04"],
+        ["2026-08-05"],
+    ]
+    assert day_label("jakarta", summaries[0]) == "jakarta 2026-08-01..2026-08-03"
+    assert day_label("jakarta", ["2026-08-05"]) == "jakarta 2026-08-05"
+    # 08-04 is broken: a task holding it fails naming that day alone, its other days are
+    # published.
+    broken = lake / "raw" / "city=jakarta" / "date=2026-08-04" / "bookings.parquet"
+    broken.write_bytes(b"not parquet: a truncated upload")
+    summarise_city_days(cfg, "jakarta", [date(2026, 8, d) for d in (1, 2, 3)])
+    with pytest.raises(
+        DataQualityError, match=r"(?s)1 of this task's 2 days failed.*date=2026-08-04"
+    ):
+        summarise_city_days(cfg, "jakarta", [date(2026, 8, 4), date(2026, 8, 5)])
+    # The features of the days whose history or own summary needs 08-04 fail naming it.
+    with pytest.raises(
+        DataQualityError, match=r"(?s)1 of this task's 3 days.*2026-08-04: .*date=2026-08-04"
+    ):
+        process_city_days(cfg, "jakarta", [date(2026, 8, d) for d in (2, 3, 4)])
+    with pytest.raises(DataQualityError, match=r"summaries of 2026-08-04"):
+        process_city_days(cfg, "jakarta", [date(2026, 8, 5)])  # one day: its own error
+    proc = DayProcessor(Settings(lake_uri=str(lake), data_dir=lake.parent), "jakarta", 0.05)
+    assert [d.day for d in map(proc.find_day, [date(2026, 8, d) for d in (2, 3)]) if d] == [
+        date(2026, 8, 2),
+        date(2026, 8, 3),
+    ]
+    assert proc.find_summary(date(2026, 8, 5)) is not None
+    # The rerun's plan: one task for 08-04 (its summary too: only 08-05, of the same task,
+    # needs it) and 08-05; nothing else.
+    again = plan_days(cfg, date(2026, 8, 6))
+    assert again["summarise"] == []
+    assert again["process_day"] == [
+        {"city": "jakarta", "days": ["2026-08-04", "2026-08-05"], "summaries": ["2026-08-04"]}
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -25,8 +26,46 @@ DAGS_DIR = REPO / "dags"
 CITIES = ["jakarta", "bangkok"]
 WORLD_START = date(2026, 8, 1)
 WORLD_DAYS = 10
-# The run of this logical date processes 2026-08-05..08 (train) and 2026-08-09..10 (holdout).
+# The run of this logical date processes 2026-08-08..09 (train) and 2026-08-10 (holdout).
 LOGICAL_DATE = datetime(2026, 8, 11, 2, 0, tzinfo=UTC)
+# A fresh lake (``fresh_lake``) starts on this day: the history of the windows' days.
+FRESH_FROM = date(2026, 8, 6)
+WINDOW_DAYS = [f"2026-08-{d:02d}" for d in range(8, 11)]  # the feature days a run builds
+# The summaries published before them (the last day's is published by its own process_day).
+SUMMARY_DAYS = [f"2026-08-{d:02d}" for d in range(6, 10)]
+
+
+def fresh_lake(world: Path, parent: Path) -> Path:
+    """A lake under ``parent`` holding ``world``'s raw data from ``FRESH_FROM`` on, nothing
+    processed: a short history keeps the per-day fan-out of the deployment tests small."""
+    lake = parent / "data" / "lake"
+    for city_dir in sorted((world / "raw").iterdir()):
+        target = lake / "raw" / city_dir.name
+        target.mkdir(parents=True)
+        for entry in city_dir.iterdir():
+            day = entry.name.removeprefix("date=")
+            if entry.is_file():
+                shutil.copy2(entry, target / entry.name)
+            elif entry.name.startswith("date=") and date.fromisoformat(day) >= FRESH_FROM:
+                shutil.copytree(entry, target / entry.name)
+    return lake
+
+
+def day_labels(cities: list[str], days: list[str]) -> set[str]:
+    """The labels (rendered map indexes) of the (city, day) task instances."""
+    return {f"{c} {d}" for c in cities for d in days}
+
+
+# ``days_per_task`` covering a city's days: one ``process_day`` instance a city, which
+# publishes every summary its days need itself (no ``summarise`` instance). The deployment
+# tests that are not about one broken day use it: 2 per-day task instances for two cities
+# instead of 14.
+WHOLE_CITY_TASKS = {"days_per_task": len(SUMMARY_DAYS) + 2}
+
+
+def chunk_labels(cities: list[str], days: list[str]) -> set[str]:
+    """The labels of one several-day task instance per city over ``days``."""
+    return {f"{c} {days[0]}..{days[-1]}" for c in cities}
 
 
 @dataclass(frozen=True)
@@ -44,7 +83,7 @@ def pipeline_config(lake: Path, **overrides: object) -> dict[str, object]:
     config: dict[str, object] = {
         "cities": CITIES,
         "lake_uri": lake.as_uri(),
-        "windows": {"train_days": 4, "holdout_days": 2, "lag_days": 1},
+        "windows": {"train_days": 2, "holdout_days": 1, "lag_days": 1},
         "train_params": {"objectives": "binary", "num_boost_round": "20", "valid_days": "1"},
         "retries": 1,
         "retry_delay_minutes": 0,

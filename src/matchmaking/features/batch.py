@@ -200,8 +200,9 @@ def feature_frame(
     matrix = build_matrix(inputs)
     out = pd.DataFrame(
         {
-            "booking_id": rows["booking_id"].to_numpy(dtype=object),
-            "driver_id": rows["driver_id"].to_numpy(dtype=object),
+            # The ids as strings without a detour through Python objects.
+            "booking_id": rows["booking_id"].astype("str").array,
+            "driver_id": rows["driver_id"].astype("str").array,
             "requested_at": rows["requested_at"],
             "day": day,
             "offered": rows["offered"].to_numpy(dtype=bool),

@@ -108,7 +108,12 @@ def publish_with(parent: LocationLike, name: str, fill: Callable[[Location], Non
         if staged != final and published(final):  # a concurrent twin published it: keep it
             staged.remove()
             return final
-        final.publish(staged)
+        try:
+            final.publish(staged)
+        except OSError:
+            if not published(final):  # not a concurrent twin's publication: a real failure
+                raise
+            staged.remove()
     except BaseException:
         if staged != final:  # remotely the leftover stays unreadable (no _SUCCESS)
             staged.remove()

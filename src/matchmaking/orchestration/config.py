@@ -84,6 +84,10 @@ class PipelineConfig(BaseModel):
     retries: Annotated[int, Field(ge=0)] = 2
     retry_delay_minutes: Annotated[float, Field(ge=0.0)] = 5.0
     max_parallel_cities: Annotated[int, Field(ge=1)] = 16
+    # Days of one city per task instance of the data DAG's per-day steps: 1 maps one
+    # instance per missing (city, day); more cuts the task-instance count (each instance
+    # costs a task process start) at the price of a broken day failing its chunk's task.
+    days_per_task: Annotated[int, Field(ge=1)] = 1
     default_queue: str = "default"
     queues: dict[str, str] = {}
     pod_templates: dict[str, str] = {}
@@ -168,6 +172,11 @@ class PipelineConfig(BaseModel):
     def task_suffix(self, queue: str) -> str:
         """Task id suffix of a queue's tasks: none on the default queue, ``_<queue>`` else."""
         return "" if queue == self.default_queue else "_" + queue.replace("-", "_")
+
+    def plan_key(self, step: str, queue: str) -> str:
+        """The key of the data DAG's plan listing the (city, day) pairs of ``step``
+        (``summarise`` or ``process_day``) on ``queue``: the step's task id."""
+        return f"{step}{self.task_suffix(queue)}"
 
     @property
     def retry_delay(self) -> timedelta:

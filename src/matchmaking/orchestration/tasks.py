@@ -13,12 +13,18 @@ digest, code version and parameters, so rerunning a day registers nothing new.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from matchmaking.config import Settings
 from matchmaking.orchestration.config import PipelineConfig, lake_location
-from matchmaking.pipeline import Windows, windows
+
+if TYPE_CHECKING:
+    from matchmaking.pipeline import Windows
+    from matchmaking.processing.day import DayProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +33,239 @@ CityResult = dict[str, Any]
 
 def data_windows(cfg: PipelineConfig, day: date) -> Windows:
     """The training and holdout windows of the run for ``day``."""
+    from matchmaking.pipeline import windows
+
     end = day - timedelta(days=cfg.windows.lag_days)
     return windows(end, cfg.windows.train_days, cfg.windows.holdout_days)
 
 
-def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
-    """Run ``process_data`` on the training and the holdout window of ``city``."""
+# One mapped task instance: {"city": ..., "days": ["YYYY-MM-DD", ...]}, at most
+# ``days_per_task`` days of one city (one, the default: one instance per (city, day)).
+DayItem = dict[str, Any]
+
+
+def _span(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def day_items(city: str, days: list[date], per_task: int) -> list[DayItem]:
+    """``city``'s ``days`` (in order) cut into task instances of at most ``per_task`` days."""
+    return [
+        {"city": city, "days": [d.isoformat() for d in days[i : i + per_task]]}
+        for i in range(0, len(days), per_task)
+    ]
+
+
+def day_label(city: str, days: list[str]) -> str:
+    """A per-day task instance's label (rendered map index): ``city day``, or
+    ``city first..last`` for several days."""
+    return f"{city} {days[0]}" if len(days) == 1 else f"{city} {days[0]}..{days[-1]}"
+
+
+@contextmanager
+def lake_settings(cfg: PipelineConfig) -> Iterator[Settings]:
+    """Settings for the configured lake, for the per-day tasks: they run no step process and
+    open no MLflow run (the window's ``process`` run logs the lineage, every day's digest in
+    its manifest), so neither the environment nor MLflow is touched (nor imported)."""
+    data_dir = cfg.data_dir()
+    values: dict[str, Any] = {"lake_uri": cfg.lake_location()}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    yield Settings(**values)
+
+
+def plan_days(cfg: PipelineConfig, day: date) -> dict[str, list[DayItem]]:
+    """The (city, days) task instances the run for ``day`` has to build, by executor queue.
+
+    Per city: the days of the two windows whose feature partition is not published for
+    today's inputs (``process_day``), and the days from the first history day of the
+    training window to the end of the holdout window whose summary is not (``summarise``),
+    but for the summaries one ``process_day`` task alone needs, which it publishes itself
+    (its ``summaries``: the new day of a daily run, every summary when a task holds all of a
+    city's days), each list cut into instances of ``days_per_task`` days. "Today's inputs"
+    are the digests of the raw files, the roster and the code (``processing.day``): a day
+    whose raw data changed is missing again. Nothing is validated or built here; every
+    queue has both keys (an empty list maps no task instance).
+    """
+    from matchmaking import lake
+    from matchmaking.processing.day import DayProcessor
+    from matchmaking.processing.inputs import history_from
+
+    w = data_windows(cfg, day)
+    per_task = cfg.days_per_task
+    plan: dict[str, list[DayItem]] = {}
+    for queue in cfg.cities_by_queue():
+        plan[cfg.plan_key("summarise", queue)] = []
+        plan[cfg.plan_key("process_day", queue)] = []
+    with lake_settings(cfg) as settings:
+        for city in cfg.cities:
+            proc = DayProcessor(settings, city, cfg.max_bad_share)
+            first = history_from(w.train_start, lake.list_dates(settings.lake_dir, city))
+            queue = cfg.queue_of(city)
+            days = [d for d in _span(w.train_start, w.holdout_end) if proc.find_day(d) is None]
+            chunks = day_items(city, days, per_task)
+            missing = proc.missing_summaries(_span(first, w.holdout_end))
+            summaries = _assign_summaries(proc, missing, days, chunks)
+            plan[cfg.plan_key("summarise", queue)] += day_items(city, summaries, per_task)
+            plan[cfg.plan_key("process_day", queue)] += chunks
+            logger.info(
+                "%s: %d summaries and %d feature days to build (%s..%s), %d days a task",
+                city,
+                len(summaries),
+                len(days),
+                w.train_start,
+                w.holdout_end,
+                per_task,
+            )
+    return plan
+
+
+def _assign_summaries(
+    proc: DayProcessor, missing: list[date], days: list[date], chunks: list[DayItem]
+) -> list[date]:
+    """Which task publishes each missing summary; returns those for ``summarise``.
+
+    A summary that the feature days of one ``process_day`` task alone need (the day itself,
+    or a day of their history) is published by that task, which validates the day anyway
+    or before its first day that needs it: it goes to the task's ``summaries``. The others,
+    shared by several tasks, are summarised first so that those tasks run in parallel
+    without validating a day twice."""
+    chunk_of = {d: i for i, item in enumerate(chunks) for d in item["days"]}
+    for item in chunks:
+        item["summaries"] = []
+    shared = []
+    for x in missing:
+        owners = {chunk_of[d.isoformat()] for d in days if d == x or x in proc.history_days(d)}
+        if len(owners) == 1:
+            chunks[owners.pop()]["summaries"].append(x.isoformat())
+        else:  # several tasks need it (or none: summarised all the same)
+            shared.append(x)
+    return shared
+
+
+def _each_day(city: str, days: list[date], build: Any) -> list[dict[str, Any]]:
+    """``build(day)`` for each of ``days`` in order; a day that fails does not stop the
+    others. The first failure is raised as is when the task holds one day; otherwise one
+    ``DataQualityError`` names every failed day and its reason.
+
+    Raises:
+        MatchmakingError: a day failed.
+    """
+    from matchmaking.errors import DataQualityError, MatchmakingError
+
+    done: list[dict[str, Any]] = []
+    failed: list[tuple[date, MatchmakingError]] = []
+    for d in days:
+        try:
+            done.append(build(d))
+        except MatchmakingError as exc:
+            logger.error("%s %s: %s", city, d, exc)
+            failed.append((d, exc))
+    if failed and len(days) == 1:
+        raise failed[0][1]
+    if failed:
+        reasons = "; ".join(f"{d}: {exc}" for d, exc in failed)
+        raise DataQualityError(
+            f"{city}: {len(failed)} of this task's {len(days)} days failed (the others are "
+            f"published): {reasons}"
+        )
+    return done
+
+
+def summarise_city_days(cfg: PipelineConfig, city: str, days: list[date]) -> list[DayItem]:
+    """Validate each of ``city``'s ``days`` and publish its summary (reused when published).
+
+    Raises:
+        DataQualityError: too many of a day's rows are bad (nothing published for it).
+        StorageError: a day's raw partitions are missing.
+    """
+    from matchmaking.processing.day import DayProcessor
+
+    with lake_settings(cfg) as settings:
+        proc = DayProcessor(settings, city, cfg.max_bad_share)
+
+        def summarise(day: date) -> DayItem:
+            summary = proc.ensure_summary(day)
+            return {"city": city, "day": day.isoformat(), "summary_digest": summary.digest}
+
+        return _each_day(city, days, summarise)
+
+
+def process_city_days(
+    cfg: PipelineConfig, city: str, days: list[date], summaries: list[date] | None = None
+) -> list[CityResult]:
+    """Build each of ``city``'s ``days``' feature partition (and its summary, when missing),
+    in order, a partition reused when published with the same inputs. The history comes
+    from the summaries the ``summarise`` tasks published, and from ``summaries``: those this
+    task publishes itself (the plan's, which no other task needs), validated before the first
+    day that needs them.
+
+    Raises:
+        DataQualityError: a summary a day's history needs is not published (that day's own
+            task failed: it names the day), or a day's raw files break the contract or it is
+            over the bad-row limit (several failed days: one error naming each).
+        StorageError: the task's only day has a raw partition missing.
+    """
+    from matchmaking import lake
+    from matchmaking.errors import DataQualityError
+    from matchmaking.processing.day import DayProcessor
+
+    with lake_settings(cfg) as settings:
+        proc = DayProcessor(settings, city, cfg.max_bad_share)
+
+        own = set(summaries or [])
+        tried: set[date] = set()  # own summaries a day of this task needed already
+
+        def build(day: date) -> CityResult:
+            # The day's own summary is published here when missing (validating the day), and
+            # so are this task's own history summaries, the first time a day needs them.
+            history = proc.history_days(day)
+            missing = [d for d in proc.missing_summaries(history) if d not in own or d in tried]
+            tried.update(d for d in [*history, day] if d in own)
+            if missing:
+                raise DataQualityError(
+                    f"{city} {day}: the summaries of {lake.describe_days(missing)} are not "
+                    "published, and this day's features need them (its 28-day history). "
+                    "Their summarise tasks (or the earlier days of this task) failed or did "
+                    "not run: fix those days and clear their tasks, then this one"
+                )
+            result = proc.ensure_day(day)  # checks the raw partitions' footers first
+            return {
+                "city": city,
+                "day": day.isoformat(),
+                "digest": result.digest,
+                "rows": int(result.manifest["rows"]),  # type: ignore[call-overload]
+                "reused": result.reused,
+            }
+
+        return _each_day(city, days, build)
+
+
+def missing_window_days(cfg: PipelineConfig, city: str, day: date) -> list[date]:
+    """The days of ``city``'s two windows whose feature partition is not published."""
+    from matchmaking.processing.day import DayProcessor
+
+    w = data_windows(cfg, day)
+    with lake_settings(cfg) as settings:
+        proc = DayProcessor(settings, city, cfg.max_bad_share)
+        return [d for d in _span(w.train_start, w.holdout_end) if proc.find_day(d) is None]
+
+
+def process_city(
+    cfg: PipelineConfig, city: str, day: date, *, require_days: bool = False
+) -> CityResult:
+    """Run ``process_data`` on the training and the holdout window of ``city``.
+
+    With ``require_days`` (the data DAG, after its ``process_day`` tasks) every day of both
+    windows must be published already: the step then only assembles the windows' manifests
+    from them, and a city with a day that failed fails here, naming it, without trying it
+    again.
+
+    Raises:
+        DataQualityError: ``require_days`` and a day of the windows is not published.
+    """
+    from matchmaking import lake
+    from matchmaking.errors import DataQualityError
     from matchmaking.orchestration.projects import (
         city_experiment,
         run_project,
@@ -41,6 +274,14 @@ def process_city(cfg: PipelineConfig, city: str, day: date) -> CityResult:
     )
 
     w = data_windows(cfg, day)
+    if require_days:
+        missing = missing_window_days(cfg, city, day)
+        if missing:
+            raise DataQualityError(
+                f"{city}: the feature partitions of {lake.describe_days(missing)} are not "
+                "published, so its windows cannot be assembled: their process_day tasks "
+                "failed (see them). Fix those days and clear their tasks, then this one"
+            )
     out: CityResult = {"city": city, "day": day.isoformat()}
     with step_environment(cfg) as settings:
         experiment_id = city_experiment(settings, city)

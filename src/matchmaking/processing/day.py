@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -79,7 +80,7 @@ def engine_config(settings: Settings) -> eng.EngineConfig:
     return eng.EngineConfig(
         memory_limit=settings.process_memory_limit,
         temp_dir=settings.process_temp_dir,
-        threads=settings.process_threads,
+        threads=settings.process_threads or len(os.sched_getaffinity(0)),
         bucket_rows=settings.process_bucket_rows,
         batch_rows=settings.process_batch_rows,
     )
@@ -176,6 +177,7 @@ class DayProcessor:
         self._summaries: dict[date, Summary] = {}
         self._keys: dict[date, str] = {}
         self._roster: pd.DataFrame | None = None
+        self._checked: set[date] = set()  # days whose raw partitions passed the footer check
         self.rejected_parent: Location | None = None  # where a rejected day's files go
         self.progress: Progress = SILENT
 
@@ -204,8 +206,11 @@ class DayProcessor:
                 f"(`matchmaking world generate --cities {self.city} --start {missing[0]} "
                 f"--days {(missing[-1] - missing[0]).days + 1}`)"
             )
+        # Each day's footers once per processor: a window's days share their history days.
         for d in days:
-            lake.check_partitions(self.settings.lake_dir, self.city, RAW_TABLES, d, d)
+            if d not in self._checked:
+                lake.check_partitions(self.settings.lake_dir, self.city, RAW_TABLES, d, d)
+                self._checked.add(d)
 
     # -- summaries ---------------------------------------------------------------------------
 
@@ -228,6 +233,41 @@ class DayProcessor:
         _check_share(self.city, day, summary.manifest, self.max_bad_share)
         self._summaries[day] = summary
         return summary
+
+    def find_summary(self, day: date) -> Summary | None:
+        """The day's summary when it is published for today's inputs (raw files, roster, code),
+        else None; never validates anything (the planner's question: is this day done?)."""
+        if day in self._summaries:
+            return self._summaries[day]
+        try:
+            key = self.summary_key(day)
+        except OSError:  # a raw file missing: not done (its task says what is missing)
+            return None
+        parent = datasets.summary_parent(self.settings.features_dir, self.city, day)
+        location = datasets.find_published(parent, key[:16])
+        if location is None:
+            return None
+        summary = Summary(day, location, datasets.read_manifest(location))
+        if summary.bad_share > self.max_bad_share:
+            return None
+        self._summaries[day] = summary
+        return summary
+
+    def find_day(self, day: date) -> Day | None:
+        """The day's feature partition when it is published for today's inputs (its summary
+        and those of its history days published, the partition of that key published), else
+        None; never builds anything."""
+        if any(self.find_summary(d) is None for d in [*self.history_days(day), day]):
+            return None
+        parent = datasets.day_parent(self.settings.features_dir, self.city, day)
+        location = datasets.find_published(parent, self.day_key(day)[:16])
+        if location is None:
+            return None
+        return Day(day, location, datasets.read_manifest(location), reused=True)
+
+    def missing_summaries(self, days: list[date]) -> list[date]:
+        """Those of ``days`` whose summary is not published for today's inputs."""
+        return [d for d in days if self.find_summary(d) is None]
 
     def _validate(self, e: eng.Engine, day: date) -> eng.Checked:
         return e.validate_day(
