@@ -31,11 +31,12 @@ class CityOutcome:
     status: str
     version: str | None = None
     previous: str | None = None
-    detail: str = ""
+    detail: str = ""  # the gate's reason (promote), or what went wrong
     exit_code: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     report: str = ""  # the gate's markdown report (promote only)
+    serving: str = ""  # which model serves the city after the move (``promote.refresh_choices``)
 
 
 def exit_code(outcomes: list[CityOutcome]) -> int:
@@ -55,7 +56,7 @@ def format_summary(outcomes: list[CityOutcome]) -> str:
             o.previous or "-",
             f"{o.metrics['auc']:.4f}" if "auc" in o.metrics else "-",
             f"{o.metrics['acceptance']:.4f}" if "acceptance" in o.metrics else "-",
-            o.detail,
+            "; ".join(x for x in (o.detail, o.serving) if x),
         )
         for o in outcomes
     ]

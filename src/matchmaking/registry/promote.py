@@ -367,8 +367,9 @@ def _pooled_metrics(verdicts: dict[str, Verdict]) -> dict[str, float]:
 
 def refresh_choices(ctx: Context, cities: list[str], outcome: CityOutcome) -> None:
     """After Production moved, choose again which model serves each of ``cities``
-    (``registry.scope``); a choice that cannot be made is noted in ``outcome.detail`` and never
-    undoes the move."""
+    (``registry.scope``), noted in ``outcome.serving`` (``detail`` keeps the gate's reason, which
+    the report shows); a choice that cannot be made is noted there too and never undoes the
+    move."""
     from matchmaking.registry.scope import choose_city
 
     thresholds = ctx.thresholds if isinstance(ctx, PromotionContext) else load_thresholds()
@@ -384,8 +385,7 @@ def refresh_choices(ctx: Context, cities: list[str], outcome: CityOutcome) -> No
             notes.append(f"{city}: serving choice not refreshed ({exc})")
             continue
         notes.append(f"{city} served by its {choice.status} model")
-    if notes:
-        outcome.detail = f"{outcome.detail}; {'; '.join(notes)}"
+    outcome.serving = "; ".join(notes)
 
 
 def refuse(
