@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from matchmaking.markets import Market
 from matchmaking.schema import CONTEXT_FEATURE_NAMES, FEATURE_NAMES
+
+if TYPE_CHECKING:  # the scoring image has no pandas: only offline callers pass frames
+    import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 
