@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,15 +109,15 @@ class _Segments:
     """What ``decisions_table`` gathers: one segment per ranked booking (a rank answer; each
     booking a match answer assigned), ``counts[i]`` rows each."""
 
-    keys: dict[tuple[Any, ...], int]
-    key_codes: list[int]
-    request_id: list[str]
-    booking_id: list[str]
-    decided_at: list[datetime]
-    drivers: list[str]  # each segment's driver ids, joined by _SEPARATOR
-    counts: list[int]
-    values: list[tuple[FloatArray, ...]]  # (score, eta, first, prop) per segment
-    lists: list[list[str]]  # the same driver ids as given
+    keys: dict[tuple[Any, ...], int] = field(default_factory=dict)  # _SHARED values -> code
+    key_codes: list[int] = field(default_factory=list)
+    request_id: list[str] = field(default_factory=list)
+    booking_id: list[str] = field(default_factory=list)
+    decided_at: list[datetime] = field(default_factory=list)
+    drivers: list[str] = field(default_factory=list)  # each segment's ids, joined by _SEPARATOR
+    counts: list[int] = field(default_factory=list)
+    values: list[tuple[FloatArray, ...]] = field(default_factory=list)  # score, eta, first, prop
+    lists: list[list[str]] = field(default_factory=list)  # the same driver ids as given
     unsplittable: bool = False  # a driver id holds _SEPARATOR: take them from ``lists``
 
     def driver_column(self) -> pa.Array:
@@ -135,7 +135,7 @@ class _Segments:
         if not drivers:
             return
         b = d.body
-        key = (
+        key = (  # in _SHARED's order
             b["city"],
             d.endpoint,
             b["model"],
@@ -184,7 +184,7 @@ def decisions_table(records: list[Decision]) -> pa.Table:
     Python object per row, and an answer's driver ids are split by arrow from one joined
     string. ``write_log`` publishes the dictionary columns as they are (parquet's own
     encoding); readers get plain strings."""
-    seg = _Segments({}, [], [], [], [], [], [], [], [])
+    seg = _Segments()
     for d in records:
         b = d.body
         if d.ranked is not None:  # the fast path: the rank answers of models
