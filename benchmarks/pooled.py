@@ -37,7 +37,7 @@ logger = logging.getLogger("benchmarks.pooled")
 
 REPORT = Path(__file__).parent / "reports" / "pooled.md"
 COUNTRIES: dict[str, tuple[str, ...]] = {
-    "ID": ("makassar", "denpasar", "medan", "bandung", "surabaya"),
+    "ID": ("makassar", "denpasar", "medan", "bandung", "surabaya", "jakarta"),
     "TH": ("phuket", "chiang-mai", "bangkok"),
 }
 SMALL_BELOW = 150  # bookings a day at the benchmark's scale
