@@ -494,9 +494,9 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}` (`make bench-scale`). Every figure is one child process: peak RSS",
         "is its `ru_maxrss` (`os.wait4`), CPU its user + system seconds. Load average (1 min) of",
-        f"the shared machine during the run: {results['load_min']:.1f} to {results['load_max']:.1f} on "
-        f"{os.cpu_count()} cores (other helpers' test suites were running): wall-clock seconds are",
-        "inflated by that load; CPU seconds are not.",
+        f"the machine during the run: {results['load_min']:.1f} to {results['load_max']:.1f} on "
+        f"{os.cpu_count()} cores (above {os.cpu_count()}, other work competed: wall-clock seconds are",
+        "inflated by it; CPU seconds are not).",
         "",
         "## Machine",
         "",
