@@ -49,6 +49,17 @@ ProgressOption = Annotated[
         help="Show progress on stderr (default: only when stderr is a terminal).",
     ),
 ]
+#: Options that ``train`` and ``train-country`` share.
+TrainParamsOption = Annotated[
+    Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
+]
+TrainSetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable)."),
+]
+ReuseOption = Annotated[
+    bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
+]
 
 
 def _setup_logging(level: str) -> None:
@@ -261,17 +272,10 @@ def train(
         str,
         typer.Option(help="Feature dataset printed by `process`: a dir, file:// or s3:// URI."),
     ],
-    params: Annotated[
-        Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable)."),
-    ] = None,
+    params: TrainParamsOption = None,
+    set_: TrainSetOption = None,
     process_run_id: Annotated[str | None, typer.Option(help="Lineage: the process run.")] = None,
-    reuse_existing: Annotated[
-        bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
-    ] = True,
+    reuse_existing: ReuseOption = True,
     progress: ProgressOption = None,
 ) -> None:
     """Fit binary and LambdaRank LightGBM models, keep the better, register a version."""
@@ -301,16 +305,9 @@ def train_country(
     ] = None,
     start: Annotated[str | None, typer.Option(help="Window start of the default datasets.")] = None,
     end: Annotated[str | None, typer.Option(help="Window end of the default datasets.")] = None,
-    params: Annotated[
-        Path | None, typer.Option(help="Training parameters YAML (default: built-in).")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable)."),
-    ] = None,
-    reuse_existing: Annotated[
-        bool, typer.Option(help="Reuse a version trained on the same data, code and params.")
-    ] = True,
+    params: TrainParamsOption = None,
+    set_: TrainSetOption = None,
+    reuse_existing: ReuseOption = True,
     progress: ProgressOption = None,
 ) -> None:
     """Fit one model pooled over the country's cities (city context as features) and register

@@ -29,10 +29,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from matchmaking import tracking
@@ -52,23 +50,12 @@ from matchmaking.markets import catalogue
 from matchmaking.progress import SILENT, Progress
 from matchmaking.registry.conventions import (
     COUNTRY_TAG,
-    DATA_DIGEST_TAG,
     DEFAULT_MODEL_TYPE,
-    FEATURE_IMPORTANCE_ARTIFACT,
     FEATURE_SET_TAG,
-    FEATURES_URI_TAG,
-    GIT_COMMIT_TAG,
-    MODEL_ARTIFACT,
     MODEL_TYPE_TAG,
-    OBJECTIVE_TAG,
-    PARAMS_HASH_TAG,
     POOLED_CITIES_TAG,
-    SAMPLE_WEIGHT_TAG,
     SCOPE_COUNTRY,
     SCOPE_TAG,
-    SCORE_KIND_TAG,
-    SEED_TAG,
-    VALID_AUC_TAG,
     country_model_name,
 )
 from matchmaking.schema import COUNTRY_FEATURE_NAMES, FEATURE_NAMES
@@ -84,12 +71,14 @@ from matchmaking.training.params import TrainParams
 from matchmaking.training.train import (
     TrainResult,
     _log_effective_params,
-    _pip_requirements,
-    _trimmed,
     find_existing_version,
     fit_acceptance,
+    log_booster,
+    log_choice,
     params_hash,
     register,
+    reuse_version,
+    version_tags,
 )
 
 logger = logging.getLogger(__name__)
@@ -284,25 +273,11 @@ def train_country(
     if reuse_existing:
         existing = find_existing_version(client, name, data_digest, code, p_hash)
         if existing is not None:
-            mv = client.get_model_version(name, existing)
             logger.info(
                 "%s v%s was trained on the same data, code, params: reusing it", name, existing
             )
-            with mlflow.start_run(run_name=f"train-{label}") as run:
-                mlflow.set_tags(
-                    tracking.reproducibility_tags(
-                        step="train_country",
-                        country=code_cc,
-                        data_digest=data_digest,
-                        registered_version=existing,
-                        reused_version="true",
-                        reused_from_run=mv.run_id,
-                    )
-                )
-            uri = f"models:/{name}/{existing}"
-            objective = mv.tags.get(OBJECTIVE_TAG, "")
-            progress.done(f"reusing {name} v{existing}")
-            return TrainResult(label, run.info.run_id, name, existing, uri, objective, reused=True)
+            run_tags = {"step": "train_country", "country": code_cc, "data_digest": data_digest}
+            return reuse_version(client, name, existing, label, run_tags, progress)
 
     progress.step(f"reading the labelled rows of {', '.join(cities)}")
     pooled = read_pooled(code_cc, datasets, params)
@@ -341,39 +316,15 @@ def train_country(
             **chosen.metrics,
         }
         mlflow.log_metrics(metrics)
-        mlflow.log_params({"objective": chosen.objective, "sample_weight": chosen.sample_weight})
-        mlflow.set_tags(
-            {
-                "model_selection": chosen.reason,
-                "weight_selection": chosen.weight_reason,
-                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
-                OBJECTIVE_TAG: chosen.objective,
-                SCORE_KIND_TAG: chosen.score_kind,
-                MODEL_TYPE_TAG: DEFAULT_MODEL_TYPE,
-                SCOPE_TAG: SCOPE_COUNTRY,
-            }
+        log_choice(
+            chosen,
+            COUNTRY_FEATURE_NAMES,
+            {MODEL_TYPE_TAG: DEFAULT_MODEL_TYPE, SCOPE_TAG: SCOPE_COUNTRY},
         )
-        gain = chosen.booster.feature_importance("gain", iteration=chosen.best_iteration)
-        mlflow.log_dict(
-            dict(zip(COUNTRY_FEATURE_NAMES, gain.tolist(), strict=True)),
-            FEATURE_IMPORTANCE_ARTIFACT,
-        )
-        booster = _trimmed(chosen.booster)
-        example = pd.DataFrame(
-            valid_rows.x[:5].astype(np.float64), columns=list(COUNTRY_FEATURE_NAMES)
-        )
-        signature = infer_signature(example, booster.predict(example.to_numpy()))
         progress.step(f"logging the {chosen.objective} model ({chosen.reason})")
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-country-") as tmp:
             table = _driver_table(datasets, Path(tmp))
-            info = mlflow.lightgbm.log_model(
-                booster,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                extra_files=[str(table)],
-                pip_requirements=_pip_requirements(),
-            )
+            info = log_booster(chosen, valid_rows, COUNTRY_FEATURE_NAMES, table)
         progress.step(f"registering a version of {name}")
         scope_tags = {
             SCOPE_TAG: SCOPE_COUNTRY,
@@ -390,15 +341,7 @@ def train_country(
                 **scope_tags,
                 POOLED_CITIES_TAG: ",".join(cities),
                 FEATURE_SET_TAG: SCOPE_COUNTRY,
-                OBJECTIVE_TAG: chosen.objective,
-                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
-                SCORE_KIND_TAG: chosen.score_kind,
-                DATA_DIGEST_TAG: data_digest,
-                FEATURES_URI_TAG: first_uri,
-                GIT_COMMIT_TAG: code or "",
-                PARAMS_HASH_TAG: p_hash,
-                SEED_TAG: str(params.seed),
-                VALID_AUC_TAG: f"{chosen.valid_auc:.5f}",
+                **version_tags(chosen, data_digest, first_uri, code, p_hash, params.seed),
             },
             model_tags=scope_tags,
             description=(

@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy.typing as npt
 import pandas as pd
 from mlflow.data.numpy_dataset import from_numpy
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from matchmaking import tracking
@@ -393,7 +394,6 @@ def train(
         progress.step(f"looking for a version of {name} trained on the same data, code, params")
         existing = find_existing_version(client, name, data_digest, code, p_hash, spec.name)
         if existing is not None:
-            mv = client.get_model_version(name, existing)
             logger.info(
                 "%s v%s was already trained on data %s with this code and these params: "
                 "reusing it, registering nothing",
@@ -401,21 +401,8 @@ def train(
                 existing,
                 data_digest[:12],
             )
-            with mlflow.start_run(run_name=f"train-{city}") as run:
-                mlflow.set_tags(
-                    tracking.reproducibility_tags(
-                        step="train",
-                        city=city,
-                        data_digest=data_digest,
-                        registered_version=existing,
-                        reused_version="true",
-                        reused_from_run=mv.run_id,
-                    )
-                )
-            objective = mv.tags.get(OBJECTIVE_TAG, "")
-            uri = f"models:/{name}/{existing}"
-            progress.done(f"reusing {name} v{existing}")
-            return TrainResult(city, run.info.run_id, name, existing, uri, objective, reused=True)
+            run_tags = {"step": "train", "city": city, "data_digest": data_digest}
+            return reuse_version(client, name, existing, city, run_tags, progress)
 
     progress.step(f"reading the labelled rows of {features_dir}")
     read = spec.rows(features_dir, manifest, params)
@@ -461,44 +448,15 @@ def train(
             **chosen.metrics,
         }
         mlflow.log_metrics(metrics)
-        mlflow.log_params({"objective": chosen.objective, "sample_weight": chosen.sample_weight})
-        mlflow.set_tags(
-            {
-                "model_selection": reason,
-                "weight_selection": chosen.weight_reason,
-                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
-                OBJECTIVE_TAG: chosen.objective,
-                SCORE_KIND_TAG: chosen.score_kind,
-                MODEL_TYPE_TAG: spec.name,
-            }
-        )
-
-        importance = dict(
-            zip(
-                FEATURE_NAMES,
-                chosen.booster.feature_importance("gain", iteration=chosen.best_iteration).tolist(),
-                strict=True,
-            )
-        )
-        mlflow.log_dict(importance, FEATURE_IMPORTANCE_ARTIFACT)
+        log_choice(chosen, FEATURE_NAMES, {MODEL_TYPE_TAG: spec.name})
 
         progress.step(f"logging the {chosen.objective} model ({reason})")
-        booster = _trimmed(chosen.booster)
-        example = pd.DataFrame(valid_rows.x[:5].astype(np.float64), columns=list(FEATURE_NAMES))
-        signature = infer_signature(example, booster.predict(example.to_numpy()))
         with tempfile.TemporaryDirectory(prefix="matchmaking-train-") as tmp:
             # MLflow copies extra files from local paths: a remote table is fetched here.
             driver_table = storage.local_file(
                 storage.join(features_dir, DRIVER_TABLE_FILE), Path(tmp)
             )
-            info = mlflow.lightgbm.log_model(
-                booster,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                extra_files=[str(driver_table)],
-                pip_requirements=_pip_requirements(),
-            )
+            info = log_booster(chosen, valid_rows, FEATURE_NAMES, driver_table)
         progress.step(f"registering a version of {name}")
         version = register(
             client,
@@ -509,15 +467,7 @@ def train(
             {
                 CITY_TAG: city,
                 MODEL_TYPE_TAG: spec.name,
-                OBJECTIVE_TAG: chosen.objective,
-                SAMPLE_WEIGHT_TAG: chosen.sample_weight,
-                SCORE_KIND_TAG: chosen.score_kind,
-                DATA_DIGEST_TAG: data_digest,
-                FEATURES_URI_TAG: features_uri,
-                GIT_COMMIT_TAG: code or "",
-                PARAMS_HASH_TAG: p_hash,
-                SEED_TAG: str(params.seed),
-                VALID_AUC_TAG: f"{chosen.valid_auc:.5f}",
+                **version_tags(chosen, data_digest, features_uri, code, p_hash, params.seed),
             },
             model_tags={CITY_TAG: city, MODEL_TYPE_TAG: spec.name},
             description=(
@@ -531,6 +481,92 @@ def train(
     return TrainResult(
         city, run.info.run_id, name, version, f"models:/{name}/{version}", chosen.objective, metrics
     )
+
+
+def reuse_version(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    label: str,
+    run_tags: dict[str, str],
+    progress: Progress,
+) -> TrainResult:
+    """Record a ``train-<label>`` run that reuses ``name`` v``version`` (a version already
+    trained on the same data, code and params; ``find_existing_version``) and return it."""
+    mv = client.get_model_version(name, version)
+    with mlflow.start_run(run_name=f"train-{label}") as run:
+        mlflow.set_tags(
+            tracking.reproducibility_tags(
+                **run_tags,
+                registered_version=version,
+                reused_version="true",
+                reused_from_run=mv.run_id,
+            )
+        )
+    progress.done(f"reusing {name} v{version}")
+    objective = mv.tags.get(OBJECTIVE_TAG, "")
+    uri = f"models:/{name}/{version}"
+    return TrainResult(label, run.info.run_id, name, version, uri, objective, reused=True)
+
+
+def log_choice(chosen: Trained, feature_names: Sequence[str], tags: dict[str, str]) -> None:
+    """Log, on the active run, which model was kept and why (params and tags, plus ``tags``)
+    and its per-feature gain (``FEATURE_IMPORTANCE_ARTIFACT``)."""
+    mlflow.log_params({"objective": chosen.objective, "sample_weight": chosen.sample_weight})
+    mlflow.set_tags(
+        {
+            "model_selection": chosen.reason,
+            "weight_selection": chosen.weight_reason,
+            SAMPLE_WEIGHT_TAG: chosen.sample_weight,
+            OBJECTIVE_TAG: chosen.objective,
+            SCORE_KIND_TAG: chosen.score_kind,
+            **tags,
+        }
+    )
+    gain = chosen.booster.feature_importance("gain", iteration=chosen.best_iteration)
+    mlflow.log_dict(
+        dict(zip(feature_names, gain.tolist(), strict=True)), FEATURE_IMPORTANCE_ARTIFACT
+    )
+
+
+def log_booster(
+    chosen: Trained, valid_rows: Labelled, feature_names: Sequence[str], driver_table: Path
+) -> ModelInfo:
+    """Log the kept booster, cut at its best iteration, as the run's ``MODEL_ARTIFACT`` with
+    its signature, five validation rows as input example and the driver table beside it."""
+    booster = _trimmed(chosen.booster)
+    example = pd.DataFrame(valid_rows.x[:5].astype(np.float64), columns=list(feature_names))
+    signature = infer_signature(example, booster.predict(example.to_numpy()))
+    return mlflow.lightgbm.log_model(
+        booster,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        input_example=example,
+        extra_files=[str(driver_table)],
+        pip_requirements=_pip_requirements(),
+    )
+
+
+def version_tags(
+    chosen: Trained,
+    data_digest: str,
+    features_uri: str,
+    code: str | None,
+    p_hash: str,
+    seed: int,
+) -> dict[str, str]:
+    """The tags every trained version carries: what was kept, on which data, code and params."""
+    return {
+        OBJECTIVE_TAG: chosen.objective,
+        SAMPLE_WEIGHT_TAG: chosen.sample_weight,
+        SCORE_KIND_TAG: chosen.score_kind,
+        DATA_DIGEST_TAG: data_digest,
+        FEATURES_URI_TAG: features_uri,
+        GIT_COMMIT_TAG: code or "",
+        PARAMS_HASH_TAG: p_hash,
+        SEED_TAG: str(seed),
+        VALID_AUC_TAG: f"{chosen.valid_auc:.5f}",
+    }
 
 
 def _log_effective_params(run: mlflow.ActiveRun, params: TrainParams) -> None:
