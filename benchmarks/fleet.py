@@ -16,8 +16,9 @@ One run, one machine, loopback only:
    - warm: closed loop at concurrency 8 over 50-candidate requests spread over all N models
      (peak), then an open loop at half that peak (p99 from the scheduled send time);
    - registry: the service's own counters over ``IDLE_S`` seconds of polling (calls per poll,
-     seconds per poll), next to what the previous poller did in the same run (one
-     ``get_model_version_by_alias`` per loaded model, timed here against the same server);
+     seconds per poll, the poller thread's CPU per poll), next to what the previous poller did
+     in the same run (one ``get_model_version_by_alias`` per loaded model, timed here against
+     the same server);
    - at N=79 only: the time until every compiled forest is swapped in, and the RSS then.
 
 Run: ``python -m benchmarks.run --only fleet`` (report ``benchmarks/reports/fleet.md``).
@@ -284,6 +285,8 @@ def measure(
             # What the last poll asked (the service's gauge: no window-boundary effects).
             calls_per_poll=after["matchmaking_registry_poll_calls"],
             poll_s=delta("matchmaking_registry_poll_seconds_sum") / polls,
+            # The poller thread's CPU: what a poll may hold the GIL for while requests wait.
+            poll_cpu_s=delta("matchmaking_registry_poll_cpu_seconds_sum") / polls,
         )
         old_calls, old_s = old_poll(uri, [f"{prefix}-{c}" for c in cities])
         out.update(old_calls_per_poll=old_calls, old_poll_s=old_s)
@@ -369,7 +372,7 @@ def main(report: Path) -> None:
     load_after = os.getloadavg()
     by = {r["n"]: r for r in results}
     for r in results:
-        for key in ("cold_p50", "cold_p99", "cold_max", "poll", "old_poll"):
+        for key in ("cold_p50", "cold_p99", "cold_max", "poll", "poll_cpu", "old_poll"):
             r[f"{key}_ms"] = r[f"{key}_s"] * 1000
     big, small = by[max(SIZES)], by[min(SIZES)]
     checks = {
@@ -426,6 +429,7 @@ def main(report: Path) -> None:
         row("warm p99 at half peak (ms)", "{:.2f}", "half_p99_ms"),
         row("registry calls per poll", "{:.1f}", "calls_per_poll"),
         row("time of one poll (ms)", "{:.1f}", "poll_ms"),
+        row("CPU of one poll, poller thread (ms)", "{:.1f}", "poll_cpu_ms"),
         row("previous poller: registry calls per poll", "{}", "old_calls_per_poll"),
         row("previous poller: time of one poll (ms)", "{:.0f}", "old_poll_ms"),
         row("mean compile time, background (s)", "{:.2f}", "compile_s"),

@@ -131,6 +131,13 @@ class Metrics:
             buckets=POLL_BUCKETS,
             registry=r,
         )
+        self.registry_poll_cpu_seconds = Histogram(
+            "matchmaking_registry_poll_cpu_seconds",
+            "CPU time of the poller's thread in one registry poll (time it may hold the GIL "
+            "while requests wait; the rest of a poll is waiting on the registry).",
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
         self.registry_poll_calls = Gauge(
             "matchmaking_registry_poll_calls",
             "Registry calls made by the last poll (the search pages, plus one per model whose "
