@@ -227,7 +227,7 @@ class DayProcessor:
             self._require([day])
             if checked is None:
                 with eng.engine(self.config) as e:
-                    checked = self._validate(e, day)
+                    checked = self._validate(e, day, keep_clean=False)
             location = self._publish_summary(day, key, checked)
         summary = Summary(day, location, datasets.read_manifest(location))
         _check_share(self.city, day, summary.manifest, self.max_bad_share)
@@ -269,12 +269,13 @@ class DayProcessor:
         """Those of ``days`` whose summary is not published for today's inputs."""
         return [d for d in days if self.find_summary(d) is None]
 
-    def _validate(self, e: eng.Engine, day: date) -> eng.Checked:
+    def _validate(self, e: eng.Engine, day: date, keep_clean: bool = True) -> eng.Checked:
         return e.validate_day(
             _raw_file(self.settings, self.city, day, "bookings"),
             _raw_file(self.settings, self.city, day, "candidates"),
             self.roster(),
             (self.info.lat, self.info.lng),
+            keep_clean,
         )
 
     def _publish_summary(self, day: date, key: str, checked: eng.Checked) -> Location:

@@ -104,9 +104,12 @@ class Engine:
         candidates: LocationLike,
         roster: pd.DataFrame,
         centre: tuple[float, float],
+        keep_clean: bool = True,
     ) -> Checked:
         """Validate the day in buckets of whole bookings; keep the clean rows in DuckDB
-        (tables ``clean_b``, ``clean_c``) and return counts, quarantine and clean offers."""
+        (tables ``clean_b``, ``clean_c``, for ``feature_batches``; skipped when not
+        ``keep_clean``: a day only summarised needs its offers alone) and return counts,
+        quarantine and clean offers."""
         con = self.con
         con.execute(f"CREATE OR REPLACE VIEW raw_b AS SELECT * FROM {self.source(bookings)}")
         con.execute(f"CREATE OR REPLACE VIEW raw_c AS SELECT * FROM {self.source(candidates)}")
@@ -135,6 +138,8 @@ class Engine:
             clean_c = checked.candidates
             offered = clean_c.loc[clean_c["offered"].to_numpy(dtype=bool)]
             offers.append(offered[[*OFFER_COLUMNS, FILE_ROW]])
+            if not keep_clean:
+                continue
             clean_b = pa.Table.from_pandas(checked.bookings, preserve_index=False)
             clean_c_arrow = pa.Table.from_pandas(clean_c, preserve_index=False)
             con.register("bucket_b", clean_b)
