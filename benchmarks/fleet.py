@@ -19,7 +19,8 @@ One run, one machine, loopback only:
      seconds per poll, the poller thread's CPU per poll), next to what the previous poller did
      in the same run (one ``get_model_version_by_alias`` per loaded model, timed here against
      the same server);
-   - at N=79 only: the time until every compiled forest is swapped in, and the RSS then.
+   - at N=79 only: the time until every compiled forest is swapped in, the RSS then, and the
+     open loop at half peak again (steady state: no swap left to happen).
 
 Run: ``python -m benchmarks.run --only fleet`` (report ``benchmarks/reports/fleet.md``).
 """
@@ -314,6 +315,14 @@ def measure(
             out["compile_s"] = end.get("matchmaking_compile_seconds_sum", 0.0) / max(
                 end.get("matchmaking_compile_seconds_count", 0.0), 1.0
             )
+            # Steady state: every forest compiled, no swap left to happen during the loop.
+            logger.info("N=%d: half peak again, every forest compiled", n)
+            steady = run_load(f"steady half peak, {n} models", port, payloads, rate=peak.rps / 2)
+            out.update(
+                steady_p50_ms=steady.pct(50),
+                steady_p99_ms=steady.pct(99),
+                warm_errors=out["warm_errors"] + steady.errors,
+            )
     return out
 
 
@@ -441,7 +450,10 @@ def main(report: Path) -> None:
             f"- At {small['n']} models every compiled forest was swapped in "
             f"{small['all_compiled_after_s']:.0f} s after the measurements (one niced worker); "
             f"RSS then {small['rss_compiled_mb']:.0f} MB, "
-            f"{small['per_model_compiled_mb']:.2f} MB per compiled model.",
+            f"{small['per_model_compiled_mb']:.2f} MB per compiled model. Then, with no "
+            f"compilation left to swap in, the open loop at the same half peak: p50 "
+            f"{small['steady_p50_ms']:.2f} ms, p99 {small['steady_p99_ms']:.2f} ms (the warm "
+            "figures above ran while the background worker compiled and swapped in forests).",
             "",
         ]
     lines += [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -35,7 +36,7 @@ from serving.deps import Service, require_token
 from serving.hotpath import HotPath
 from serving.logs import RequestContextMiddleware
 from serving.metrics import Metrics
-from serving.registry_watch import ModelStore
+from serving.registry_watch import ModelStore, freeze_heap
 from serving.routes import models, ops, outcomes, registry, scoring
 from serving.schemas import request_schemas
 from serving.settings import ServeSettings
@@ -108,6 +109,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service.log = _open_log(service)
     try:
         await anyio.to_thread.run_sync(store.preload)
+        gc.collect()  # once, before any request: what start-up left as garbage goes now
+        freeze_heap()
         service.store = store
         poller = asyncio.create_task(
             _poll_forever(store, settings.poll_interval_s, service.poll_now)
