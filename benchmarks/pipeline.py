@@ -619,8 +619,8 @@ def main(report: Path = REPORT) -> None:
         *_machine(),
         f"- Load: 1-minute load average {min(loads.samples):.2f}..{max(loads.samples):.2f} "
         f"over the run (sampled before each step; {os.cpu_count()} cores, so above "
-        f"{os.cpu_count()} other work was competing: another engineer's tests shared the "
-        "machine).",
+        f"{os.cpu_count()} other work was competing; the average lags, so the steps' own "
+        "threads count too).",
         "",
         *_section_a(world, proc),
         *_section_b(store, bare, binary, default),
