@@ -199,23 +199,12 @@ def _core_inputs(data: str, day: str) -> dict[str, Any]:
     }
 
 
-CORE_BOOKING = (
-    "pickup_lat",
-    "pickup_lng",
-    "dropoff_lat",
-    "dropoff_lng",
-    "trip_km",
-    "fare",
-    "logging_policy",
-    "logging_policy_version",
-)
-CORE_DRIVER = ("home_lat", "home_lng", "rating", "shift_start_min", "shift_length_min")
-
-
 def child_core_duckdb(data: str, day: str) -> dict[str, Any]:
     """The core in DuckDB: history aggregated from the summaries, candidates joined with their
     booking, driver and history, in published order, streamed to zstd parquet (COPY)."""
     import duckdb
+
+    from matchmaking.processing.engine import JOINED_BOOKING_COLUMNS, JOINED_DRIVER_COLUMNS
 
     f = _core_inputs(data, day)
     target = f["out"] / "duckdb.parquet"
@@ -229,8 +218,8 @@ def child_core_duckdb(data: str, day: str) -> dict[str, Any]:
     )
     started, cpu = time.perf_counter(), time.process_time()
     files = ", ".join(f"'{p}'" for p in f["summaries"])
-    b_cols = ", ".join(f"b.{c}" for c in CORE_BOOKING)
-    d_cols = ", ".join(f"d.{c}" for c in CORE_DRIVER)
+    b_cols = ", ".join(f"b.{c}" for c in JOINED_BOOKING_COLUMNS)
+    d_cols = ", ".join(f"d.{c}" for c in JOINED_DRIVER_COLUMNS)
     con.execute(
         f"""
         COPY (
@@ -260,6 +249,8 @@ def child_core_polars(data: str, day: str) -> dict[str, Any]:
     benchmark only (``--polars DIR``: ``pip install --target DIR polars``)."""
     import polars as pl
 
+    from matchmaking.processing.engine import JOINED_BOOKING_COLUMNS, JOINED_DRIVER_COLUMNS
+
     f = _core_inputs(data, day)
     target = f["out"] / "polars.parquet"
     started, cpu = time.perf_counter(), time.process_time()
@@ -275,8 +266,14 @@ def child_core_polars(data: str, day: str) -> dict[str, Any]:
     plan = (
         pl.scan_parquet(f["candidates"])
         .with_row_index("file_row_number")
-        .join(pl.scan_parquet(f["bookings"]).select("booking_id", *CORE_BOOKING), on="booking_id")
-        .join(pl.scan_parquet(f["drivers"]).select("driver_id", *CORE_DRIVER), on="driver_id")
+        .join(
+            pl.scan_parquet(f["bookings"]).select("booking_id", *JOINED_BOOKING_COLUMNS),
+            on="booking_id",
+        )
+        .join(
+            pl.scan_parquet(f["drivers"]).select("driver_id", *JOINED_DRIVER_COLUMNS),
+            on="driver_id",
+        )
         .join(history, on="driver_id", how="left")
         .with_columns(pl.col("offers_28d", "accepts_28d", "offer_eta_sum_28d").fill_null(0.0))
         .sort("requested_at", "booking_id", "eta_rank", "file_row_number")

@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 FILE_ROW = "file_row_number"  # DuckDB's parquet row position: file order
 HISTORY_COLUMNS = ("offers_28d", "accepts_28d", "offer_eta_sum_28d")
+#: What the day's feature join adds to a candidate row from its booking and its driver (the
+#: candidate rows carry the keys and ``requested_at`` already).
+JOINED_BOOKING_COLUMNS = tuple(
+    c for c in BOOKING_COLUMNS if c not in ("booking_id", "requested_at")
+)
+JOINED_DRIVER_COLUMNS = tuple(c for c in DRIVER_COLUMNS if c != "driver_id")
 OFFER_COLUMNS = ["driver_id", "requested_at", "accepted", "eta_seconds", "offered"]
 
 
@@ -180,10 +186,8 @@ class Engine:
         con = self.con
         con.register("drivers_v", pa.Table.from_pandas(drivers[list(DRIVER_COLUMNS)]))
         con.register("history_v", pa.Table.from_pandas(history, preserve_index=False))
-        b_cols = ", ".join(
-            f"b.{c}" for c in BOOKING_COLUMNS if c not in ("booking_id", "requested_at")
-        )
-        d_cols = ", ".join(f"d.{c}" for c in DRIVER_COLUMNS if c != "driver_id")
+        b_cols = ", ".join(f"b.{c}" for c in JOINED_BOOKING_COLUMNS)
+        d_cols = ", ".join(f"d.{c}" for c in JOINED_DRIVER_COLUMNS)
         h_cols = ", ".join(f"h.{c}" for c in HISTORY_COLUMNS)
         reader = con.sql(
             f"""
