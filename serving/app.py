@@ -108,8 +108,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service.poll_now = asyncio.Event()
     service.log = _open_log(service)
     try:
+        gc.collect()  # once, before the first freeze: what start-up left as garbage goes now
         await anyio.to_thread.run_sync(store.preload)
-        gc.collect()  # once, before any request: what start-up left as garbage goes now
         freeze_heap()
         service.store = store
         poller = asyncio.create_task(
