@@ -80,12 +80,18 @@ _decode_page = msgspec.json.Decoder(_Page).decode
 
 
 def _rest_store(client: MlflowClient) -> RestStore | None:
-    """The client's registry store when it is MLflow's plain REST store, else None."""
+    """The client's registry store when it is MLflow's plain REST store with the two members
+    the fast path uses (MLflow internals: a release without them falls back to the client),
+    else None."""
     try:
         store = client._get_registry_client().store
     except (AttributeError, MlflowException):
         return None
-    return store if type(store) is RestStore else None
+    if type(store) is not RestStore or not all(
+        hasattr(store, m) for m in ("get_host_creds", "_validate_workspace_support_if_specified")
+    ):
+        return None
+    return store
 
 
 def _rest_pages(
