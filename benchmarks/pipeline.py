@@ -636,12 +636,12 @@ def main(report: Path = REPORT) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         large, quality = Path(tmp) / "large", Path(tmp) / "quality"
         world = _run_step(loads, "large-world", "--root", str(large))
-        runs: list[Result] = []
+        process_runs: list[Result] = []
         baseline_runs: list[Result] = []
         for _ in range(REPEATS):  # interleaved: a burst of outside load hits both paths
-            runs.append(_run_step(loads, "process", "--root", str(large)))
+            process_runs.append(_run_step(loads, "process", "--root", str(large)))
             baseline_runs.append(_run_step(loads, "window-at-once", "--root", str(large)))
-        dataset = runs[-1]["dataset_dir"]  # each run rebuilt it; the last one is on disk
+        dataset = process_runs[-1]["dataset_dir"]  # each run rebuilt it; the last one is kept
         store = _run_step(loads, "store", "--root", str(large))
         bare: list[Result] = []
         binary: list[Result] = []
@@ -686,7 +686,7 @@ def main(report: Path = REPORT) -> None:
         f"{os.cpu_count()} other work was competing; the average lags, so the steps' own "
         "threads count too).",
         "",
-        *_section_a(world, runs, baseline_runs),
+        *_section_a(world, process_runs, baseline_runs),
         *_section_b(store, bare, binary, default),
         *_section_c(results),
     ]
