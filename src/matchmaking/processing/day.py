@@ -54,6 +54,7 @@ from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.markets import Market, get_market
 from matchmaking.processing import engine as eng
 from matchmaking.processing.inputs import history_from
+from matchmaking.processing.validate import ValidationResult, validate
 from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import DRIVERS, FEATURE_NAMES, RAW_TABLES
 
@@ -180,6 +181,7 @@ class DayProcessor:
         self._summary_tables: dict[date, pa.Table] = {}
         self._keys: dict[date, str] = {}
         self._roster: pd.DataFrame | None = None
+        self._checked_roster: ValidationResult | None = None
         self._checked: set[date] = set()  # days whose raw partitions passed the footer check
         self.rejected_parent: Location | None = None  # where a rejected day's files go
         self.progress: Progress = SILENT
@@ -195,6 +197,17 @@ class DayProcessor:
         if self._roster is None:
             self._roster = lake.read_drivers(self.settings.lake_dir, self.city).to_pandas()
         return self._roster
+
+    def checked_roster(self) -> ValidationResult:
+        """The roster validated (once per processor: every day of a window shares it)."""
+        if self._checked_roster is None:
+            self._checked_roster = validate(
+                _no_rows("bookings"),
+                _no_rows("candidates"),
+                self.roster(),
+                (self.info.lat, self.info.lng),
+            )
+        return self._checked_roster
 
     def history_days(self, day: date) -> list[date]:
         first = history_from(day, self.available)
@@ -245,7 +258,7 @@ class DayProcessor:
         small = [d for d in days if self._to_validate(d) and self._fits_one_bucket(d)]
         done: dict[date, Future[Summary]] = {}
         if len(small) > 1 and self.config.threads > 1:
-            self.roster()  # loaded once, before the threads share it
+            self.checked_roster()  # validated once, before the threads share it
             with ThreadPoolExecutor(self.config.threads, "summary") as pool:
                 done = {d: pool.submit(self.ensure_summary, d) for d in small}
         out = []
@@ -320,7 +333,7 @@ class DayProcessor:
         return e.validate_day(
             _raw_file(self.settings, self.city, day, "bookings"),
             _raw_file(self.settings, self.city, day, "candidates"),
-            self.roster(),
+            self.checked_roster(),
             (self.info.lat, self.info.lng),
             keep_clean,
         )
@@ -504,12 +517,7 @@ class DayProcessor:
         """The driver feature table valid the day after ``end``, from the summaries."""
         after = end + timedelta(days=1)
         days = [d for d in self.history_days(after) if d <= end]
-        from matchmaking.processing.validate import validate
-
-        roster = self.roster()
-        drivers = validate(
-            _no_rows("bookings"), _no_rows("candidates"), roster, (self.info.lat, self.info.lng)
-        ).drivers
+        drivers = self.checked_roster().drivers
         return driver_snapshot(drivers, self.read_summaries(days), np.datetime64(after))
 
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from matchmaking.features.batch import BOOKING_COLUMNS, DRIVER_COLUMNS, feature_frame
 from matchmaking.lake.storage import Location, LocationLike
-from matchmaking.processing.validate import validate
+from matchmaking.processing.validate import ValidationResult, validate
 from matchmaking.schema import RAW_TABLES
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Engine:
         self,
         bookings: LocationLike,
         candidates: LocationLike,
-        roster: pd.DataFrame,
+        roster: ValidationResult,
         centre: tuple[float, float],
         keep_clean: bool = True,
     ) -> Checked:
@@ -132,22 +132,19 @@ class Engine:
         quarantine and clean offers."""
         n_b, n_c = num_rows(bookings), num_rows(candidates)
         buckets = max(1, math.ceil((n_c + n_b) / self.config.bucket_rows))
-        out = Checked(total_rows=len(roster) + n_b + n_c, bookings=n_b, candidates=n_c)
+        out = Checked(total_rows=roster.total_rows + n_b + n_c, bookings=n_b, candidates=n_c)
         if buckets == 1:  # the whole day at once, read in file order without DuckDB
             whole_b = _read_whole(bookings, RAW_TABLES["bookings"])
             whole_c = _read_whole(candidates, RAW_TABLES["candidates"])
-            empty_b, empty_c = whole_b.iloc[:0], whole_c.iloc[:0]
         else:
             con = self.con
             con.execute(f"CREATE OR REPLACE VIEW raw_b AS SELECT * FROM {self.source(bookings)}")
             con.execute(f"CREATE OR REPLACE VIEW raw_c AS SELECT * FROM {self.source(candidates)}")
-            empty_b = self._bucket("raw_b", RAW_TABLES["bookings"], 1, -1)
-            empty_c = self._bucket("raw_c", RAW_TABLES["candidates"], 1, -1)
-        # The roster once; the buckets then see only clean drivers (which break no rule again).
-        first = validate(empty_b, empty_c, roster, centre)
-        drivers = first.drivers
-        out.counts.update(first.counts)
-        out.quarantine.append(pa.Table.from_pandas(first.quarantine, preserve_index=False))
+        # The roster is validated once by the caller (``roster``: every day of a window shares
+        # it); the buckets then see only its clean drivers, which break no rule again.
+        drivers = roster.drivers
+        out.counts.update(roster.counts)
+        out.quarantine.append(pa.Table.from_pandas(roster.quarantine, preserve_index=False))
         offers: list[pd.DataFrame] = []
         created = False
         for k in range(buckets):
@@ -189,13 +186,12 @@ class Engine:
         return out
 
     def _bucket(self, view: str, contract: pa.Schema, buckets: int, k: int) -> pd.DataFrame:
-        """Rows of one bucket of booking ids, in file order (``k = -1``: none, typed)."""
+        """Rows of one bucket of booking ids, in file order."""
         # Each bucket decodes the day's files again (hash filter). Decoding them once into a
         # DuckDB table tagged with the bucket was measured slower (part d of the scale report:
         # writing the table costs more than the decodes it saves) and 0.06 GB higher.
-        where = "false" if k < 0 else f"hash(booking_id) % {buckets} = {k}"
         table = self.con.sql(
-            f"SELECT * FROM {view} WHERE {where} ORDER BY {FILE_ROW}"
+            f"SELECT * FROM {view} WHERE hash(booking_id) % {buckets} = {k} ORDER BY {FILE_ROW}"
         ).to_arrow_table()
         return _typed(table, contract).to_pandas()
 
