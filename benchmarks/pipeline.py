@@ -3,7 +3,9 @@
 Three parts, measured in one run, each heavy step in its own subprocess so its peak RSS
 (``ru_maxrss``) is its own:
 
-a. ``build_dataset`` on a window of >= 1M candidate rows (with its 28 days of history).
+a. ``build_dataset`` on a window of >= 1M candidate rows (with its 28 days of history), built
+   from scratch, interleaved with the window-at-once processing it replaced (issue 14; kept
+   as the test reference ``tests/support/window_reference.py``) on the same world.
 b. A bare ``lgb.train`` (binary, same parameters and early stopping) against the platform's
    ``train`` (MLflow run, lineage, ``log_model``, registry, SQLite store) on the same matrix.
 c. The quality bar of issue 3 for three cities at the demo scale: train, evaluate, check.
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +54,8 @@ EVAL_SEED = 7
 TRAIN_DAYS = 28
 HOLDOUT_DAYS = 7
 
-# b: each training variant runs this many times, interleaved; the report gives the median run.
+# a and b: each processing path and training variant runs this many times, interleaved; the
+# report gives the median run.
 REPEATS = 3
 
 # The bar (tests/model/test_quality_bar.py).
@@ -107,21 +111,24 @@ def step_large_world(root: Path) -> Result:
 
 
 def step_process(root: Path) -> Result:
-    """Part a: ``build_dataset`` (validate, featurise, publish) on the 10-day window."""
+    """Part a: ``build_dataset`` (validate, featurise, publish) on the 10-day window, from
+    scratch (the features of an earlier run are removed first: nothing is reused)."""
     from matchmaking import lake
     from matchmaking.processing.step import build_dataset
 
     settings = _settings(root)
+    shutil.rmtree(Path(settings.features_dir), ignore_errors=True)
     start, end = _large_window()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = build_dataset(settings, LARGE_CITY, start, end, max_bad_share=0.05)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = _peak_rss_mb()
     raw = lake.read_partitions(
         settings.lake_dir, LARGE_CITY, "candidates", result.history_from, end, ["booking_id"]
     )
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "rows": result.rows,
         "offered_rows": result.offered_rows,
         "raw_candidates_read": raw.num_rows,
@@ -129,6 +136,34 @@ def step_process(root: Path) -> Result:
         "dataset_dir": str(result.dataset_dir),
         "peak_rss_mb": peak,
     }
+
+
+def step_window_at_once(root: Path) -> Result:
+    """Part a's baseline: the same window processed at once, as before the per-day engine
+    (every raw row of the window and its history read into pandas, validated together, the
+    features built over the window) and its rows written as the old step wrote them (one
+    zstd parquet file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.window_reference import reference_window
+
+    settings = _settings(root)
+    start, end = _large_window()
+    out = root / "window-at-once.parquet"
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ref = reference_window(settings.lake_dir, LARGE_CITY, start, end, round_trip=False)
+    pq.write_table(
+        pa.Table.from_pandas(ref.rows, preserve_index=False),
+        out,
+        compression="zstd",
+        write_statistics=True,
+    )
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    rows = len(ref.rows)
+    out.unlink()
+    return {"seconds": seconds, "cpu_seconds": cpu, "rows": rows, "peak_rss_mb": _peak_rss_mb()}
 
 
 def step_store(root: Path) -> Result:
@@ -358,18 +393,40 @@ def _machine() -> list[str]:
     return machine_lines(("lightgbm", "numpy", "pandas", "mlflow"))
 
 
-def _section_a(world: Result, proc: Result) -> list[str]:
+def _section_a(world: Result, runs: list[Result], baseline_runs: list[Result]) -> list[str]:
     start, end = _large_window()
+    proc, base = _median(runs), _median(baseline_runs)
+    peak = max(r["peak_rss_mb"] for r in runs) / max(r["peak_rss_mb"] for r in baseline_runs)
+    if base["rows"] != proc["rows"]:
+        raise RuntimeError(f"the baseline published {base['rows']} rows, not {proc['rows']}")
     return [
         "## a. Feature processing",
         "",
         f"{LARGE_CITY}, {LARGE_BOOKINGS_PER_DAY:,} bookings a day, {LARGE_HISTORY_DAYS} days of "
         f"history then the {LARGE_WINDOW_DAYS}-day window {start}..{end}. `build_dataset` reads "
         "the window and its history, validates, builds the point-in-time features and publishes "
-        "the window's rows (zstd parquet, atomic rename). No MLflow.",
+        "the window's rows (zstd parquet, atomic rename), a day at a time, from scratch "
+        "(nothing reused). No MLflow.",
         "",
-        f"Single runs; 1-minute load average before: generation {world['load_before']:.2f}, "
-        f"`build_dataset` {proc['load_before']:.2f}.",
+        f"Generation ran once (1-minute load average before: {world['load_before']:.2f}). "
+        f"`build_dataset` ran {REPEATS} times interleaved with the window-at-once baseline "
+        "(the processing before the per-day engine of issue 14, kept as the test reference "
+        "`tests/support/window_reference.py`: the window and its history read into pandas at "
+        "once, validated together, the features built over the window, written as one zstd "
+        "parquet file), each in a fresh interpreter, on the same world; the table gives the "
+        "median run of each.",
+        "",
+        "| path | wall s, each run | CPU s (median run) | peak RSS (MB) |",
+        "|---|---:|---:|---:|",
+        f"| `build_dataset`, a day at a time | {_each(runs, 'seconds')} "
+        f"| {proc['cpu_seconds']:.1f} | {max(r['peak_rss_mb'] for r in runs):,.0f} |",
+        f"| window at once (baseline) | {_each(baseline_runs, 'seconds')} "
+        f"| {base['cpu_seconds']:.1f} | {max(r['peak_rss_mb'] for r in baseline_runs):,.0f} |",
+        "",
+        f"- Wall time, day at a time / window at once: "
+        f"**{proc['seconds'] / base['seconds']:.2f}x** on the medians "
+        f"({proc['seconds']:.1f} s vs {base['seconds']:.1f} s); CPU "
+        f"{proc['cpu_seconds'] / base['cpu_seconds']:.2f}x; peak memory {peak:.2f}x.",
         "",
         "| step | rows | seconds | rows/s | peak RSS (MB) |",
         "|---|---:|---:|---:|---:|",
@@ -382,6 +439,9 @@ def _section_a(world: Result, proc: Result) -> list[str]:
         f"| `build_dataset`: candidate rows published (window) | {proc['rows']:,} "
         f"| {proc['seconds']:.1f} | **{proc['rows'] / proc['seconds']:,.0f}** "
         f"| {proc['peak_rss_mb']:,.0f} |",
+        f"| window at once (baseline): candidate rows published | {base['rows']:,} "
+        f"| {base['seconds']:.1f} | {base['rows'] / base['seconds']:,.0f} "
+        f"| {base['peak_rss_mb']:,.0f} |",
         "",
         f"Of the window's rows, {proc['offered_rows']:,} were offered (labelled).",
         "",
@@ -576,8 +636,12 @@ def main(report: Path = REPORT) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         large, quality = Path(tmp) / "large", Path(tmp) / "quality"
         world = _run_step(loads, "large-world", "--root", str(large))
-        proc = _run_step(loads, "process", "--root", str(large))
-        dataset = proc["dataset_dir"]
+        process_runs: list[Result] = []
+        baseline_runs: list[Result] = []
+        for _ in range(REPEATS):  # interleaved: a burst of outside load hits both paths
+            process_runs.append(_run_step(loads, "process", "--root", str(large)))
+            baseline_runs.append(_run_step(loads, "window-at-once", "--root", str(large)))
+        dataset = process_runs[-1]["dataset_dir"]  # each run rebuilt it; the last one is kept
         store = _run_step(loads, "store", "--root", str(large))
         bare: list[Result] = []
         binary: list[Result] = []
@@ -622,7 +686,7 @@ def main(report: Path = REPORT) -> None:
         f"{os.cpu_count()} other work was competing; the average lags, so the steps' own "
         "threads count too).",
         "",
-        *_section_a(world, proc),
+        *_section_a(world, process_runs, baseline_runs),
         *_section_b(store, bare, binary, default),
         *_section_c(results),
     ]
@@ -633,6 +697,7 @@ def main(report: Path = REPORT) -> None:
 STEPS: dict[str, Callable[[argparse.Namespace], Result]] = {
     "large-world": lambda a: step_large_world(a.root),
     "process": lambda a: step_process(a.root),
+    "window-at-once": lambda a: step_window_at_once(a.root),
     "store": lambda a: step_store(a.root),
     "bare": lambda a: step_bare(a.dataset),
     "platform": lambda a: step_platform(a.root, a.dataset, a.objectives),

@@ -31,9 +31,13 @@ class Reference:
     quarantine_counts: dict[str, int]
 
 
-def reference_window(root: LocationLike, city: str, start: date, end: date) -> Reference:
+def reference_window(
+    root: LocationLike, city: str, start: date, end: date, round_trip: bool = True
+) -> Reference:
     """The feature rows and driver table of ``city`` over ``[start, end]`` as today's code made
-    them (``processing/step.py`` before the per-day engine), without publishing anything."""
+    them (``processing/step.py`` before the per-day engine), without publishing anything; as a
+    reader gets them back from parquet, unless not ``round_trip`` (the pipeline benchmark's
+    baseline, which writes them itself)."""
     info = get_market(city)
     read_from = require_raw(root, city, start, end)
     bookings = lake.read_partitions(root, city, "bookings", read_from, end).to_pandas()
@@ -56,6 +60,8 @@ def reference_window(root: LocationLike, city: str, start: date, end: date) -> R
     in_window = (day >= np.datetime64(start)) & (day <= np.datetime64(end))
     rows = rows.loc[in_window].reset_index(drop=True)
     snapshot = driver_snapshot(checked.drivers, offers, np.datetime64(end + timedelta(days=1)))
+    if not round_trip:
+        return Reference(rows, snapshot, dict(checked.counts))
     return Reference(_published(rows), _published(snapshot), dict(checked.counts))
 
 

@@ -25,12 +25,18 @@ FIRST = date(2026, 8, 1)
 DAYS = 9
 
 
+# A day in buckets through DuckDB, or (a day that fits in one bucket) read whole with pyarrow.
+BUCKETS = pytest.mark.parametrize(
+    "settings", [1_500, 1_000_000], indirect=True, ids=["buckets", "one-bucket"]
+)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     # Small batches and buckets: many of each per day, so their boundaries are exercised.
     s = Settings(
         data_dir=tmp_path / "data",
-        process_bucket_rows=1_500,
+        process_bucket_rows=getattr(request, "param", 1_500),
         process_batch_rows=700,
         process_memory_limit="256MB",
     )
@@ -51,6 +57,7 @@ def _assert_frames_equal(new: pd.DataFrame, old: pd.DataFrame) -> None:
             assert a.equals(b), name
 
 
+@BUCKETS
 def test_days_equal_todays_window_processing(settings: Settings) -> None:
     start, end = FIRST + timedelta(days=3), FIRST + timedelta(days=DAYS - 1)
     result = build_dataset(settings, "jakarta", start, end, 0.05)
@@ -124,6 +131,7 @@ def test_a_window_reuses_the_days_already_processed(settings: Settings) -> None:
     assert rerun.digest == shifted.digest and rerun.dataset_dir == shifted.dataset_dir
 
 
+@BUCKETS
 def test_a_broken_day_fails_alone(settings: Settings) -> None:
     broken = FIRST + timedelta(days=DAYS - 1)
     path = settings.raw_dir / "city=jakarta" / f"date={broken}" / "candidates.parquet"
@@ -150,6 +158,7 @@ def test_a_broken_day_fails_alone(settings: Settings) -> None:
     )
 
 
+@BUCKETS
 def test_a_window_with_a_few_bad_rows_on_one_day_publishes_and_counts_them(
     settings: Settings,
 ) -> None:

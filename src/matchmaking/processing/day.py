@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
@@ -52,6 +54,7 @@ from matchmaking.lake.storage import Location, LocationLike
 from matchmaking.markets import Market, get_market
 from matchmaking.processing import engine as eng
 from matchmaking.processing.inputs import history_from
+from matchmaking.processing.validate import ValidationResult, validate
 from matchmaking.progress import SILENT, Progress
 from matchmaking.schema import DRIVERS, FEATURE_NAMES, RAW_TABLES
 
@@ -175,8 +178,10 @@ class DayProcessor:
         self.config = engine_config(settings)
         self.available = lake.list_dates(settings.lake_dir, city)
         self._summaries: dict[date, Summary] = {}
+        self._summary_tables: dict[date, pa.Table] = {}
         self._keys: dict[date, str] = {}
         self._roster: pd.DataFrame | None = None
+        self._checked_roster: ValidationResult | None = None
         self._checked: set[date] = set()  # days whose raw partitions passed the footer check
         self.rejected_parent: Location | None = None  # where a rejected day's files go
         self.progress: Progress = SILENT
@@ -192,6 +197,17 @@ class DayProcessor:
         if self._roster is None:
             self._roster = lake.read_drivers(self.settings.lake_dir, self.city).to_pandas()
         return self._roster
+
+    def checked_roster(self) -> ValidationResult:
+        """The roster validated (once per processor: every day of a window shares it)."""
+        if self._checked_roster is None:
+            self._checked_roster = validate(
+                _no_rows("bookings"),
+                _no_rows("candidates"),
+                self.roster(),
+                (self.info.lat, self.info.lng),
+            )
+        return self._checked_roster
 
     def history_days(self, day: date) -> list[date]:
         first = history_from(day, self.available)
@@ -234,6 +250,50 @@ class DayProcessor:
         self._summaries[day] = summary
         return summary
 
+    def ensure_summaries(self, days: list[date]) -> list[Summary]:
+        """``ensure_summary`` of each of ``days``, those not published yet validated
+        concurrently (``EngineConfig.threads`` at a time) when each fits in one bucket (a day
+        larger than that is validated alone, its memory bounded by the engine); a day that
+        fails raises as it would in turn, the earliest first."""
+        small = [d for d in days if self._to_validate(d) and self._fits_one_bucket(d)]
+        done: dict[date, Future[Summary]] = {}
+        if len(small) > 1 and self.config.threads > 1:
+            self.checked_roster()  # validated once, before the threads share it
+            with ThreadPoolExecutor(self.config.threads, "summary") as pool:
+                done = {d: pool.submit(self.ensure_summary, d) for d in small}
+        out = []
+        for d in days:
+            new = d not in self._summaries
+            out.append(done[d].result() if d in done else self.ensure_summary(d))
+            if new or d in done:
+                self.progress.step(f"summary of {d}")
+        return out
+
+    def _to_validate(self, day: date) -> bool:
+        """Whether ``ensure_summary(day)`` would validate the day (its summary not published
+        for today's inputs; a raw file missing: not here, ``ensure_summary`` names it)."""
+        if day in self._summaries:
+            return False
+        try:
+            key = self.summary_key(day)
+        except OSError:
+            return False
+        parent = datasets.summary_parent(self.settings.features_dir, self.city, day)
+        return datasets.find_published(parent, key[:16]) is None
+
+    def _fits_one_bucket(self, day: date) -> bool:
+        """Whether the day's raw rows fit in one validation bucket (footers only); a day with
+        a missing or broken file is not (its summary then fails alone, naming it)."""
+        try:
+            self._require([day])
+            rows = sum(
+                eng.num_rows(_raw_file(self.settings, self.city, day, t))
+                for t in ("bookings", "candidates")
+            )
+        except (OSError, StorageError):
+            return False
+        return rows <= self.config.bucket_rows
+
     def find_summary(self, day: date) -> Summary | None:
         """The day's summary when it is published for today's inputs (raw files, roster, code),
         else None; never validates anything (the planner's question: is this day done?)."""
@@ -273,7 +333,7 @@ class DayProcessor:
         return e.validate_day(
             _raw_file(self.settings, self.city, day, "bookings"),
             _raw_file(self.settings, self.city, day, "candidates"),
-            self.roster(),
+            self.checked_roster(),
             (self.info.lat, self.info.lng),
             keep_clean,
         )
@@ -314,8 +374,12 @@ class DayProcessor:
         """The published summaries of ``days`` (each ensured first), concatenated."""
         tables = []
         for d in days:
-            s = self.ensure_summary(d)
-            tables.append(datasets.read_table(storage.join(s.location, SUMMARY_FILE)))
+            if d not in self._summary_tables:  # a window's days share their history days
+                s = self.ensure_summary(d)
+                self._summary_tables[d] = datasets.read_table(
+                    storage.join(s.location, SUMMARY_FILE)
+                )
+            tables.append(self._summary_tables[d])
         if not tables:
             return daily_summary(offer_log(_no_offers(), self.info.tz))
         return pa.concat_tables(tables).to_pandas()
@@ -323,27 +387,74 @@ class DayProcessor:
     # -- days --------------------------------------------------------------------------------
 
     def day_key(self, day: date) -> str:
-        history = [self.ensure_summary(d) for d in self.history_days(day)]
+        history = self.ensure_summaries(self.history_days(day))
         parts = {
             "summary": self.summary_key(day),
             "history": [[s.day.isoformat(), s.digest] for s in history],
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    def ensure_day(self, day: date, force: bool = False) -> Day:
-        """The day's published feature partition; built when missing (or when ``force``)."""
+    def ensure_days(self, days: list[date]) -> Iterator[Day]:
+        """``ensure_day`` of each of ``days`` in turn; while one day's features are built, the
+        next day's raw rows are validated beside it when that day is to be built and fits in
+        one bucket (two days' clean rows held at most; a day in buckets is validated in turn,
+        its memory bounded by the engine). A day that fails raises in its turn."""
+        with ThreadPoolExecutor(1, "validate-ahead") as pool:
+            ahead: Future[eng.Checked] | None = None
+            for i, d in enumerate(days):
+                checked, ahead = (ahead.result() if ahead else None), None
+                following = days[i + 1] if i + 1 < len(days) else None
+
+                def validate_next(following: date | None = following) -> None:
+                    nonlocal ahead
+                    if following is not None and self._to_build(following):
+                        ahead = pool.submit(self._validate_alone, following)
+
+                yield self.ensure_day(d, checked=checked, validated=validate_next)
+
+    def _to_build(self, day: date) -> bool:
+        """Whether ``ensure_day(day)`` would build the day (every summary its key needs is
+        published) and the day fits in one bucket."""
+        if not all(d in self._summaries for d in self.history_days(day)):
+            return False
+        parent = datasets.day_parent(self.settings.features_dir, self.city, day)
+        if datasets.find_published(parent, self.day_key(day)[:16]) is not None:
+            return False
+        return self._fits_one_bucket(day)
+
+    def _validate_alone(self, day: date) -> eng.Checked:
+        """A one-bucket day validated with its clean rows kept (``Checked.clean``), outside
+        any engine: it never opens a connection."""
+        with eng.engine(self.config) as e:
+            return self._validate(e, day)
+
+    def ensure_day(
+        self,
+        day: date,
+        force: bool = False,
+        checked: eng.Checked | None = None,
+        validated: Callable[[], None] | None = None,
+    ) -> Day:
+        """The day's published feature partition; built when missing (or when ``force``),
+        from ``checked`` when its validation was done ahead (``ensure_days``). ``validated``
+        is called once the day's summary is published (the next day's key is known then)."""
         self._require([day, *self.history_days(day)])
         key = self.day_key(day)
         parent = datasets.day_parent(self.settings.features_dir, self.city, day)
         location = None if force else datasets.find_published(parent, key[:16])
         if location is not None:
             self.ensure_summary(day)  # its bad share against this run's limit
+            if validated is not None:
+                validated()
             return Day(day, location, datasets.read_manifest(location), reused=True)
         history = self.read_summaries(self.history_days(day))
         with eng.engine(self.config) as e:
             self.progress.step(f"validating {day}")
-            checked = self._validate(e, day)
+            if checked is None:
+                checked = self._validate(e, day)
             summary = self.ensure_summary(day, checked)
+            if validated is not None:
+                validated()
             self.progress.step(f"building features of {day}")
             table = driver_snapshot(checked.drivers, history, np.datetime64(day))
             table = table[["driver_id", *eng.HISTORY_COLUMNS]]
@@ -351,7 +462,7 @@ class DayProcessor:
             def fill(directory: Location) -> None:
                 written = eng.write_features(
                     storage.join(directory, FEATURES_FILE),
-                    e.feature_batches(checked.drivers, table),
+                    e.feature_batches(checked, table),
                     self.info.tz,
                     np.asarray(self.info.speed_kmh, dtype=np.float64),
                     np.datetime64(day),
@@ -406,12 +517,7 @@ class DayProcessor:
         """The driver feature table valid the day after ``end``, from the summaries."""
         after = end + timedelta(days=1)
         days = [d for d in self.history_days(after) if d <= end]
-        from matchmaking.processing.validate import validate
-
-        roster = self.roster()
-        drivers = validate(
-            _no_rows("bookings"), _no_rows("candidates"), roster, (self.info.lat, self.info.lng)
-        ).drivers
+        drivers = self.checked_roster().drivers
         return driver_snapshot(drivers, self.read_summaries(days), np.datetime64(after))
 
 

@@ -5,7 +5,10 @@ serving shares) and streamed to parquet, the digest computed while writing.
 
 Validation keeps its one implementation (``processing.validate``): rows are handed to it in
 buckets of whole bookings (``hash(booking_id)``), each in file order, so its duplicate and
-orphan rules see exactly what they would over the whole day.
+orphan rules see exactly what they would over the whole day. A day that fits in one bucket
+(most of a fleet's days) is read straight with pyarrow and its clean rows are handed to
+DuckDB as they are, with no copy into the database; its DuckDB connection opens only when
+the features need it (a day only summarised never opens one).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import math
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ import pyarrow.parquet as pq
 
 from matchmaking.features.batch import BOOKING_COLUMNS, DRIVER_COLUMNS, feature_frame
 from matchmaking.lake.storage import Location, LocationLike
-from matchmaking.processing.validate import validate
+from matchmaking.processing.validate import ValidationResult, validate
 from matchmaking.schema import RAW_TABLES
 
 logger = logging.getLogger(__name__)
@@ -69,6 +72,9 @@ class Checked:
     quarantine: list[pa.Table] = field(default_factory=list)
     offers: pd.DataFrame = field(default_factory=pd.DataFrame)
     drivers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: A one-bucket day's clean bookings and candidates, for DuckDB to read in place (a day
+    #: in buckets keeps them in the engine's database instead: tables ``clean_b``/``clean_c``).
+    clean: tuple[pa.Table, pa.Table] | None = None
 
     @property
     def bad_rows(self) -> int:
@@ -80,11 +86,23 @@ class Checked:
 
 
 class Engine:
-    """One DuckDB database (in a scratch directory) for one day's work."""
+    """One DuckDB database (in a scratch directory) for one day's work, opened on first use."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, config: EngineConfig) -> None:
-        self.con = con
+    def __init__(self, connect: Callable[[], duckdb.DuckDBPyConnection], config: EngineConfig):
+        self._connect = connect
+        self._con: duckdb.DuckDBPyConnection | None = None
         self.config = config
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self._connect()
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -97,44 +115,45 @@ class Engine:
             self.con.register_filesystem(fs)
         return f"read_parquet('{_quoted(uri)}', file_row_number = true)"
 
-    def _typed(self, table: pa.Table, contract: pa.Schema) -> pa.Table:
-        """Arrow from DuckDB cast back to the raw contract's types (extra columns as they are)."""
-        fields = [contract.field(f.name) if f.name in contract.names else f for f in table.schema]
-        return table.cast(pa.schema([f.with_nullable(True) for f in fields]))
-
     # -- validation --------------------------------------------------------------------------
 
     def validate_day(
         self,
         bookings: LocationLike,
         candidates: LocationLike,
-        roster: pd.DataFrame,
+        roster: ValidationResult,
         centre: tuple[float, float],
         keep_clean: bool = True,
     ) -> Checked:
-        """Validate the day in buckets of whole bookings; keep the clean rows in DuckDB
-        (tables ``clean_b``, ``clean_c``, for ``feature_batches``; skipped when not
+        """Validate the day in buckets of whole bookings; keep the clean rows (for
+        ``feature_batches``: in DuckDB tables ``clean_b``, ``clean_c``, or ``Checked.clean``
+        for a day in one bucket, which never opens the connection; skipped when not
         ``keep_clean``: a day only summarised needs its offers alone) and return counts,
         quarantine and clean offers."""
-        con = self.con
-        con.execute(f"CREATE OR REPLACE VIEW raw_b AS SELECT * FROM {self.source(bookings)}")
-        con.execute(f"CREATE OR REPLACE VIEW raw_c AS SELECT * FROM {self.source(candidates)}")
-        n_c = _scalar(con, "SELECT count(*) FROM raw_c")
-        n_b = _scalar(con, "SELECT count(*) FROM raw_b")
+        n_b, n_c = num_rows(bookings), num_rows(candidates)
         buckets = max(1, math.ceil((n_c + n_b) / self.config.bucket_rows))
-        out = Checked(total_rows=len(roster) + n_b + n_c, bookings=n_b, candidates=n_c)
-        # The roster once; the buckets then see only clean drivers (which break no rule again).
-        empty_b = self._bucket("raw_b", RAW_TABLES["bookings"], 1, -1)
-        empty_c = self._bucket("raw_c", RAW_TABLES["candidates"], 1, -1)
-        first = validate(empty_b, empty_c, roster, centre)
-        drivers = first.drivers
-        out.counts.update(first.counts)
-        out.quarantine.append(pa.Table.from_pandas(first.quarantine, preserve_index=False))
+        out = Checked(total_rows=roster.total_rows + n_b + n_c, bookings=n_b, candidates=n_c)
+        if buckets == 1:  # the whole day at once, read in file order without DuckDB
+            whole_b = _read_whole(bookings, RAW_TABLES["bookings"])
+            whole_c = _read_whole(candidates, RAW_TABLES["candidates"])
+        else:
+            con = self.con
+            con.execute(f"CREATE OR REPLACE VIEW raw_b AS SELECT * FROM {self.source(bookings)}")
+            con.execute(f"CREATE OR REPLACE VIEW raw_c AS SELECT * FROM {self.source(candidates)}")
+        # The roster is validated once by the caller (``roster``: every day of a window shares
+        # it); the buckets then see only its clean drivers, which break no rule again.
+        drivers = roster.drivers
+        out.counts.update(roster.counts)
+        out.quarantine.append(pa.Table.from_pandas(roster.quarantine, preserve_index=False))
         offers: list[pd.DataFrame] = []
         created = False
         for k in range(buckets):
-            b = self._bucket("raw_b", RAW_TABLES["bookings"], buckets, k)
-            c = self._bucket("raw_c", RAW_TABLES["candidates"], buckets, k)
+            if buckets == 1:
+                b, c = whole_b, whole_c
+                del whole_b, whole_c
+            else:
+                b = self._bucket("raw_b", RAW_TABLES["bookings"], buckets, k)
+                c = self._bucket("raw_c", RAW_TABLES["candidates"], buckets, k)
             checked = validate(b, c, drivers, centre)
             out.counts.update(checked.counts)
             if len(checked.quarantine):
@@ -148,6 +167,9 @@ class Engine:
                 continue
             clean_b = pa.Table.from_pandas(checked.bookings, preserve_index=False)
             clean_c_arrow = pa.Table.from_pandas(clean_c, preserve_index=False)
+            if buckets == 1:  # read in place: a copy into the database buys nothing here
+                out.clean = (clean_b, clean_c_arrow)
+                break
             con.register("bucket_b", clean_b)
             con.register("bucket_c", clean_c_arrow)
             verb = "INSERT INTO {} SELECT * FROM {}" if created else "CREATE TABLE {} AS FROM {}"
@@ -164,27 +186,29 @@ class Engine:
         return out
 
     def _bucket(self, view: str, contract: pa.Schema, buckets: int, k: int) -> pd.DataFrame:
-        """Rows of one bucket of booking ids, in file order (``k = -1``: none, typed)."""
+        """Rows of one bucket of booking ids, in file order."""
         # Each bucket decodes the day's files again (hash filter). Decoding them once into a
         # DuckDB table tagged with the bucket was measured slower (part d of the scale report:
         # writing the table costs more than the decodes it saves) and 0.06 GB higher.
-        where = "false" if k < 0 else f"hash(booking_id) % {buckets} = {k}"
         table = self.con.sql(
-            f"SELECT * FROM {view} WHERE {where} ORDER BY {FILE_ROW}"
+            f"SELECT * FROM {view} WHERE hash(booking_id) % {buckets} = {k} ORDER BY {FILE_ROW}"
         ).to_arrow_table()
-        return self._typed(table, contract).to_pandas()
+        return _typed(table, contract).to_pandas()
 
     # -- features ----------------------------------------------------------------------------
 
     def feature_batches(
-        self, drivers: pd.DataFrame, history: pd.DataFrame
+        self, checked: Checked, history: pd.DataFrame
     ) -> Iterator[tuple[pd.DataFrame, npt.NDArray[np.float64]]]:
         """The day's clean candidates joined with booking, driver and history, in published
         order, as (rows, history) batches of whole bookings: every ``batch_rows`` rows of
         the ordered stream, extended to the end of the booking (independent of how DuckDB
         chunks its result, so the file written is the same on every run)."""
         con = self.con
-        con.register("drivers_v", pa.Table.from_pandas(drivers[list(DRIVER_COLUMNS)]))
+        if checked.clean is not None:
+            con.register("clean_b", checked.clean[0])
+            con.register("clean_c", checked.clean[1])
+        con.register("drivers_v", pa.Table.from_pandas(checked.drivers[list(DRIVER_COLUMNS)]))
         con.register("history_v", pa.Table.from_pandas(history, preserve_index=False))
         b_cols = ", ".join(f"b.{c}" for c in JOINED_BOOKING_COLUMNS)
         d_cols = ", ".join(f"d.{c}" for c in JOINED_DRIVER_COLUMNS)
@@ -217,7 +241,7 @@ class Engine:
             yield self._rows(pa.Table.from_batches(pending))
 
     def _rows(self, table: pa.Table) -> tuple[pd.DataFrame, npt.NDArray[np.float64]]:
-        table = self._typed(table, RAW_TABLES["candidates"])
+        table = _typed(table, RAW_TABLES["candidates"])
         rows = table.to_pandas()
         history = rows[list(HISTORY_COLUMNS)].to_numpy(dtype=np.float64)
         return rows, history
@@ -230,9 +254,26 @@ def _booking_end(booking_id: pa.ChunkedArray, at: int) -> int | None:
     return None if len(change) == 0 else at + int(change[0])
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    rows = con.sql(sql).fetchall()
-    return int(rows[0][0]) if rows else 0
+def num_rows(path: LocationLike) -> int:
+    """A parquet file's row count, from its footer."""
+    key, fs = Location.of(path).arrow()
+    return int(pq.ParquetFile(key if fs is None else fs.open(key, "rb")).metadata.num_rows)
+
+
+def _read_whole(path: LocationLike, contract: pa.Schema) -> pd.DataFrame:
+    """A raw file whole, in file order, with its row positions (as DuckDB's ``FILE_ROW``)
+    and the contract's types: what ``Engine._bucket`` gives for a single bucket."""
+    key, fs = Location.of(path).arrow()
+    table = pq.read_table(key, filesystem=fs)
+    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    table = table.append_column(FILE_ROW, rows)
+    return _typed(table, contract).to_pandas()
+
+
+def _typed(table: pa.Table, contract: pa.Schema) -> pa.Table:
+    """Arrow cast to the raw contract's types (extra columns as they are)."""
+    fields = [contract.field(f.name) if f.name in contract.names else f for f in table.schema]
+    return table.cast(pa.schema([f.with_nullable(True) for f in fields]))
 
 
 def _quoted(text: str) -> str:
@@ -250,18 +291,22 @@ def engine(config: EngineConfig) -> Iterator[Engine]:
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="matchmaking-day-", dir=parent) as tmp:
-        con = duckdb.connect(
-            str(Path(tmp) / "day.duckdb"),
-            config={
-                "memory_limit": config.memory_limit,
-                "temp_directory": str(Path(tmp) / "spill"),
-                "threads": config.threads,
-            },
-        )
+
+        def connect() -> duckdb.DuckDBPyConnection:
+            return duckdb.connect(
+                str(Path(tmp) / "day.duckdb"),
+                config={
+                    "memory_limit": config.memory_limit,
+                    "temp_directory": str(Path(tmp) / "spill"),
+                    "threads": config.threads,
+                },
+            )
+
+        e = Engine(connect, config)
         try:
-            yield Engine(con, config)
+            yield e
         finally:
-            con.close()
+            e.close()
 
 
 class HashingWriter:

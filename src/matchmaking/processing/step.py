@@ -80,13 +80,11 @@ def build_dataset(
     proc.progress = progress
     days_read = (end - read_from).days + 1
     progress.step(f"reading {days_read} daily partitions ({read_from}..{end}), one day at a time")
-    for d in _days(read_from, start - timedelta(days=1)):
-        progress.step(f"summarising history day {d}")
-        proc.ensure_summary(d)
+    proc.ensure_summaries(_days(read_from, start - timedelta(days=1)))
     built: list[Day] = []
-    for d in _days(start, end):
-        built.append(proc.ensure_day(d))
-        progress.step(f"{d}: {'reused' if built[-1].reused else 'published'}")
+    for day in proc.ensure_days(_days(start, end)):
+        built.append(day)
+        progress.step(f"{day.day}: {'reused' if day.reused else 'published'}")
     progress.step("writing the driver table and the window's manifest")
     summaries = [proc.ensure_summary(d) for d in _days(start, end)]
     counts: Counter[str] = Counter()

@@ -48,11 +48,14 @@ def _isin(values: pd.Series, allowed: pd.Series) -> pd.Series:
 
 
 def _first_reason(rules: list[tuple[str, pd.Series]], index: pd.Index) -> pd.Series:
-    """For each row, the name of the first rule it breaks (None when it breaks none)."""
-    reason = pd.Series(None, index=index, dtype=object)
-    for name, bad in rules:
-        reason = reason.where(reason.notna() | ~bad.fillna(True).astype(bool), name)
-    return reason
+    """For each row, the name of the first rule it breaks (None when it breaks none; a rule
+    that cannot tell, NA, counts as broken)."""
+    first = np.zeros(len(index), dtype=np.int16)  # 0: no rule broken yet, i: rule i - 1
+    for i, (_, bad) in enumerate(rules, start=1):
+        broken = bad.reindex(index).fillna(True).to_numpy(dtype=bool)
+        first[(first == 0) & broken] = i
+    names = np.array([None, *(name for name, _ in rules)], dtype=object)
+    return pd.Series(names[first], index=index, dtype=object)
 
 
 def _bad_coords(df: pd.DataFrame, lat: str, lng: str, centre: tuple[float, float]) -> pd.Series:
@@ -69,10 +72,11 @@ def _is_probability(p: pd.Series) -> pd.Series:
     return pd.Series(np.isfinite(p) & (p > 0) & (p <= 1), index=p.index)
 
 
-def _bad_propensity_sums(candidates: pd.DataFrame) -> pd.Series:
-    """Booking ids whose candidates' ``first_offer_propensity`` do not sum to 1 (duplicate
-    rows counted once; a missing or non-finite value breaks the sum)."""
-    once = candidates.loc[~candidates.duplicated(subset=["booking_id", "driver_id"])]
+def _bad_propensity_sums(candidates: pd.DataFrame, duplicate: pd.Series) -> pd.Series:
+    """Booking ids whose candidates' ``first_offer_propensity`` do not sum to 1 (``duplicate``
+    rows, repeats of a (booking, driver) pair, counted once; a missing or non-finite value
+    breaks the sum)."""
+    once = candidates.loc[~duplicate]
     p = once["first_offer_propensity"].astype("float64").fillna(np.inf)
     sums = p.groupby(once["booking_id"].astype(str)).sum()
     bad = ~((sums - 1.0).abs() <= PROPENSITY_SUM_TOLERANCE)
@@ -119,6 +123,7 @@ def validate(
     ]
     drv_reason = _first_reason(drv_rules, drivers.index)
 
+    duplicate_c = candidates.duplicated(subset=["booking_id", "driver_id"], keep="first")
     b_required = ["booking_id", "requested_at", "pickup_lat", "pickup_lng", "dropoff_lat"]
     b_required += ["dropoff_lng", "trip_km", "fare", "logging_policy", "logging_policy_version"]
     b_rules = [
@@ -128,7 +133,10 @@ def validate(
         ("bad_coordinates", _bad_coords(bookings, "dropoff_lat", "dropoff_lng", centre)),
         ("bad_trip_km", ~(np.isfinite(bookings["trip_km"]) & (bookings["trip_km"] > 0))),
         ("bad_fare", ~(np.isfinite(bookings["fare"]) & (bookings["fare"] > 0))),
-        ("propensity_sum", _isin(bookings["booking_id"], _bad_propensity_sums(candidates))),
+        (
+            "propensity_sum",
+            _isin(bookings["booking_id"], _bad_propensity_sums(candidates, duplicate_c)),
+        ),
     ]
     b_reason = _first_reason(b_rules, bookings.index)
     good_bookings = bookings.loc[b_reason.isna(), "booking_id"]
@@ -140,10 +148,7 @@ def validate(
     offer_p = candidates["offer_propensity"].astype("float64")
     c_rules = [
         ("null_field", candidates[c_required].isna().any(axis=1)),
-        (
-            "duplicate_candidate",
-            candidates.duplicated(subset=["booking_id", "driver_id"], keep="first"),
-        ),
+        ("duplicate_candidate", duplicate_c),
         ("bad_coordinates", _bad_coords(candidates, "driver_lat", "driver_lng", centre)),
         ("bad_eta", ~(np.isfinite(eta) & (eta > 0) & (eta <= MAX_ETA_SECONDS))),
         (

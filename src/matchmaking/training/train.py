@@ -78,6 +78,8 @@ class Fitted:
     seconds: float
     sample_weight: SampleWeight = "none"
     weights: Weights | None = None  # the training rows' weights when ``ipw``
+    #: The booster's scores of the validation rows at its best iteration (predicted once).
+    valid_scores: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
 
     @property
     def score_kind(self) -> ScoreKind:
@@ -191,6 +193,7 @@ def fit(
         seconds,
         sample_weight,
         w_train,
+        scores,
     )
 
 
@@ -284,7 +287,7 @@ def fit_acceptance(
         if f.weights is not None:
             metrics[f"ipw_clipped_rows_{f.objective}"] = float(f.weights.clipped)
             metrics[f"ipw_ess_share_{f.objective}"] = f.weights.ess_share
-    scores = np.asarray(chosen.booster.predict(valid_rows.x, num_iteration=chosen.best_iteration))
+    scores = chosen.valid_scores  # of these validation rows: no second prediction
     metrics["valid_auc"] = chosen.valid_auc
     if chosen.objective == "binary":
         metrics["valid_logloss"] = logloss(valid_rows.y.astype(np.float64), scores)
