@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +85,51 @@ class Decision:
 Shadow = Callable[[], Decision | None]
 
 
+#: One ranked booking of an answer as the queue holds it until the flush: (request id, decided
+#: at, booking id, the answer's ``_SHARED`` values in that order, the driver ids joined by
+#: ``_SEPARATOR`` (as a tuple when one holds it), the number of ranked candidates, (score,
+#: eta, first propensity, propensity) arrays). A plain tuple of strings, numbers, a datetime
+#: and arrays, none of which the garbage collector tracks, so it stops tracking the tuple too
+#: (it never does for a tuple subclass such as a NamedTuple). A flush interval of answers held
+#: as ``Decision``s (a dataclass, a dict, a ``Ranked`` and a list each) sat in the oldest
+#: generation, and every full collection that the request path's garbage triggered walked
+#: all of them.
+Compact = tuple[
+    str, datetime, str, tuple[Any, ...], str | tuple[str, ...], int, tuple[FloatArray, ...]
+]
+
+
+def _compact(
+    d: Decision, booking_id: str, drivers: list[str], values: tuple[FloatArray, ...]
+) -> Compact:
+    b = d.body
+    shared = (  # in _SHARED's order
+        b["city"],
+        d.endpoint,
+        b["model"],
+        b["version"],
+        b["model_scope"],
+        d.arm,
+        d.served,
+        b["policy"],
+        b["temperature"],
+    )
+    joined = _SEPARATOR.join(drivers)
+    splittable = joined.count(_SEPARATOR) == len(drivers) - 1
+    ids = joined if splittable else tuple(drivers)
+    return (d.request_id, d.decided_at, booking_id, shared, ids, len(drivers), values)
+
+
+def compact(d: Decision) -> Decision | Compact:
+    """A model's rank answer as the queue holds it (``Compact``); any other record as it is
+    (a match or fallback answer is read from its body at the flush)."""
+    r = d.ranked
+    if r is None:
+        return d
+    values = (r.score, r.eta_seconds, r.first_propensity, r.propensity)
+    return _compact(d, d.body["booking_id"], r.driver_id, values)
+
+
 #: DECISIONS columns whose value is the same for most answers of a flush (the city, the model
 #: and its version, the arm, the policy): gathered as one key per answer, stored once per key.
 _SHARED = (
@@ -117,7 +162,7 @@ class _Segments:
     drivers: list[str] = field(default_factory=list)  # each segment's ids, joined by _SEPARATOR
     counts: list[int] = field(default_factory=list)
     values: list[tuple[FloatArray, ...]] = field(default_factory=list)  # score, eta, first, prop
-    lists: list[list[str]] = field(default_factory=list)  # the same driver ids as given
+    lists: list[list[str]] = field(default_factory=list)  # each ids as given (unsplittable)
     unsplittable: bool = False  # a driver id holds _SEPARATOR: take them from ``lists``
 
     def driver_column(self) -> pa.Array:
@@ -125,40 +170,28 @@ class _Segments:
             return pa.array(list(itertools.chain.from_iterable(self.lists)), pa.string())
         return pc.list_flatten(pc.split_pattern(pa.array(self.drivers, pa.string()), _SEPARATOR))
 
-    def add(
-        self,
-        d: Decision,
-        booking_id: str,
-        drivers: list[str],
-        values: tuple[FloatArray, ...],
-    ) -> None:
-        if not drivers:
+    def add(self, c: Compact) -> None:
+        request_id, decided_at, booking_id, shared, drivers, rows, values = c
+        if not rows:
             return
-        b = d.body
-        key = (  # in _SHARED's order
-            b["city"],
-            d.endpoint,
-            b["model"],
-            b["version"],
-            b["model_scope"],
-            d.arm,
-            d.served,
-            b["policy"],
-            b["temperature"],
-        )
-        code = self.keys.get(key)
+        code = self.keys.get(shared)
         if code is None:
-            code = self.keys[key] = len(self.keys)
-        joined = _SEPARATOR.join(drivers)
-        if joined.count(_SEPARATOR) != len(drivers) - 1:
-            self.unsplittable = True
-        self.lists.append(drivers)
+            code = self.keys[shared] = len(self.keys)
+        if isinstance(drivers, str):
+            self.drivers.append(drivers)
+            if self.unsplittable:
+                self.lists.append(drivers.split(_SEPARATOR))
+        else:  # a driver id holds the separator: every id of the flush from ``lists``
+            if not self.unsplittable:
+                self.unsplittable = True
+                self.lists = [joined.split(_SEPARATOR) for joined in self.drivers]
+            self.drivers.append("")
+            self.lists.append(list(drivers))
         self.key_codes.append(code)
-        self.request_id.append(d.request_id)
+        self.request_id.append(request_id)
         self.booking_id.append(booking_id)
-        self.decided_at.append(d.decided_at)
-        self.drivers.append(joined)
-        self.counts.append(len(drivers))
+        self.decided_at.append(decided_at)
+        self.counts.append(rows)
         self.values.append(values)
 
 
@@ -174,7 +207,7 @@ def _body_values(rows: list[dict[str, Any]], ranked: bool) -> tuple[FloatArray, 
     return score, eta, first, prop
 
 
-def decisions_table(records: list[Decision]) -> pa.Table:
+def decisions_table(records: Sequence[Decision | Compact]) -> pa.Table:
     """The ``DECISIONS`` rows of some answers: one per ranked candidate (rank), one per
     assignment with a driver (match).
 
@@ -186,18 +219,21 @@ def decisions_table(records: list[Decision]) -> pa.Table:
     encoding); readers get plain strings."""
     seg = _Segments()
     for d in records:
+        if isinstance(d, tuple):  # the fast path: the rank answers of models, as queued
+            seg.add(d)
+            continue
         b = d.body
-        if d.ranked is not None:  # the fast path: the rank answers of models
-            r = d.ranked
-            values = (r.score, r.eta_seconds, r.first_propensity, r.propensity)
-            seg.add(d, b["booking_id"], r.driver_id, values)
+        if d.ranked is not None:
+            seg.add(compact(d))  # type: ignore[arg-type]
         elif d.endpoint == "match":
             for a in b["assignments"]:
                 if a["driver_id"] is not None:
-                    seg.add(d, a["booking_id"], [a["driver_id"]], _body_values([a], False))
+                    one = _body_values([a], False)
+                    seg.add(_compact(d, a["booking_id"], [a["driver_id"]], one))
         else:
             rows = b["candidates"]
-            seg.add(d, b["booking_id"], [c["driver_id"] for c in rows], _body_values(rows, True))
+            ids = [c["driver_id"] for c in rows]
+            seg.add(_compact(d, b["booking_id"], ids, _body_values(rows, True)))
     if not seg.counts:
         return DECISIONS.empty_table()
     counts = np.asarray(seg.counts, dtype=np.int64)
@@ -272,7 +308,7 @@ class LogWriter:
         self.metrics = metrics
         self.queue_size = queue_size
         self.flush_seconds = flush_seconds
-        self._decisions: deque[Decision | Shadow] = deque()
+        self._decisions: deque[Decision | Compact | Shadow] = deque()
         self._outcomes: deque[list[dict[str, Any]]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -289,7 +325,7 @@ class LogWriter:
             self.metrics.log_dropped.labels("decisions", "queue_full").inc()
             self._warn("decision log queue full (%d records): dropping records", self.queue_size)
             return False
-        self._decisions.append(record)
+        self._decisions.append(compact(record) if isinstance(record, Decision) else record)
         return True
 
     def outcomes(self, rows: list[dict[str, Any]]) -> bool:
@@ -335,10 +371,10 @@ class LogWriter:
             self.metrics.log_queue.set(self.queued)
 
     def _flush_decisions(self) -> None:
-        records: list[Decision] = []
+        records: list[Decision | Compact] = []
         while self._decisions:
             item = self._decisions.popleft()
-            if isinstance(item, Decision):
+            if isinstance(item, Decision | tuple):
                 records.append(item)
                 continue
             try:

@@ -4,6 +4,7 @@ contract after a publish."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ import numpy as np
 import pyarrow as pa
 
 from matchmaking.lake.serving_log import log_files, read_log, write_log
+from matchmaking.lake.storage import Location
 from matchmaking.schema import DECISIONS
-from serving.decisions import ANSWER_KEYS, Decision, decisions_table
+from serving.decisions import ANSWER_KEYS, Decision, LogWriter, compact, decisions_table
+from serving.metrics import Metrics
 from serving.scoring import Ranked
 
 AT = datetime(2026, 9, 1, 10, 5, tzinfo=UTC)
@@ -190,3 +193,24 @@ def test_a_ranked_decision_keeps_the_answer_values_not_its_candidate_dicts() -> 
     assert set(kept.body) == set(ANSWER_KEYS)
     full = Decision("rank", "r1", AT, body, "champion", ranked=_ranked(["a", "b"]))
     assert decisions_table([kept]).equals(decisions_table([full]))
+
+
+def test_the_queued_form_of_an_answer_gives_the_same_rows() -> None:
+    records = _records()
+    queued = [compact(d) for d in records]
+    assert sum(isinstance(q, tuple) for q in queued) == 5  # the ranked answers of models
+    assert decisions_table(queued).equals(decisions_table(records))
+
+
+def test_a_queued_answer_is_out_of_the_garbage_collectors_reach(tmp_path: Path) -> None:
+    """Caught: a flush interval of answers queued as tracked objects, which every full
+    collection walks (the log cost throughput the longer the interval)."""
+    writer = LogWriter(Location.of(tmp_path), Metrics(), queue_size=10, flush_seconds=60.0)
+    body = _body("b1", "jakarta", request_id="r1", candidates=[], fallback=False)
+    assert writer.decision(Decision.ranking("r1", AT, body, "champion", _ranked(["a", "b"])))
+    gc.collect()
+    gc.collect()  # a tuple is untracked at the first collection that finds its items untracked
+    (queued,) = writer._decisions
+    assert not gc.is_tracked(queued)
+    writer.flush()
+    assert read_log(tmp_path, "decisions", "jakarta").column("driver_id").to_pylist() == ["a", "b"]
