@@ -146,8 +146,7 @@ def step_window_at_once(root: Path) -> Result:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from support.window_reference import reference_window
+    from tests.support.window_reference import reference_window
 
     settings = _settings(root)
     start, end = _large_window()
