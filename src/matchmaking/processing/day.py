@@ -292,7 +292,7 @@ class DayProcessor:
             )
         except (OSError, StorageError):
             return False
-        return rows <= self.config.bucket_rows
+        return eng.bucket_count(self.config, rows) == 1
 
     def find_summary(self, day: date) -> Summary | None:
         """The day's summary when it is published for today's inputs (raw files, roster, code),

@@ -131,7 +131,7 @@ class Engine:
         ``keep_clean``: a day only summarised needs its offers alone) and return counts,
         quarantine and clean offers."""
         n_b, n_c = num_rows(bookings), num_rows(candidates)
-        buckets = max(1, math.ceil((n_c + n_b) / self.config.bucket_rows))
+        buckets = bucket_count(self.config, n_b + n_c)
         out = Checked(total_rows=roster.total_rows + n_b + n_c, bookings=n_b, candidates=n_c)
         if buckets == 1:  # the whole day at once, read in file order without DuckDB
             whole_b = _read_whole(bookings, RAW_TABLES["bookings"])
@@ -252,6 +252,11 @@ def _booking_end(booking_id: pa.ChunkedArray, at: int) -> int | None:
     ids = booking_id.slice(at - 1).to_numpy(zero_copy_only=False)
     change = np.flatnonzero(ids[1:] != ids[:-1])
     return None if len(change) == 0 else at + int(change[0])
+
+
+def bucket_count(config: EngineConfig, rows: int) -> int:
+    """The validation buckets of a day of ``rows`` raw rows (bookings and candidates)."""
+    return max(1, math.ceil(rows / config.bucket_rows))
 
 
 def num_rows(path: LocationLike) -> int:
